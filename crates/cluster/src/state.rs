@@ -1,0 +1,62 @@
+//! The cluster state: every object flowgate reads, keyed by namespace and name.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
+
+use crate::config::{FlowgateConfiguration, KubeProxyConfiguration};
+
+/// The namespace and name of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// The namespace (`default` when the manifest gives none).
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> ObjectKey {
+        ObjectKey { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything flowgate knows about the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Node>,
+    /// Namespaces by name.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Pods.
+    pub pods: BTreeMap<ObjectKey, Pod>,
+    /// Services.
+    pub services: BTreeMap<ObjectKey, Service>,
+    /// EndpointSlices.
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    /// NetworkPolicies.
+    pub network_policies: BTreeMap<ObjectKey, NetworkPolicy>,
+    /// ServiceCIDRs by name.
+    pub service_cidrs: BTreeMap<String, ServiceCIDR>,
+    /// kube-proxy's configuration, if given.
+    pub kube_proxy: Option<KubeProxyConfiguration>,
+    /// flowgate's own configuration, if given.
+    pub flowgate: Option<FlowgateConfiguration>,
+}
+
+impl ClusterState {
+    /// An empty state.
+    pub fn new() -> ClusterState {
+        ClusterState::default()
+    }
+}

@@ -1,0 +1,157 @@
+//! Address sets: sets of CIDR prefixes with a lookup cost bounded by the number of distinct prefix
+//! lengths (at most 33 for IPv4, 129 for IPv6), never by the number of prefixes.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use rustc_hash::FxHashSet;
+
+/// A set of IPv4 and IPv6 prefixes answering "does this address fall in any of them?".
+///
+/// Prefixes are stored masked, in one hash set per prefix length, so a lookup is one hash probe per
+/// distinct length present — what a kernel LPM trie does, in user space.
+#[derive(Clone, Debug, Default)]
+pub struct PrefixSet {
+    v4: Vec<(u8, FxHashSet<u32>)>,
+    v6: Vec<(u8, FxHashSet<u128>)>,
+    nets: Vec<IpNet>,
+}
+
+impl PrefixSet {
+    /// An empty set.
+    pub fn new() -> PrefixSet {
+        PrefixSet::default()
+    }
+
+    /// A set holding the given prefixes.
+    pub fn from_nets<I: IntoIterator<Item = IpNet>>(nets: I) -> PrefixSet {
+        let mut set = PrefixSet::new();
+        for net in nets {
+            set.insert(net);
+        }
+        set
+    }
+
+    /// Adds a prefix (host bits are ignored).
+    pub fn insert(&mut self, net: IpNet) {
+        let net = net.trunc();
+        if self.nets.contains(&net) {
+            return;
+        }
+        self.nets.push(net);
+        match net {
+            IpNet::V4(n) => {
+                let len = n.prefix_len();
+                let key = u32::from(n.network());
+                match self.v4.iter_mut().find(|(l, _)| *l == len) {
+                    Some((_, s)) => {
+                        s.insert(key);
+                    }
+                    None => {
+                        let mut s = FxHashSet::default();
+                        s.insert(key);
+                        self.v4.push((len, s));
+                        self.v4.sort_by(|a, b| b.0.cmp(&a.0));
+                    }
+                }
+            }
+            IpNet::V6(n) => {
+                let len = n.prefix_len();
+                let key = u128::from(n.network());
+                match self.v6.iter_mut().find(|(l, _)| *l == len) {
+                    Some((_, s)) => {
+                        s.insert(key);
+                    }
+                    None => {
+                        let mut s = FxHashSet::default();
+                        s.insert(key);
+                        self.v6.push((len, s));
+                        self.v6.sort_by(|a, b| b.0.cmp(&a.0));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a single address (a /32 or /128).
+    pub fn insert_addr(&mut self, ip: IpAddr) {
+        self.insert(IpNet::from(ip));
+    }
+
+    /// Whether `ip` falls in any prefix of the set.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.v4.iter().any(|(len, s)| s.contains(&mask32(a, *len)))
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.v6.iter().any(|(len, s)| s.contains(&mask128(a, *len)))
+            }
+        }
+    }
+
+    /// Whether the set holds no prefix.
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    /// The prefixes, in insertion order.
+    pub fn nets(&self) -> &[IpNet] {
+        &self.nets
+    }
+}
+
+fn mask32(a: u32, len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        a & (u32::MAX << (32 - u32::from(len)))
+    }
+}
+
+fn mask128(a: u128, len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - u32::from(len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn contains_by_prefix() {
+        let set = PrefixSet::from_nets([net("10.0.0.0/8"), net("192.168.1.7/32"), net("fd00::/48")]);
+        assert!(set.contains(ip("10.200.3.4")));
+        assert!(!set.contains(ip("11.0.0.1")));
+        assert!(set.contains(ip("192.168.1.7")));
+        assert!(!set.contains(ip("192.168.1.8")));
+        assert!(set.contains(ip("fd00::1:2")));
+        assert!(!set.contains(ip("fd00:1::1")));
+    }
+
+    #[test]
+    fn zero_length_matches_everything_of_its_family() {
+        let set = PrefixSet::from_nets([net("0.0.0.0/0")]);
+        assert!(set.contains(ip("1.2.3.4")));
+        assert!(!set.contains(ip("::1")));
+    }
+
+    #[test]
+    fn host_bits_are_ignored() {
+        let set = PrefixSet::from_nets([net("10.1.2.3/16")]);
+        assert!(set.contains(ip("10.1.9.9")));
+        assert_eq!(set.nets(), &[net("10.1.0.0/16")]);
+    }
+}

@@ -1,0 +1,264 @@
+//! The stateful switch: the first packet of a connection walks the layers; the resulting header
+//! transposition is cached for both directions, so later packets and replies only hit the flow
+//! table. A policy change bumps the generation; entries of an older generation are re-checked
+//! against the new policy before use.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use rustc_hash::{FxBuildHasher, FxHashMap};
+
+use crate::flow::{FlowEntry, FlowTable, Transposition};
+use crate::packet::FlowKey;
+use crate::policy::{BackendSetId, Selection, SwitchPolicy};
+use crate::port::PortId;
+use crate::rule::DropReason;
+use crate::walk::{self, Head, NoSteps, Path, Verdict};
+
+/// What the switch did with one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why it was dropped or rejected.
+    pub reason: Option<DropReason>,
+    /// The packet's 5-tuple after rewriting.
+    pub packet: FlowKey,
+    /// The port it leaves through, when allowed.
+    pub egress: Option<PortId>,
+    /// Whether the flow table decided (no layer was walked).
+    pub cached: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Affinity {
+    backend: SocketAddr,
+    last_used: u64,
+}
+
+/// A switch instance: a policy plus its flow table and session-affinity state.
+#[derive(Debug)]
+pub struct Switch {
+    policy: Arc<SwitchPolicy>,
+    generation: u64,
+    flows: FlowTable,
+    affinity: FxHashMap<(IpAddr, BackendSetId), Affinity>,
+}
+
+/// Source ports tried for masqueraded connections whose own source port is taken.
+const NAT_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
+
+impl Switch {
+    /// A switch running `policy`, with an empty flow table.
+    pub fn new(policy: Arc<SwitchPolicy>) -> Switch {
+        Switch { policy, generation: 1, flows: FlowTable::new(), affinity: FxHashMap::default() }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Arc<SwitchPolicy> {
+        &self.policy
+    }
+
+    /// The current policy generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The flow table.
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
+    }
+
+    /// Replaces the policy. Cached flows are kept and re-checked on their next packet.
+    pub fn set_policy(&mut self, policy: Arc<SwitchPolicy>) {
+        self.policy = policy;
+        self.generation += 1;
+    }
+
+    /// Processes one packet entering on `ingress` at time `now` (seconds, any epoch).
+    pub fn process(&mut self, ingress: PortId, key: FlowKey, now: u64) -> Outcome {
+        if let Some(entry) = self.flows.get(&key) {
+            if entry.generation == self.generation {
+                return apply(&key, entry.transposition, true);
+            }
+            let entry = *entry;
+            if self.revalidate(&entry, now) {
+                if let Some(e) = self.flows.get(&key) {
+                    return apply(&key, e.transposition, true);
+                }
+            }
+        }
+        self.first_packet(ingress, key, now)
+    }
+
+    /// Re-checks a flow cached under an older policy. Returns true when the flow's entries are
+    /// valid again (possibly re-decided), false when they were removed.
+    fn revalidate(&mut self, entry: &FlowEntry, now: u64) -> bool {
+        let origin = entry.origin;
+        let Some(forward) = self.flows.get(&origin).copied() else {
+            return false;
+        };
+        let old_backend = match forward.transposition {
+            Transposition::Forward { dst, .. } => dst,
+            _ => None,
+        };
+        let path = self.decide(forward.origin_port, &origin, old_backend, now);
+        let still = match (forward.transposition, path.verdict) {
+            (Transposition::Forward { dst, egress, .. }, Verdict::Allow) => dst == path.dnat && egress == path.egress,
+            (Transposition::Drop(_), Verdict::Drop) | (Transposition::Reject(_), Verdict::Reject) => true,
+            _ => false,
+        };
+        let generation = self.generation;
+        if still {
+            if let Some(e) = self.flows.get_mut(&origin) {
+                e.generation = generation;
+            }
+            if let Some(reply) = reply_key(&origin, &forward.transposition) {
+                if let Some(e) = self.flows.get_mut(&reply) {
+                    e.generation = generation;
+                }
+            }
+            true
+        } else {
+            self.flows.remove(&origin);
+            if let Some(reply) = reply_key(&origin, &forward.transposition) {
+                self.flows.remove(&reply);
+            }
+            false
+        }
+    }
+
+    /// Walks the layers for a connection's first packet and caches the result for both directions.
+    fn first_packet(&mut self, ingress: PortId, key: FlowKey, now: u64) -> Outcome {
+        let path = self.decide(ingress, &key, None, now);
+        let transposition = match path.verdict {
+            Verdict::Drop => Transposition::Drop(path.reason.unwrap_or(DropReason::PolicyDenied)),
+            Verdict::Reject => Transposition::Reject(path.reason.unwrap_or(DropReason::PolicyDenied)),
+            Verdict::Allow => {
+                let dst = path.dnat;
+                let src = if path.masquerade { self.allocate_snat(&key, dst) } else { None };
+                Transposition::Forward { src, dst, egress: path.egress }
+            }
+        };
+        let generation = self.generation;
+        self.flows.insert(key, FlowEntry { generation, origin: key, origin_port: ingress, reply: false, transposition });
+        if let Some(reply) = reply_key(&key, &transposition) {
+            let back = Transposition::Forward {
+                src: transposition_dst(&key, &transposition),
+                dst: transposition_src(&key, &transposition),
+                egress: ingress,
+            };
+            self.flows.insert(reply, FlowEntry { generation, origin: key, origin_port: ingress, reply: true, transposition: back });
+        }
+        apply(&key, transposition, false)
+    }
+
+    /// Runs the walk, choosing one backend when the load balancer DNATs. `prefer` keeps an
+    /// existing flow on its backend while that backend is still a candidate.
+    fn decide(&mut self, ingress: PortId, key: &FlowKey, prefer: Option<SocketAddr>, now: u64) -> Path {
+        let policy = Arc::clone(&self.policy);
+        match walk::head(&policy, ingress, key, &mut NoSteps) {
+            Head::Done(p) => p,
+            Head::Pass => walk::tail(&policy, ingress, key, None, &mut NoSteps),
+            Head::Dnat(d) => {
+                let Some(set) = policy.backend_set(d.backends) else {
+                    return walk::tail(&policy, ingress, key, None, &mut NoSteps);
+                };
+                if set.backends.is_empty() {
+                    return walk::tail(&policy, ingress, key, None, &mut NoSteps);
+                }
+                let backend = match prefer.filter(|b| set.backends.contains(b)) {
+                    Some(b) => b,
+                    None => self.choose(d.backends, &set.backends, set.selection, key, now),
+                };
+                walk::tail(&policy, ingress, key, Some((d, backend)), &mut NoSteps)
+            }
+        }
+    }
+
+    fn choose(&mut self, id: BackendSetId, backends: &[SocketAddr], selection: Selection, key: &FlowKey, now: u64) -> SocketAddr {
+        if let Selection::ClientIp { timeout_seconds } = selection {
+            if let Some(a) = self.affinity.get_mut(&(key.src, id)) {
+                if now.saturating_sub(a.last_used) <= u64::from(timeout_seconds) && backends.contains(&a.backend) {
+                    a.last_used = now;
+                    return a.backend;
+                }
+            }
+        }
+        let mut h = FxBuildHasher.build_hasher();
+        key.hash(&mut h);
+        let pick = backends[(h.finish() % backends.len() as u64) as usize];
+        if let Selection::ClientIp { .. } = selection {
+            self.affinity.insert((key.src, id), Affinity { backend: pick, last_used: now });
+        }
+        pick
+    }
+
+    /// Picks the masquerade source: a node address of the destination's family, keeping the source
+    /// port unless the reply key it implies is taken.
+    fn allocate_snat(&self, key: &FlowKey, dnat: Option<SocketAddr>) -> Option<SocketAddr> {
+        let dst = dnat.unwrap_or_else(|| key.dst_socket());
+        let addr = self.policy.snat_address(dst.ip())?;
+        let taken = |port: u16| {
+            self.flows.contains(&FlowKey { src: dst.ip(), dst: addr, proto: key.proto, sport: dst.port(), dport: port })
+        };
+        if !taken(key.sport) {
+            return Some(SocketAddr::new(addr, key.sport));
+        }
+        let span = u32::from(*NAT_PORTS.end() - *NAT_PORTS.start()) + 1;
+        let start = u32::from(key.sport.max(*NAT_PORTS.start()) - *NAT_PORTS.start());
+        (0..span)
+            .map(|i| *NAT_PORTS.start() + ((start + i) % span) as u16)
+            .find(|p| !taken(*p))
+            .map(|p| SocketAddr::new(addr, p))
+    }
+}
+
+/// The source a reply is addressed to after the forward rewrite... i.e. the forward packet's new
+/// source (what the backend sees).
+fn transposition_src(key: &FlowKey, t: &Transposition) -> Option<SocketAddr> {
+    match t {
+        Transposition::Forward { src: Some(s), .. } => Some(key.src_socket()).filter(|o| o != s),
+        _ => None,
+    }
+}
+
+fn transposition_dst(key: &FlowKey, t: &Transposition) -> Option<SocketAddr> {
+    match t {
+        Transposition::Forward { dst: Some(d), .. } => Some(key.dst_socket()).filter(|o| o != d),
+        _ => None,
+    }
+}
+
+/// The key replies of an allowed flow arrive with: from the (new) destination to the (new) source.
+fn reply_key(key: &FlowKey, t: &Transposition) -> Option<FlowKey> {
+    match t {
+        Transposition::Forward { src, dst, .. } => {
+            let s = src.unwrap_or_else(|| key.src_socket());
+            let d = dst.unwrap_or_else(|| key.dst_socket());
+            Some(FlowKey { src: d.ip(), dst: s.ip(), proto: key.proto, sport: d.port(), dport: s.port() })
+        }
+        _ => None,
+    }
+}
+
+#[inline]
+fn apply(key: &FlowKey, t: Transposition, cached: bool) -> Outcome {
+    match t {
+        Transposition::Forward { src, dst, egress } => {
+            let mut packet = *key;
+            if let Some(s) = src {
+                packet.src = s.ip();
+                packet.sport = s.port();
+            }
+            if let Some(d) = dst {
+                packet.dst = d.ip();
+                packet.dport = d.port();
+            }
+            Outcome { verdict: Verdict::Allow, reason: None, packet, egress: Some(egress), cached }
+        }
+        Transposition::Drop(r) => Outcome { verdict: Verdict::Drop, reason: Some(r), packet: *key, egress: None, cached },
+        Transposition::Reject(r) => Outcome { verdict: Verdict::Reject, reason: Some(r), packet: *key, egress: None, cached },
+    }
+}

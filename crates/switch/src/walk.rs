@@ -1,0 +1,217 @@
+//! The layer walk of a connection's first packet — the single implementation of "what does the
+//! switch do", shared by the stateful engine ([`crate::Switch`]) and by [`crate::trace`].
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::layer::LayerKind;
+use crate::packet::FlowKey;
+use crate::policy::SwitchPolicy;
+use crate::port::{PortId, PortKind};
+use crate::rule::{Action, Dnat, DropReason, IngressKind};
+
+/// What the switch does with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Forwarded or delivered.
+    Allow,
+    /// Discarded silently.
+    Drop,
+    /// Discarded, answered with a TCP reset or an ICMP unreachable.
+    Reject,
+}
+
+/// Where an allowed packet goes after the switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Deliver {
+    /// An endpoint on this node.
+    Pod,
+    /// The node's own network stack.
+    Host,
+    /// Out of the node.
+    External,
+}
+
+impl Deliver {
+    /// Where packets leaving through `port` are delivered.
+    pub fn of_port(policy: &SwitchPolicy, port: PortId) -> Deliver {
+        match policy.port(port).map(|p| &p.kind) {
+            Some(PortKind::Endpoint { .. }) => Deliver::Pod,
+            Some(PortKind::Host) => Deliver::Host,
+            _ => Deliver::External,
+        }
+    }
+}
+
+/// Receives the human-readable steps of a walk; the engine's fast path passes [`NoSteps`].
+pub(crate) trait Steps {
+    fn push(&mut self, step: impl FnOnce() -> String);
+}
+
+/// Discards steps.
+pub(crate) struct NoSteps;
+
+impl Steps for NoSteps {
+    #[inline]
+    fn push(&mut self, _step: impl FnOnce() -> String) {}
+}
+
+impl Steps for Vec<String> {
+    fn push(&mut self, step: impl FnOnce() -> String) {
+        Vec::push(self, step());
+    }
+}
+
+/// The outcome of the part of the walk that does not depend on which backend is chosen.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Head {
+    /// Decided before load balancing finished.
+    Done(Path),
+    /// Continue with the destination unchanged.
+    Pass,
+    /// Continue with one of the backends.
+    Dnat(Dnat),
+}
+
+/// The complete outcome of the walk for one choice of backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Path {
+    pub verdict: Verdict,
+    pub reason: Option<DropReason>,
+    /// The destination after DNAT, when it was rewritten.
+    pub dnat: Option<SocketAddr>,
+    pub masquerade: bool,
+    /// The port the packet leaves through (meaningful when allowed).
+    pub egress: PortId,
+}
+
+impl Path {
+    fn stop(verdict: Verdict, reason: DropReason) -> Path {
+        Path { verdict, reason: Some(reason), dnat: None, masquerade: false, egress: PortId::UPLINK }
+    }
+}
+
+fn terminal(action: Action) -> Option<Path> {
+    match action {
+        Action::Drop(r) => Some(Path::stop(Verdict::Drop, r)),
+        Action::Reject(r) => Some(Path::stop(Verdict::Reject, r)),
+        _ => None,
+    }
+}
+
+/// Walks what comes before backend selection: the pod-to-itself shortcut, anti-spoofing, the source
+/// endpoint's egress ACL and the load-balancing layer.
+pub(crate) fn head(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps: &mut impl Steps) -> Head {
+    let Some(port) = policy.port(ingress) else {
+        steps.push(|| format!("unknown ingress port {}", ingress.0));
+        return Head::Done(Path::stop(Verdict::Drop, DropReason::Spoofed));
+    };
+    let ingress_kind = IngressKind::from(&port.kind);
+    steps.push(|| format!("from {}", port.label()));
+    if let PortKind::Endpoint { .. } = port.kind {
+        if port.addresses.contains(&key.dst) {
+            steps.push(|| "destination is the pod's own address: never leaves the pod".to_string());
+            return Head::Done(Path { verdict: Verdict::Allow, reason: None, dnat: None, masquerade: false, egress: ingress });
+        }
+        if !port.addresses.contains(&key.src) {
+            steps.push(|| format!("anti-spoofing: {} is not an address of this endpoint", key.src));
+            return Head::Done(Path::stop(Verdict::Drop, DropReason::Spoofed));
+        }
+        if let Some((egress_acl, _)) = policy.acls.get(&ingress) {
+            let v = egress_acl.evaluate(policy, key, ingress_kind);
+            if let Some(rule) = v.rule {
+                steps.push(|| format!("{}: {}", LayerKind::AclOut.name(), rule.name));
+            }
+            if let Some(p) = terminal(v.action) {
+                return Head::Done(p);
+            }
+        }
+    }
+    let Some(lb) = policy.layer(LayerKind::Lb) else {
+        return Head::Pass;
+    };
+    let v = lb.evaluate(policy, key, ingress_kind);
+    match v.rule {
+        Some(rule) => steps.push(|| format!("{}: {}", LayerKind::Lb.name(), rule.name)),
+        None => steps.push(|| format!("{}: no service matches {}", LayerKind::Lb.name(), key.dst_socket())),
+    }
+    match v.action {
+        Action::Dnat(d) => Head::Dnat(d),
+        action => match terminal(action) {
+            Some(p) => Head::Done(p),
+            None => Head::Pass,
+        },
+    }
+}
+
+/// Walks the rest for one destination: the service filter, masquerade, the route, outbound NAT and
+/// the destination endpoint's ingress ACL. `dnat` is the chosen backend, if the head chose DNAT.
+pub(crate) fn tail(
+    policy: &SwitchPolicy,
+    ingress: PortId,
+    key: &FlowKey,
+    dnat: Option<(Dnat, SocketAddr)>,
+    steps: &mut impl Steps,
+) -> Path {
+    let ingress_kind = policy.port(ingress).map(|p| IngressKind::from(&p.kind)).unwrap_or(IngressKind::Uplink);
+    let mut current = *key;
+    let mut masquerade = false;
+    if let Some((d, backend)) = dnat {
+        current.dst = backend.ip();
+        current.dport = backend.port();
+        masquerade = d.masquerade;
+        if d.hairpin && backend.ip() == key.src {
+            masquerade = true;
+            steps.push(|| format!("hairpin: {} reaches itself through the service, masquerade", key.src));
+        }
+    }
+    if let Some(filter) = policy.layer(LayerKind::ServiceFilter) {
+        let v = filter.evaluate(policy, &current, ingress_kind);
+        if let Some(rule) = v.rule {
+            steps.push(|| format!("{}: {}", LayerKind::ServiceFilter.name(), rule.name));
+        }
+        if let Some(p) = terminal(v.action) {
+            return p;
+        }
+    }
+    let egress = if let Some(p) = policy.endpoint_for(current.dst) {
+        p
+    } else if policy.is_host_address(current.dst) {
+        PortId::HOST
+    } else {
+        PortId::UPLINK
+    };
+    if ingress_kind == IngressKind::Endpoint && !masquerade {
+        if let Some(onat) = policy.layer(LayerKind::OutboundNat) {
+            let v = onat.evaluate(policy, &current, ingress_kind);
+            if let (Action::Snat, Some(rule)) = (v.action, v.rule) {
+                masquerade = true;
+                steps.push(|| format!("{}: {}", LayerKind::OutboundNat.name(), rule.name));
+            }
+        }
+    }
+    if masquerade {
+        steps.push(|| "masquerade: source rewritten to a node address".to_string());
+    }
+    if let Some((_, ingress_acl)) = policy.acls.get(&egress) {
+        let v = ingress_acl.evaluate(policy, &current, ingress_kind);
+        if let Some(rule) = v.rule {
+            steps.push(|| format!("{}: {}", LayerKind::AclIn.name(), rule.name));
+        }
+        if let Some(p) = terminal(v.action) {
+            return p;
+        }
+    }
+    let label = policy.port(egress).map(|p| p.label()).unwrap_or_default();
+    steps.push(|| format!("to {label} ({})", current.dst_socket()));
+    Path {
+        verdict: Verdict::Allow,
+        reason: None,
+        dnat: dnat.map(|(_, b)| b),
+        masquerade,
+        egress,
+    }
+}
