@@ -1,1 +1,72 @@
-fn main() {}
+//! `flowgate`, the command-line tool. `flowgate trace` explains what a node's switch does with the
+//! first packet of a connection (see specs/trace.md).
+
+mod probe;
+mod trace_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flowgate",
+    version,
+    about = "flowgate: Kubernetes node networking on a VFP-style switch in the kernel"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Explain what the node's switch does with a packet (no kernel involved).
+    Trace(TraceArgs),
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Output {
+    /// For people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct TraceArgs {
+    /// Manifest file or directory (repeatable).
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// The node whose data plane is traced.
+    #[arg(long)]
+    node: Option<String>,
+    /// Source address, SRC[:SPORT] (IPv6 with a port: [ADDR]:PORT).
+    #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+    from: Option<String>,
+    /// Destination, DST:DPORT[/PROTO] with PROTO tcp (default), udp or sctp.
+    #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+    to: Option<String>,
+    /// Read probes, one JSON object per line ({"id":..,"from":..,"to":..}), from FILE or '-'.
+    #[arg(long, value_name = "FILE")]
+    batch: Option<PathBuf>,
+    /// Output format (batch mode always writes JSON).
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Trace(args) => trace_cmd::run(args),
+    }
+}

@@ -1,0 +1,237 @@
+//! Endpoints of a service port, from EndpointSlices (pkg/proxy/endpointslicecache.go), and their
+//! categorisation into Cluster- and Local-policy endpoints with topology (pkg/proxy/topology.go).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use flowgate_cluster::k8s_openapi::api::discovery::v1::EndpointSlice;
+use flowgate_cluster::{parse_ip_sloppy, ObjectKey};
+
+use crate::services::ServicePort;
+
+/// The label tying an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One endpoint of a service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Address and port.
+    pub addr: SocketAddr,
+    /// Ready (conditions.ready, nil meaning true).
+    pub ready: bool,
+    /// Serving (conditions.serving, nil meaning true).
+    pub serving: bool,
+    /// Terminating (conditions.terminating, nil meaning false).
+    pub terminating: bool,
+    /// On the traced node.
+    pub local: bool,
+    /// Zones it is hinted for.
+    pub zone_hints: Vec<String>,
+    /// Nodes it is hinted for.
+    pub node_hints: Vec<String>,
+}
+
+/// EndpointSlices indexed by Service, so a service port finds its slices without a scan.
+#[derive(Debug, Default)]
+pub struct SliceIndex<'a> {
+    by_service: BTreeMap<ObjectKey, Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    /// Indexes slices by their `kubernetes.io/service-name` label (slices without it are ignored,
+    /// as kube-proxy does).
+    pub fn new(slices: &'a BTreeMap<ObjectKey, EndpointSlice>) -> SliceIndex<'a> {
+        let mut by_service: BTreeMap<ObjectKey, Vec<&'a EndpointSlice>> = BTreeMap::new();
+        for (key, slice) in slices {
+            let Some(svc) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            else {
+                continue;
+            };
+            by_service
+                .entry(ObjectKey::new(key.namespace.clone(), svc.clone()))
+                .or_default()
+                .push(slice);
+        }
+        SliceIndex { by_service }
+    }
+
+    /// The endpoints of a service port for one family, deduplicated by address and port (a ready
+    /// copy wins over a not-ready one).
+    pub fn endpoints(&self, sp: &ServicePort, node: &str) -> Vec<Endpoint> {
+        let v4 = sp.cluster_ip.is_ipv4();
+        let mut out: Vec<Endpoint> = Vec::new();
+        for slice in self.by_service.get(&sp.service).into_iter().flatten() {
+            if slice.address_type != if v4 { "IPv4" } else { "IPv6" } {
+                continue;
+            }
+            for port in slice.ports.iter().flatten() {
+                if port.name.as_deref().unwrap_or("") != sp.port_name {
+                    continue;
+                }
+                if port
+                    .protocol
+                    .as_deref()
+                    .unwrap_or("TCP")
+                    .to_ascii_lowercase()
+                    != sp.proto.name()
+                {
+                    continue;
+                }
+                let Some(num) = port.port.and_then(|p| u16::try_from(p).ok()) else {
+                    continue;
+                };
+                for e in &slice.endpoints {
+                    let Some(ip) = e.addresses.first().and_then(|a| parse_ip_sloppy(a)) else {
+                        continue;
+                    };
+                    if ip.is_ipv4() != v4 {
+                        continue;
+                    }
+                    let c = e.conditions.clone().unwrap_or_default();
+                    let ready = c.ready.unwrap_or(true);
+                    let ep = Endpoint {
+                        addr: SocketAddr::new(ip, num),
+                        ready,
+                        serving: c.serving.unwrap_or(true),
+                        terminating: c.terminating.unwrap_or(false),
+                        local: e.node_name.as_deref() == Some(node),
+                        zone_hints: e
+                            .hints
+                            .iter()
+                            .flat_map(|h| h.for_zones.iter().flatten())
+                            .map(|z| z.name.clone())
+                            .collect(),
+                        node_hints: e
+                            .hints
+                            .iter()
+                            .flat_map(|h| h.for_nodes.iter().flatten())
+                            .map(|n| n.name.clone())
+                            .collect(),
+                    };
+                    match out.iter_mut().find(|o| o.addr == ep.addr) {
+                        Some(existing) if !existing.ready && ep.ready => *existing = ep,
+                        Some(_) => {}
+                        None => out.push(ep),
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Endpoints sorted into what Cluster and Local traffic policies may use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Categorized {
+    /// Usable with Cluster policy (topology applied), when the service uses Cluster endpoints.
+    pub cluster: Vec<SocketAddr>,
+    /// Usable with Local policy, when the service uses Local endpoints.
+    pub local: Vec<SocketAddr>,
+    /// Whether the service has a usable endpoint anywhere in the cluster.
+    pub has_any: bool,
+    /// The topology mode that applied to Cluster endpoints (`""`, `PreferSameZone`, `PreferSameNode`).
+    pub topology: &'static str,
+}
+
+/// Sorts endpoints as kube-proxy's CategorizeEndpoints: ready endpoints by default, falling back
+/// to serving-and-terminating ones (separately for Cluster and Local); topology hints narrow the
+/// Cluster endpoints when every ready endpoint carries them and one matches this node or zone.
+pub fn categorize(
+    eps: &[Endpoint],
+    sp: &ServicePort,
+    node: &str,
+    zone: Option<&str>,
+    prefer_same_node: bool,
+) -> Categorized {
+    let mut out = Categorized::default();
+    if eps.is_empty() {
+        return out;
+    }
+    if sp.uses_cluster_endpoints() {
+        out.topology = topology_mode(eps, node, zone, prefer_same_node);
+        out.cluster = eps
+            .iter()
+            .filter(|e| e.ready && available_for_topology(e, out.topology, node, zone))
+            .map(|e| e.addr)
+            .collect();
+        if out.cluster.is_empty() {
+            out.cluster = eps
+                .iter()
+                .filter(|e| e.serving && e.terminating)
+                .map(|e| e.addr)
+                .collect();
+        }
+        out.has_any = !out.cluster.is_empty();
+    }
+    if !sp.uses_local_endpoints() {
+        return out;
+    }
+    let mut local_ready = false;
+    let mut local_serving_terminating = false;
+    for e in eps {
+        if e.ready {
+            out.has_any = true;
+            local_ready |= e.local;
+        } else if e.serving && e.terminating {
+            out.has_any = true;
+            local_serving_terminating |= e.local;
+        }
+    }
+    if local_ready {
+        out.local = eps
+            .iter()
+            .filter(|e| e.local && e.ready)
+            .map(|e| e.addr)
+            .collect();
+    } else if local_serving_terminating {
+        out.local = eps
+            .iter()
+            .filter(|e| e.local && e.serving && e.terminating)
+            .map(|e| e.addr)
+            .collect();
+    }
+    out
+}
+
+fn topology_mode(
+    eps: &[Endpoint],
+    node: &str,
+    zone: Option<&str>,
+    prefer_same_node: bool,
+) -> &'static str {
+    let ready: Vec<&Endpoint> = eps.iter().filter(|e| e.ready).collect();
+    if ready.is_empty() {
+        return "";
+    }
+    if prefer_same_node
+        && ready.iter().all(|e| !e.node_hints.is_empty())
+        && ready.iter().any(|e| e.node_hints.iter().any(|n| n == node))
+    {
+        return "PreferSameNode";
+    }
+    if let Some(zone) = zone {
+        if ready.iter().all(|e| !e.zone_hints.is_empty())
+            && ready.iter().any(|e| e.zone_hints.iter().any(|z| z == zone))
+        {
+            return "PreferSameZone";
+        }
+    }
+    ""
+}
+
+fn available_for_topology(e: &Endpoint, mode: &str, node: &str, zone: Option<&str>) -> bool {
+    match mode {
+        "PreferSameNode" => e.node_hints.iter().any(|n| n == node),
+        "PreferSameZone" => zone.is_some_and(|z| e.zone_hints.iter().any(|h| h == z)),
+        _ => true,
+    }
+}
+
+/// Whether `ip` is an address of a usable endpoint (for hairpin detection in steps).
+pub fn contains_ip(eps: &[SocketAddr], ip: IpAddr) -> bool {
+    eps.iter().any(|e| e.ip() == ip)
+}
