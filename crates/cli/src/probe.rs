@@ -12,12 +12,8 @@ pub const DEFAULT_SOURCE_PORT: u16 = 40000;
 fn parse_host_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
     let s = s.trim();
     if let Some(rest) = s.strip_prefix('[') {
-        let (addr, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("{s:?}: missing ']'"))?;
-        let ip: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?}: {addr:?} is not an IPv6 address"))?;
+        let (addr, after) = rest.split_once(']').ok_or_else(|| format!("{s:?}: missing ']'"))?;
+        let ip: IpAddr = addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IPv6 address"))?;
         if !ip.is_ipv6() {
             return Err(format!("{s:?}: brackets are only for IPv6 addresses"));
         }
@@ -31,21 +27,16 @@ fn parse_host_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
     }
     if s.matches(':').count() > 1 {
         // A bare IPv6 address (no port possible without brackets).
-        let ip: IpAddr = s.parse().map_err(|_| {
-            format!("{s:?} is not an IP address (IPv6 with a port is written [ADDR]:PORT)")
-        })?;
+        let ip: IpAddr =
+            s.parse().map_err(|_| format!("{s:?} is not an IP address (IPv6 with a port is written [ADDR]:PORT)"))?;
         return Ok((ip, None));
     }
     match s.split_once(':') {
         Some((addr, port)) => {
-            let ip = parse_ip_sloppy(addr)
-                .ok_or_else(|| format!("{s:?}: {addr:?} is not an IP address"))?;
+            let ip = parse_ip_sloppy(addr).ok_or_else(|| format!("{s:?}: {addr:?} is not an IP address"))?;
             Ok((ip, Some(parse_port(s, port)?)))
         }
-        None => Ok((
-            parse_ip_sloppy(s).ok_or_else(|| format!("{s:?} is not an IP address"))?,
-            None,
-        )),
+        None => Ok((parse_ip_sloppy(s).ok_or_else(|| format!("{s:?} is not an IP address"))?, None)),
     }
 }
 
@@ -69,19 +60,11 @@ pub fn parse_probe(from: &str, to: &str) -> Result<FlowKey, String> {
         None => (to, Proto::TCP),
     };
     let (dst, dport) = parse_host_port(dst_part).map_err(|e| format!("--to {e}"))?;
-    let dport = dport.ok_or_else(|| {
-        format!("--to {to:?}: a destination port is required (DST:DPORT[/PROTO])")
-    })?;
+    let dport = dport.ok_or_else(|| format!("--to {to:?}: a destination port is required (DST:DPORT[/PROTO])"))?;
     if src.is_ipv4() != dst.is_ipv4() {
-        return Err(format!(
-            "--from {from:?} and --to {to:?} are of different IP families"
-        ));
+        return Err(format!("--from {from:?} and --to {to:?} are of different IP families"));
     }
-    Ok(FlowKey::new(
-        SocketAddr::new(src, sport.unwrap_or(DEFAULT_SOURCE_PORT)),
-        SocketAddr::new(dst, dport),
-        proto,
-    ))
+    Ok(FlowKey::new(SocketAddr::new(src, sport.unwrap_or(DEFAULT_SOURCE_PORT)), SocketAddr::new(dst, dport), proto))
 }
 
 #[cfg(test)]

@@ -111,8 +111,7 @@ fn run_batch(policy: &SwitchPolicy, path: &std::path::Path) -> ExitCode {
 }
 
 fn batch_probe(line: &str) -> Result<(Value, FlowKey), (Value, String)> {
-    let v: Value =
-        serde_json::from_str(line).map_err(|e| (Value::Null, format!("not a JSON object: {e}")))?;
+    let v: Value = serde_json::from_str(line).map_err(|e| (Value::Null, format!("not a JSON object: {e}")))?;
     let id = v.get("id").cloned().unwrap_or(Value::Null);
     let field = |name: &str| match v.get(name) {
         Some(Value::String(s)) => Ok(s.as_str()),
@@ -142,34 +141,21 @@ fn to_json(t: &Trace, id: Option<Value>) -> Value {
 }
 
 fn to_text(key: &FlowKey, t: &Trace) -> String {
-    let verdict = serde_json::to_value(t.verdict)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default();
+    let verdict = serde_json::to_value(t.verdict).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     let mut s = format!("packet:     {key}\nverdict:    {verdict}");
     if let Some(r) = t.reason {
         s.push_str(&format!(
             " ({})",
-            serde_json::to_value(r)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default()
+            serde_json::to_value(r).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
         ));
     }
     s.push_str(&format!(
         "\ndnat:       {}\nmasquerade: {}\n",
-        if t.dnat.is_empty() {
-            "-".to_string()
-        } else {
-            t.dnat.join(", ")
-        },
+        if t.dnat.is_empty() { "-".to_string() } else { t.dnat.join(", ") },
         if t.masquerade { "yes" } else { "no" }
     ));
     if let Some(d) = t.deliver {
-        let d = serde_json::to_value(d)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
+        let d = serde_json::to_value(d).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         s.push_str(&format!("deliver:    {d}\n"));
     }
     s.push_str("steps:\n");

@@ -65,9 +65,6 @@ pub struct FieldError {
 impl FieldError {
     /// A field error.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
+        FieldError { field: field.into(), message: message.into() }
     }
 }

@@ -20,8 +20,7 @@ fn parse_v4_sloppy(s: &str) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
     let mut n = 0;
     for part in s.split('.') {
-        if n == 4 || part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit())
-        {
+        if n == 4 || part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         octets[n] = part.parse::<u8>().ok()?;
@@ -41,9 +40,7 @@ pub fn parse_cidr_sloppy(s: &str) -> Option<IpNet> {
         return None;
     }
     let len: u8 = len.parse().ok()?;
-    Ipv4Net::new(parse_v4_sloppy(addr)?, len)
-        .ok()
-        .map(IpNet::V4)
+    Ipv4Net::new(parse_v4_sloppy(addr)?, len).ok().map(IpNet::V4)
 }
 
 #[cfg(test)]
@@ -52,47 +49,23 @@ mod tests {
 
     #[test]
     fn leading_zeros_are_decimal() {
-        assert_eq!(
-            parse_ip_sloppy("010.000.000.001"),
-            Some("10.0.0.1".parse().unwrap())
-        );
-        assert_eq!(
-            parse_ip_sloppy("192.168.099.011"),
-            Some("192.168.99.11".parse().unwrap())
-        );
+        assert_eq!(parse_ip_sloppy("010.000.000.001"), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(parse_ip_sloppy("192.168.099.011"), Some("192.168.99.11".parse().unwrap()));
         assert_eq!(parse_ip_sloppy("1.2.3.4"), Some("1.2.3.4".parse().unwrap()));
-        assert_eq!(
-            parse_ip_sloppy("2001:db8::1"),
-            Some("2001:db8::1".parse().unwrap())
-        );
+        assert_eq!(parse_ip_sloppy("2001:db8::1"), Some("2001:db8::1".parse().unwrap()));
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in [
-            "",
-            "1.2.3",
-            "1.2.3.4.5",
-            "256.1.1.1",
-            "1.2.3.0004",
-            "a.b.c.d",
-            "1..2.3",
-            " 1.2.3.4",
-        ] {
+        for bad in ["", "1.2.3", "1.2.3.4.5", "256.1.1.1", "1.2.3.0004", "a.b.c.d", "1..2.3", " 1.2.3.4"] {
             assert_eq!(parse_ip_sloppy(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn cidrs() {
-        assert_eq!(
-            parse_cidr_sloppy("010.0.0.0/8"),
-            Some("10.0.0.0/8".parse().unwrap())
-        );
-        assert_eq!(
-            parse_cidr_sloppy("fd00::/48"),
-            Some("fd00::/48".parse().unwrap())
-        );
+        assert_eq!(parse_cidr_sloppy("010.0.0.0/8"), Some("10.0.0.0/8".parse().unwrap()));
+        assert_eq!(parse_cidr_sloppy("fd00::/48"), Some("fd00::/48".parse().unwrap()));
         assert_eq!(parse_cidr_sloppy("10.0.0.0/33"), None);
         assert_eq!(parse_cidr_sloppy("10.0.0.0"), None);
     }

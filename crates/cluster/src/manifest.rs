@@ -30,23 +30,14 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, ManifestError> 
     let mut loader = Loader::default();
     for p in paths {
         let p = p.as_ref();
-        let meta = std::fs::metadata(p).map_err(|source| ManifestError::Read {
-            path: p.to_path_buf(),
-            source,
-        })?;
+        let meta = std::fs::metadata(p).map_err(|source| ManifestError::Read { path: p.to_path_buf(), source })?;
         if meta.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(|source| ManifestError::Read {
-                    path: p.to_path_buf(),
-                    source,
-                })?
+                .map_err(|source| ManifestError::Read { path: p.to_path_buf(), source })?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|f| {
                     f.is_file()
-                        && matches!(
-                            f.extension().and_then(|e| e.to_str()),
-                            Some("yaml") | Some("yml") | Some("json")
-                        )
+                        && matches!(f.extension().and_then(|e| e.to_str()), Some("yaml") | Some("yml") | Some("json"))
                 })
                 .collect();
             files.sort();
@@ -97,10 +88,8 @@ impl Doc<'_> {
 impl Loader {
     /// Loads one file.
     pub fn load_file(&mut self, path: &Path) -> Result<(), ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
         self.load_text(path, &text)
     }
 
@@ -115,11 +104,7 @@ impl Loader {
             if value.is_null() {
                 continue;
             }
-            let doc = Doc {
-                path,
-                index,
-                prefix: String::new(),
-            };
+            let doc = Doc { path, index, prefix: String::new() };
             self.load_value(&doc, value)?;
         }
         Ok(())
@@ -127,36 +112,22 @@ impl Loader {
 
     /// The loaded state.
     pub fn finish(self) -> Loaded {
-        Loaded {
-            state: self.state,
-            warnings: self.warnings,
-        }
+        Loaded { state: self.state, warnings: self.warnings }
     }
 
     fn load_value(&mut self, doc: &Doc<'_>, value: Value) -> Result<(), ManifestError> {
         let Value::Object(map) = &value else {
-            return Err(doc.invalid(
-                "document",
-                FieldError::new("(root)", "must be an object with apiVersion and kind"),
-            ));
+            return Err(
+                doc.invalid("document", FieldError::new("(root)", "must be an object with apiVersion and kind"))
+            );
         };
         let api_version = match map.get("apiVersion") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => {
-                return Err(doc.invalid(
-                    "object",
-                    FieldError::new("apiVersion", "required (a non-empty string)"),
-                ))
-            }
+            _ => return Err(doc.invalid("object", FieldError::new("apiVersion", "required (a non-empty string)"))),
         };
         let kind = match map.get("kind") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => {
-                return Err(doc.invalid(
-                    "object",
-                    FieldError::new("kind", "required (a non-empty string)"),
-                ))
-            }
+            _ => return Err(doc.invalid("object", FieldError::new("kind", "required (a non-empty string)"))),
         };
         let label = object_label(&kind, map);
         match (api_version.as_str(), kind.as_str()) {
@@ -164,16 +135,10 @@ impl Loader {
                 let items = match map.get("items") {
                     Some(Value::Array(items)) => items.clone(),
                     None | Some(Value::Null) => Vec::new(),
-                    Some(_) => {
-                        return Err(doc.invalid(&label, FieldError::new("items", "must be a list")))
-                    }
+                    Some(_) => return Err(doc.invalid(&label, FieldError::new("items", "must be a list"))),
                 };
                 for (i, item) in items.into_iter().enumerate() {
-                    let inner = Doc {
-                        path: doc.path,
-                        index: doc.index,
-                        prefix: format!("{}items[{i}].", doc.prefix),
-                    };
+                    let inner = Doc { path: doc.path, index: doc.index, prefix: format!("{}items[{i}].", doc.prefix) };
                     self.load_value(&inner, item)?;
                 }
                 Ok(())
@@ -229,10 +194,7 @@ impl Loader {
             ("networking.k8s.io/v1" | "networking.k8s.io/v1beta1", "ServiceCIDR") => {
                 let mut value = value;
                 if let Value::Object(m) = &mut value {
-                    m.insert(
-                        "apiVersion".into(),
-                        Value::String("networking.k8s.io/v1".into()),
-                    );
+                    m.insert("apiVersion".into(), Value::String("networking.k8s.io/v1".into()));
                 }
                 let o: k8s_openapi::api::networking::v1::ServiceCIDR = parse(doc, &label, value)?;
                 validate::service_cidr(&o).map_err(|e| doc.invalid(&label, e))?;
@@ -282,11 +244,7 @@ impl Loader {
     }
 }
 
-fn parse<T: DeserializeOwned>(
-    doc: &Doc<'_>,
-    label: &str,
-    value: Value,
-) -> Result<T, ManifestError> {
+fn parse<T: DeserializeOwned>(doc: &Doc<'_>, label: &str, value: Value) -> Result<T, ManifestError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = match e.path().to_string() {
             p if p == "." => "(root)".to_string(),
@@ -298,10 +256,7 @@ fn parse<T: DeserializeOwned>(
 
 fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
     ObjectKey::new(
-        meta.namespace
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "default".to_string()),
+        meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".to_string()),
         meta.name.clone().unwrap_or_default(),
     )
 }
@@ -309,9 +264,7 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 fn object_label(kind: &str, map: &serde_json::Map<String, Value>) -> String {
     let meta = map.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
-    let ns = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str);
+    let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
     match (ns, name) {
         (Some(ns), Some(n)) => format!("{kind} {ns}/{n}"),
         (None, Some(n)) => format!("{kind} {n}"),
@@ -336,11 +289,7 @@ mod tests {
         assert_eq!(l.state.namespaces.len(), 1);
         assert!(l.state.services.contains_key(&ObjectKey::new("ns1", "web")));
         assert_eq!(l.warnings.len(), 1);
-        assert!(
-            l.warnings[0].contains("apps/v1 Deployment"),
-            "{:?}",
-            l.warnings
-        );
+        assert!(l.warnings[0].contains("apps/v1 Deployment"), "{:?}", l.warnings);
     }
 
     #[test]
@@ -348,42 +297,28 @@ mod tests {
         let e = load("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: eighty}]\n")
             .unwrap_err()
             .to_string();
-        assert!(
-            e.starts_with("test.yaml: document 1: Service web: spec.ports[0].port:"),
-            "{e}"
-        );
+        assert!(e.starts_with("test.yaml: document 1: Service web: spec.ports[0].port:"), "{e}");
     }
 
     #[test]
     fn validation_errors_name_the_field() {
-        let e = load("apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80, protocol: ICMP}]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(
-                "document 0: Service web: spec.ports[0].protocol: unsupported value \"ICMP\""
-            ),
-            "{e}"
-        );
+        let e = load(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80, protocol: ICMP}]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("document 0: Service web: spec.ports[0].protocol: unsupported value \"ICMP\""), "{e}");
         let e = load("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: web}\n  spec:\n    ports: [{port: 70000}]\n")
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("items[0].spec.ports[0].port: must be between 1 and 65535"),
-            "{e}"
-        );
+        assert!(e.contains("items[0].spec.ports[0].port: must be between 1 and 65535"), "{e}");
     }
 
     #[test]
     fn syntax_errors_and_missing_kind() {
         let e = load("a: [1, 2\n").unwrap_err();
-        assert!(
-            matches!(e, ManifestError::Syntax { document: 0, .. }),
-            "{e}"
-        );
-        let e = load("apiVersion: v1\nmetadata: {name: x}\n")
-            .unwrap_err()
-            .to_string();
+        assert!(matches!(e, ManifestError::Syntax { document: 0, .. }), "{e}");
+        let e = load("apiVersion: v1\nmetadata: {name: x}\n").unwrap_err().to_string();
         assert!(e.contains("kind: required"), "{e}");
         let e = load("- 1\n- 2\n").unwrap_err().to_string();
         assert!(e.contains("must be an object"), "{e}");
@@ -391,13 +326,9 @@ mod tests {
 
     #[test]
     fn duplicates_are_errors() {
-        let svc =
-            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80}]\n";
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80}]\n";
         let e = load(&format!("{svc}---\n{svc}")).unwrap_err().to_string();
-        assert!(
-            e.contains("defined twice (first in test.yaml: document 0)"),
-            "{e}"
-        );
+        assert!(e.contains("defined twice (first in test.yaml: document 0)"), "{e}");
     }
 
     #[test]
@@ -406,10 +337,10 @@ mod tests {
         let c = l.state.kube_proxy.unwrap();
         assert!(c.masquerade_all());
         assert_eq!(c.node_port_addresses, vec!["primary"]);
-        let e = load("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCIDR: 10.0.0/8\n").unwrap_err().to_string();
-        assert!(
-            e.contains("clusterCIDR: \"10.0.0/8\" is not a valid CIDR"),
-            "{e}"
-        );
+        let e =
+            load("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCIDR: 10.0.0/8\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("clusterCIDR: \"10.0.0/8\" is not a valid CIDR"), "{e}");
     }
 }

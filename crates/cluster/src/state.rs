@@ -21,10 +21,7 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// A key.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> ObjectKey {
-        ObjectKey {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        ObjectKey { namespace: namespace.into(), name: name.into() }
     }
 }
 

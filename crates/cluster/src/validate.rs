@@ -6,9 +6,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, ServiceCIDR,
-};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, ServiceCIDR};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -26,8 +24,7 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> Result {
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -47,8 +44,7 @@ pub fn is_dns1035_label(s: &str) -> bool {
 pub fn is_iana_svc_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && s.bytes().any(|b| b.is_ascii_lowercase())
         && !s.starts_with('-')
         && !s.ends_with('-')
@@ -58,8 +54,7 @@ pub fn is_iana_svc_name(s: &str) -> bool {
 fn is_label_value(s: &str) -> bool {
     s.is_empty()
         || (s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             && s.as_bytes()[0].is_ascii_alphanumeric()
             && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
 }
@@ -72,31 +67,18 @@ fn is_label_key(s: &str) -> bool {
     prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
 }
 
-fn validate_meta(
-    meta: &ObjectMeta,
-    namespaced: bool,
-    name_ok: fn(&str) -> bool,
-    what: &str,
-) -> Result {
+fn validate_meta(meta: &ObjectMeta, namespaced: bool, name_ok: fn(&str) -> bool, what: &str) -> Result {
     match meta.name.as_deref() {
         None | Some("") => return err("metadata.name", "required"),
-        Some(n) if !name_ok(n) => {
-            return err("metadata.name", format!("{n:?} is not a valid {what} name"))
-        }
+        Some(n) if !name_ok(n) => return err("metadata.name", format!("{n:?} is not a valid {what} name")),
         _ => {}
     }
     if let Some(ns) = meta.namespace.as_deref() {
         if !namespaced {
-            return err(
-                "metadata.namespace",
-                "not allowed on a cluster-scoped object",
-            );
+            return err("metadata.namespace", "not allowed on a cluster-scoped object");
         }
         if !is_dns1123_label(ns) {
-            return err(
-                "metadata.namespace",
-                format!("{ns:?} is not a valid namespace name"),
-            );
+            return err("metadata.namespace", format!("{ns:?} is not a valid namespace name"));
         }
     }
     for (k, v) in meta.labels.iter().flatten() {
@@ -104,37 +86,29 @@ fn validate_meta(
             return err(format!("metadata.labels[{k}]"), "not a valid label key");
         }
         if !is_label_value(v) {
-            return err(
-                format!("metadata.labels[{k}]"),
-                format!("{v:?} is not a valid label value"),
-            );
+            return err(format!("metadata.labels[{k}]"), format!("{v:?} is not a valid label value"));
         }
     }
     Ok(())
 }
 
 fn ip(field: &str, s: &str) -> std::result::Result<IpAddr, FieldError> {
-    parse_ip_sloppy(s)
-        .ok_or_else(|| FieldError::new(field, format!("{s:?} is not a valid IP address")))
+    parse_ip_sloppy(s).ok_or_else(|| FieldError::new(field, format!("{s:?} is not a valid IP address")))
 }
 
 fn cidr(field: &str, s: &str) -> Result {
     match parse_cidr_sloppy(s) {
         Some(_) => Ok(()),
-        None => err(
-            field,
-            format!("{s:?} is not a valid CIDR (address/prefix-length)"),
-        ),
+        None => err(field, format!("{s:?} is not a valid CIDR (address/prefix-length)")),
     }
 }
 
 fn protocol(field: &str, p: Option<&str>) -> Result {
     match p {
         None | Some("TCP") | Some("UDP") | Some("SCTP") => Ok(()),
-        Some(other) => err(
-            field,
-            format!("unsupported value {other:?}: supported values are \"TCP\", \"UDP\", \"SCTP\""),
-        ),
+        Some(other) => {
+            err(field, format!("unsupported value {other:?}: supported values are \"TCP\", \"UDP\", \"SCTP\""))
+        }
     }
 }
 
@@ -142,10 +116,7 @@ fn port_number(field: &str, p: i32) -> Result {
     if (1..=65535).contains(&p) {
         Ok(())
     } else {
-        err(
-            field,
-            format!("must be between 1 and 65535, inclusive (got {p})"),
-        )
+        err(field, format!("must be between 1 and 65535, inclusive (got {p})"))
     }
 }
 
@@ -184,14 +155,8 @@ pub fn pod(pod: &Pod) -> Result {
                 );
             }
             for (j, p) in c.ports.iter().flatten().enumerate() {
-                port_number(
-                    &format!("spec.containers[{i}].ports[{j}].containerPort"),
-                    p.container_port,
-                )?;
-                protocol(
-                    &format!("spec.containers[{i}].ports[{j}].protocol"),
-                    p.protocol.as_deref(),
-                )?;
+                port_number(&format!("spec.containers[{i}].ports[{j}].containerPort"), p.container_port)?;
+                protocol(&format!("spec.containers[{i}].ports[{j}].protocol"), p.protocol.as_deref())?;
                 if let Some(n) = p.name.as_deref() {
                     if !is_iana_svc_name(n) {
                         return err(
@@ -212,10 +177,7 @@ pub fn pod(pod: &Pod) -> Result {
         for (i, p) in ips.iter().enumerate() {
             let a = ip(&format!("status.podIPs[{i}].ip"), &p.ip)?;
             if !families.insert(a.is_ipv4()) {
-                return err(
-                    format!("status.podIPs[{i}].ip"),
-                    "at most one address per IP family",
-                );
+                return err(format!("status.podIPs[{i}].ip"), "at most one address per IP family");
             }
         }
         if let (Some(p), Some(first)) = (status.pod_ip.as_deref(), ips.first()) {
@@ -229,20 +191,12 @@ pub fn pod(pod: &Pod) -> Result {
 
 /// Validates a Service.
 pub fn service(svc: &Service) -> Result {
-    validate_meta(
-        &svc.metadata,
-        true,
-        is_dns1035_label,
-        "service (RFC 1035 label)",
-    )?;
+    validate_meta(&svc.metadata, true, is_dns1035_label, "service (RFC 1035 label)")?;
     let Some(spec) = &svc.spec else {
         return err("spec", "required");
     };
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if !matches!(
-        ty,
-        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
-    ) {
+    if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
         return err("spec.type", format!("unsupported value {ty:?}: supported values are \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""));
     }
     let headless = spec.cluster_ip.as_deref() == Some("None");
@@ -265,36 +219,22 @@ pub fn service(svc: &Service) -> Result {
         match p.name.as_deref() {
             Some(n) if !n.is_empty() => {
                 if !is_dns1123_label(n) {
-                    return err(
-                        f("name"),
-                        format!("{n:?} is not a valid port name (RFC 1123 label)"),
-                    );
+                    return err(f("name"), format!("{n:?} is not a valid port name (RFC 1123 label)"));
                 }
                 if !names.insert(n) {
                     return err(f("name"), format!("duplicate value {n:?}"));
                 }
             }
-            _ if ports.len() > 1 => {
-                return err(
-                    f("name"),
-                    "required when the service has more than one port",
-                )
-            }
+            _ if ports.len() > 1 => return err(f("name"), "required when the service has more than one port"),
             _ => {}
         }
         if !keys.insert((p.port, p.protocol.as_deref().unwrap_or("TCP"))) {
-            return err(
-                format!("spec.ports[{i}]"),
-                format!("duplicate port {} and protocol", p.port),
-            );
+            return err(format!("spec.ports[{i}]"), format!("duplicate port {} and protocol", p.port));
         }
         if let Some(np) = p.node_port {
             if np != 0 {
                 if !matches!(ty, "NodePort" | "LoadBalancer") {
-                    return err(
-                        f("nodePort"),
-                        format!("may not be used when `type` is '{ty}'"),
-                    );
+                    return err(f("nodePort"), format!("may not be used when `type` is '{ty}'"));
                 }
                 port_number(&f("nodePort"), np)?;
             }
@@ -302,10 +242,7 @@ pub fn service(svc: &Service) -> Result {
         match &p.target_port {
             Some(IntOrString::Int(t)) => port_number(&f("targetPort"), *t)?,
             Some(IntOrString::String(t)) if !is_iana_svc_name(t) => {
-                return err(
-                    f("targetPort"),
-                    format!("{t:?} is not a valid port number or name"),
-                )
+                return err(f("targetPort"), format!("{t:?} is not a valid port number or name"))
             }
             _ => {}
         }
@@ -318,18 +255,12 @@ pub fn service(svc: &Service) -> Result {
     }
     let cluster_ips = spec.cluster_ips.as_deref().unwrap_or_default();
     if cluster_ips.len() > 2 {
-        return err(
-            "spec.clusterIPs",
-            "may hold at most two addresses, one per family",
-        );
+        return err("spec.clusterIPs", "may hold at most two addresses, one per family");
     }
     for (i, c) in cluster_ips.iter().enumerate() {
         if c == "None" {
             if i > 0 || !headless {
-                return err(
-                    format!("spec.clusterIPs[{i}]"),
-                    "\"None\" only as the first value of a headless service",
-                );
+                return err(format!("spec.clusterIPs[{i}]"), "\"None\" only as the first value of a headless service");
             }
             continue;
         }
@@ -340,16 +271,8 @@ pub fn service(svc: &Service) -> Result {
                     return err("spec.clusterIPs[0]", "must match spec.clusterIP");
                 }
             }
-        } else if cluster_ips
-            .first()
-            .and_then(|f| parse_ip_sloppy(f))
-            .map(|f| f.is_ipv4())
-            == Some(a.is_ipv4())
-        {
-            return err(
-                "spec.clusterIPs[1]",
-                "must be of the other IP family than spec.clusterIPs[0]",
-            );
+        } else if cluster_ips.first().and_then(|f| parse_ip_sloppy(f)).map(|f| f.is_ipv4()) == Some(a.is_ipv4()) {
+            return err("spec.clusterIPs[1]", "must be of the other IP family than spec.clusterIPs[0]");
         }
     }
     let families = spec.ip_families.as_deref().unwrap_or_default();
@@ -361,16 +284,9 @@ pub fn service(svc: &Service) -> Result {
             );
         }
         if families[..i].contains(fam) || i > 1 {
-            return err(
-                format!("spec.ipFamilies[{i}]"),
-                "duplicate or extra IP family",
-            );
+            return err(format!("spec.ipFamilies[{i}]"), "duplicate or extra IP family");
         }
-        if let Some(c) = cluster_ips
-            .get(i)
-            .filter(|c| *c != "None")
-            .and_then(|c| parse_ip_sloppy(c))
-        {
+        if let Some(c) = cluster_ips.get(i).filter(|c| *c != "None").and_then(|c| parse_ip_sloppy(c)) {
             if c.is_ipv4() != (fam == "IPv4") {
                 return err(
                     format!("spec.clusterIPs[{i}]"),
@@ -389,16 +305,8 @@ pub fn service(svc: &Service) -> Result {
     }
     match spec.session_affinity.as_deref() {
         None | Some("") | Some("None") => {
-            if spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .is_some()
-            {
-                return err(
-                    "spec.sessionAffinityConfig",
-                    "must not be set when sessionAffinity is None",
-                );
+            if spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).is_some() {
+                return err("spec.sessionAffinityConfig", "must not be set when sessionAffinity is None");
             }
         }
         Some("ClientIP") => {
@@ -423,8 +331,8 @@ pub fn service(svc: &Service) -> Result {
             )
         }
     }
-    let externally_accessible = matches!(ty, "NodePort" | "LoadBalancer")
-        || !spec.external_ips.as_deref().unwrap_or_default().is_empty();
+    let externally_accessible =
+        matches!(ty, "NodePort" | "LoadBalancer") || !spec.external_ips.as_deref().unwrap_or_default().is_empty();
     if let Some(p) = spec.external_traffic_policy.as_deref() {
         if !matches!(p, "Cluster" | "Local") {
             return err(
@@ -433,7 +341,10 @@ pub fn service(svc: &Service) -> Result {
             );
         }
         if !externally_accessible {
-            return err("spec.externalTrafficPolicy", "may only be set for externally-accessible services (NodePort, LoadBalancer, or with externalIPs)");
+            return err(
+                "spec.externalTrafficPolicy",
+                "may only be set for externally-accessible services (NodePort, LoadBalancer, or with externalIPs)",
+            );
         }
     }
     if let Some(p) = spec.internal_traffic_policy.as_deref() {
@@ -447,36 +358,22 @@ pub fn service(svc: &Service) -> Result {
     if let Some(h) = spec.health_check_node_port {
         if h != 0 {
             if ty != "LoadBalancer" || spec.external_traffic_policy.as_deref() != Some("Local") {
-                return err("spec.healthCheckNodePort", "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'");
+                return err(
+                    "spec.healthCheckNodePort",
+                    "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+                );
             }
             port_number("spec.healthCheckNodePort", h)?;
         }
     }
-    if !spec
-        .load_balancer_source_ranges
-        .as_deref()
-        .unwrap_or_default()
-        .is_empty()
-        && ty != "LoadBalancer"
-    {
-        return err(
-            "spec.loadBalancerSourceRanges",
-            "may only be used when `type` is 'LoadBalancer'",
-        );
+    if !spec.load_balancer_source_ranges.as_deref().unwrap_or_default().is_empty() && ty != "LoadBalancer" {
+        return err("spec.loadBalancerSourceRanges", "may only be used when `type` is 'LoadBalancer'");
     }
-    for (i, r) in spec
-        .load_balancer_source_ranges
-        .iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, r) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
         cidr(&format!("spec.loadBalancerSourceRanges[{i}]"), r.trim())?;
     }
     if spec.allocate_load_balancer_node_ports.is_some() && ty != "LoadBalancer" {
-        return err(
-            "spec.allocateLoadBalancerNodePorts",
-            "may only be used when `type` is 'LoadBalancer'",
-        );
+        return err("spec.allocateLoadBalancerNodePorts", "may only be used when `type` is 'LoadBalancer'");
     }
     if let Some(t) = spec.traffic_distribution.as_deref() {
         if !matches!(t, "PreferClose" | "PreferSameZone" | "PreferSameNode") {
@@ -496,10 +393,7 @@ pub fn service(svc: &Service) -> Result {
                     );
                 }
                 if ing.ip.as_deref().unwrap_or("").is_empty() {
-                    return err(
-                        format!("status.loadBalancer.ingress[{i}].ipMode"),
-                        "may only be set when ip is set",
-                    );
+                    return err(format!("status.loadBalancer.ingress[{i}].ipMode"), "may only be set when ip is set");
                 }
             }
         }
@@ -519,10 +413,7 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result {
     }
     for (i, e) in slice.endpoints.iter().enumerate() {
         if e.addresses.is_empty() || e.addresses.len() > 100 {
-            return err(
-                format!("endpoints[{i}].addresses"),
-                "must hold between 1 and 100 addresses",
-            );
+            return err(format!("endpoints[{i}].addresses"), "must hold between 1 and 100 addresses");
         }
         if ty != "FQDN" {
             for (j, a) in e.addresses.iter().enumerate() {
@@ -533,17 +424,9 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result {
                 }
             }
         }
-        for (j, z) in e
-            .hints
-            .iter()
-            .flat_map(|h| h.for_zones.iter().flatten())
-            .enumerate()
-        {
+        for (j, z) in e.hints.iter().flat_map(|h| h.for_zones.iter().flatten()).enumerate() {
             if z.name.is_empty() {
-                return err(
-                    format!("endpoints[{i}].hints.forZones[{j}].name"),
-                    "required",
-                );
+                return err(format!("endpoints[{i}].hints.forZones[{j}].name"), "required");
             }
         }
     }
@@ -551,25 +434,16 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result {
     for (i, p) in slice.ports.iter().flatten().enumerate() {
         if let Some(n) = p.port {
             if !(0..=65535).contains(&n) {
-                return err(
-                    format!("ports[{i}].port"),
-                    format!("must be between 0 and 65535 (got {n})"),
-                );
+                return err(format!("ports[{i}].port"), format!("must be between 0 and 65535 (got {n})"));
             }
         }
         protocol(&format!("ports[{i}].protocol"), p.protocol.as_deref())?;
         let name = p.name.as_deref().unwrap_or("");
         if !name.is_empty() && !is_dns1123_label(name) {
-            return err(
-                format!("ports[{i}].name"),
-                format!("{name:?} is not a valid port name"),
-            );
+            return err(format!("ports[{i}].name"), format!("{name:?} is not a valid port name"));
         }
         if !names.insert(name) {
-            return err(
-                format!("ports[{i}].name"),
-                format!("duplicate value {name:?}"),
-            );
+            return err(format!("ports[{i}].name"), format!("duplicate value {name:?}"));
         }
     }
     Ok(())
@@ -578,47 +452,27 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result {
 fn selector(field: &str, sel: &LabelSelector) -> Result {
     for (k, v) in sel.match_labels.iter().flatten() {
         if !is_label_key(k) {
-            return err(
-                format!("{field}.matchLabels"),
-                format!("{k:?} is not a valid label key"),
-            );
+            return err(format!("{field}.matchLabels"), format!("{k:?} is not a valid label key"));
         }
         if !is_label_value(v) {
-            return err(
-                format!("{field}.matchLabels[{k}]"),
-                format!("{v:?} is not a valid label value"),
-            );
+            return err(format!("{field}.matchLabels[{k}]"), format!("{v:?} is not a valid label value"));
         }
     }
     for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
         let f = format!("{field}.matchExpressions[{i}]");
         if !is_label_key(&e.key) {
-            return err(
-                format!("{f}.key"),
-                format!("{:?} is not a valid label key", e.key),
-            );
+            return err(format!("{f}.key"), format!("{:?} is not a valid label key", e.key));
         }
         let values = e.values.as_deref().unwrap_or_default();
         match e.operator.as_str() {
             "In" | "NotIn" if values.is_empty() => {
-                return err(
-                    format!("{f}.values"),
-                    "must be specified when `operator` is 'In' or 'NotIn'",
-                )
+                return err(format!("{f}.values"), "must be specified when `operator` is 'In' or 'NotIn'")
             }
             "Exists" | "DoesNotExist" if !values.is_empty() => {
-                return err(
-                    format!("{f}.values"),
-                    "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
-                )
+                return err(format!("{f}.values"), "may not be specified when `operator` is 'Exists' or 'DoesNotExist'")
             }
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-            other => {
-                return err(
-                    format!("{f}.operator"),
-                    format!("{other:?} is not a valid selector operator"),
-                )
-            }
+            other => return err(format!("{f}.operator"), format!("{other:?} is not a valid selector operator")),
         }
     }
     Ok(())
@@ -631,30 +485,17 @@ fn policy_ports(field: &str, ports: &[NetworkPolicyPort]) -> Result {
         match &p.port {
             Some(IntOrString::Int(n)) => port_number(&format!("{f}.port"), *n)?,
             Some(IntOrString::String(s)) if !is_iana_svc_name(s) => {
-                return err(
-                    format!("{f}.port"),
-                    format!("{s:?} is not a valid port name"),
-                )
+                return err(format!("{f}.port"), format!("{s:?} is not a valid port name"))
             }
             _ => {}
         }
         if let Some(end) = p.end_port {
             match &p.port {
-                Some(IntOrString::Int(n)) if end >= *n => {
-                    port_number(&format!("{f}.endPort"), end)?
-                }
+                Some(IntOrString::Int(n)) if end >= *n => port_number(&format!("{f}.endPort"), end)?,
                 Some(IntOrString::Int(_)) => {
-                    return err(
-                        format!("{f}.endPort"),
-                        "must be greater than or equal to `port`",
-                    )
+                    return err(format!("{f}.endPort"), "must be greater than or equal to `port`")
                 }
-                _ => {
-                    return err(
-                        format!("{f}.endPort"),
-                        "may not be specified when `port` is not a number",
-                    )
-                }
+                _ => return err(format!("{f}.endPort"), "may not be specified when `port` is not a number"),
             }
         }
     }
@@ -672,16 +513,10 @@ fn policy_peers(field: &str, peers: &[NetworkPolicyPeer]) -> Result {
         }
         if let Some(b) = &p.ip_block {
             if p.pod_selector.is_some() || p.namespace_selector.is_some() {
-                return err(
-                    &f,
-                    "may not specify ipBlock together with podSelector or namespaceSelector",
-                );
+                return err(&f, "may not specify ipBlock together with podSelector or namespaceSelector");
             }
             let Some(net) = parse_cidr_sloppy(&b.cidr) else {
-                return err(
-                    format!("{f}.ipBlock.cidr"),
-                    format!("{:?} is not a valid CIDR", b.cidr),
-                );
+                return err(format!("{f}.ipBlock.cidr"), format!("{:?} is not a valid CIDR", b.cidr));
             };
             for (j, e) in b.except.iter().flatten().enumerate() {
                 let ef = format!("{f}.ipBlock.except[{j}]");
@@ -693,10 +528,7 @@ fn policy_peers(field: &str, peers: &[NetworkPolicyPeer]) -> Result {
                 }
             }
         } else if p.pod_selector.is_none() && p.namespace_selector.is_none() {
-            return err(
-                &f,
-                "must specify a peer (podSelector, namespaceSelector or ipBlock)",
-            );
+            return err(&f, "must specify a peer (podSelector, namespaceSelector or ipBlock)");
         }
     }
     Ok(())
@@ -708,10 +540,7 @@ pub fn network_policy(np: &NetworkPolicy) -> Result {
     let Some(spec) = &np.spec else {
         return err("spec", "required");
     };
-    selector(
-        "spec.podSelector",
-        &spec.pod_selector.clone().unwrap_or_default(),
-    )?;
+    selector("spec.podSelector", &spec.pod_selector.clone().unwrap_or_default())?;
     for (i, t) in spec.policy_types.iter().flatten().enumerate() {
         if t != "Ingress" && t != "Egress" {
             return err(
@@ -721,24 +550,12 @@ pub fn network_policy(np: &NetworkPolicy) -> Result {
         }
     }
     for (i, r) in spec.ingress.iter().flatten().enumerate() {
-        policy_ports(
-            &format!("spec.ingress[{i}].ports"),
-            r.ports.as_deref().unwrap_or_default(),
-        )?;
-        policy_peers(
-            &format!("spec.ingress[{i}].from"),
-            r.from.as_deref().unwrap_or_default(),
-        )?;
+        policy_ports(&format!("spec.ingress[{i}].ports"), r.ports.as_deref().unwrap_or_default())?;
+        policy_peers(&format!("spec.ingress[{i}].from"), r.from.as_deref().unwrap_or_default())?;
     }
     for (i, r) in spec.egress.iter().flatten().enumerate() {
-        policy_ports(
-            &format!("spec.egress[{i}].ports"),
-            r.ports.as_deref().unwrap_or_default(),
-        )?;
-        policy_peers(
-            &format!("spec.egress[{i}].to"),
-            r.to.as_deref().unwrap_or_default(),
-        )?;
+        policy_ports(&format!("spec.egress[{i}].ports"), r.ports.as_deref().unwrap_or_default())?;
+        policy_peers(&format!("spec.egress[{i}].to"), r.to.as_deref().unwrap_or_default())?;
     }
     Ok(())
 }
@@ -746,16 +563,9 @@ pub fn network_policy(np: &NetworkPolicy) -> Result {
 /// Validates a ServiceCIDR.
 pub fn service_cidr(sc: &ServiceCIDR) -> Result {
     validate_meta(&sc.metadata, false, is_dns1123_subdomain, "servicecidr")?;
-    let cidrs = sc
-        .spec
-        .as_ref()
-        .and_then(|s| s.cidrs.as_deref())
-        .unwrap_or_default();
+    let cidrs = sc.spec.as_ref().and_then(|s| s.cidrs.as_deref()).unwrap_or_default();
     if cidrs.is_empty() || cidrs.len() > 2 {
-        return err(
-            "spec.cidrs",
-            "must hold one or two CIDRs (one per IP family)",
-        );
+        return err("spec.cidrs", "must hold one or two CIDRs (one per IP family)");
     }
     let mut families = BTreeSet::new();
     for (i, c) in cidrs.iter().enumerate() {
@@ -787,34 +597,21 @@ pub fn kube_proxy_configuration(c: &KubeProxyConfiguration) -> Result {
     ) {
         return err("detectLocalMode", format!("unsupported value {:?}: supported values are \"ClusterCIDR\", \"NodeCIDR\", \"BridgeInterface\", \"InterfaceNamePrefix\"", c.detect_local_mode));
     }
-    if c.detect_local_mode == "InterfaceNamePrefix"
-        && c.detect_local.interface_name_prefix.is_empty()
-    {
-        return err(
-            "detectLocal.interfaceNamePrefix",
-            "required when detectLocalMode is InterfaceNamePrefix",
-        );
+    if c.detect_local_mode == "InterfaceNamePrefix" && c.detect_local.interface_name_prefix.is_empty() {
+        return err("detectLocal.interfaceNamePrefix", "required when detectLocalMode is InterfaceNamePrefix");
     }
     if c.detect_local_mode == "BridgeInterface" && c.detect_local.bridge_interface.is_empty() {
-        return err(
-            "detectLocal.bridgeInterface",
-            "required when detectLocalMode is BridgeInterface",
-        );
+        return err("detectLocal.bridgeInterface", "required when detectLocalMode is BridgeInterface");
     }
     for (i, a) in c.node_port_addresses.iter().enumerate() {
         let f = format!("nodePortAddresses[{i}]");
         match a.as_str() {
-            "primary" if c.node_port_addresses.len() > 1 => {
-                return err(f, "\"primary\" must be the only value")
-            }
+            "primary" if c.node_port_addresses.len() > 1 => return err(f, "\"primary\" must be the only value"),
             "primary" | "all" | "localhost" => {}
             other => cidr(&f, other)?,
         }
     }
-    if !matches!(
-        c.mode.as_str(),
-        "" | "nftables" | "iptables" | "ipvs" | "kernelspace"
-    ) {
+    if !matches!(c.mode.as_str(), "" | "nftables" | "iptables" | "ipvs" | "kernelspace") {
         return err("mode", format!("unsupported value {:?}", c.mode));
     }
     Ok(())

@@ -43,18 +43,10 @@ impl<'a> SliceIndex<'a> {
     pub fn new(slices: &'a BTreeMap<ObjectKey, EndpointSlice>) -> SliceIndex<'a> {
         let mut by_service: BTreeMap<ObjectKey, Vec<&'a EndpointSlice>> = BTreeMap::new();
         for (key, slice) in slices {
-            let Some(svc) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            else {
+            let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
                 continue;
             };
-            by_service
-                .entry(ObjectKey::new(key.namespace.clone(), svc.clone()))
-                .or_default()
-                .push(slice);
+            by_service.entry(ObjectKey::new(key.namespace.clone(), svc.clone())).or_default().push(slice);
         }
         SliceIndex { by_service }
     }
@@ -72,13 +64,7 @@ impl<'a> SliceIndex<'a> {
                 if port.name.as_deref().unwrap_or("") != sp.port_name {
                     continue;
                 }
-                if port
-                    .protocol
-                    .as_deref()
-                    .unwrap_or("TCP")
-                    .to_ascii_lowercase()
-                    != sp.proto.name()
-                {
+                if port.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase() != sp.proto.name() {
                     continue;
                 }
                 let Some(num) = port.port.and_then(|p| u16::try_from(p).ok()) else {
@@ -159,11 +145,7 @@ pub fn categorize(
             .map(|e| e.addr)
             .collect();
         if out.cluster.is_empty() {
-            out.cluster = eps
-                .iter()
-                .filter(|e| e.serving && e.terminating)
-                .map(|e| e.addr)
-                .collect();
+            out.cluster = eps.iter().filter(|e| e.serving && e.terminating).map(|e| e.addr).collect();
         }
         out.has_any = !out.cluster.is_empty();
     }
@@ -182,27 +164,14 @@ pub fn categorize(
         }
     }
     if local_ready {
-        out.local = eps
-            .iter()
-            .filter(|e| e.local && e.ready)
-            .map(|e| e.addr)
-            .collect();
+        out.local = eps.iter().filter(|e| e.local && e.ready).map(|e| e.addr).collect();
     } else if local_serving_terminating {
-        out.local = eps
-            .iter()
-            .filter(|e| e.local && e.serving && e.terminating)
-            .map(|e| e.addr)
-            .collect();
+        out.local = eps.iter().filter(|e| e.local && e.serving && e.terminating).map(|e| e.addr).collect();
     }
     out
 }
 
-fn topology_mode(
-    eps: &[Endpoint],
-    node: &str,
-    zone: Option<&str>,
-    prefer_same_node: bool,
-) -> &'static str {
+fn topology_mode(eps: &[Endpoint], node: &str, zone: Option<&str>, prefer_same_node: bool) -> &'static str {
     let ready: Vec<&Endpoint> = eps.iter().filter(|e| e.ready).collect();
     if ready.is_empty() {
         return "";

@@ -23,8 +23,7 @@ use std::net::IpAddr;
 
 use flowgate_cluster::{parse_cidr_sloppy, parse_ip_sloppy, ClusterState};
 use flowgate_switch::{
-    Action, AddrMatch, Conditions, IngressKind, LayerKind, PrefixSet, Rule, RuleGroup, RuleIndex,
-    SwitchPolicy,
+    Action, AddrMatch, Conditions, IngressKind, LayerKind, PrefixSet, Rule, RuleGroup, RuleIndex, SwitchPolicy,
 };
 
 pub use node::{select_node, NodeView};
@@ -73,11 +72,7 @@ pub fn compile(state: &ClusterState, node: Option<&str>) -> Result<Compiled, Com
     }
     proxy::compile(state, &node, &settings, &mut policy);
     outbound_nat(state, &node, &settings, &mut policy);
-    Ok(Compiled {
-        node,
-        settings,
-        policy,
-    })
+    Ok(Compiled { node, settings, policy })
 }
 
 /// The pods that get an endpoint on `node`: scheduled there, not host-network, with an address.
@@ -91,13 +86,7 @@ pub fn endpoints_of_node(state: &ClusterState, node: &str) -> Vec<(String, Vec<I
         }
         let Some(status) = &pod.status else { continue };
         let mut ips: Vec<IpAddr> = Vec::new();
-        for ip in status
-            .pod_ips
-            .iter()
-            .flatten()
-            .map(|p| p.ip.as_str())
-            .chain(status.pod_ip.as_deref())
-        {
+        for ip in status.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(status.pod_ip.as_deref()) {
             if let Some(ip) = parse_ip_sloppy(ip) {
                 if !ips.contains(&ip) {
                     ips.push(ip);
@@ -113,18 +102,8 @@ pub fn endpoints_of_node(state: &ClusterState, node: &str) -> Vec<(String, Vec<I
 
 /// Outbound NAT: traffic from an endpoint to a destination outside the exceptions (cluster CIDRs,
 /// service CIDRs, the node's pod CIDRs and addresses, and configured ones) leaves with a node address.
-fn outbound_nat(
-    state: &ClusterState,
-    node: &NodeView,
-    settings: &ProxySettings,
-    policy: &mut SwitchPolicy,
-) {
-    let Some(cfg) = state
-        .flowgate
-        .as_ref()
-        .map(|f| &f.outbound_nat)
-        .filter(|o| o.enabled)
-    else {
+fn outbound_nat(state: &ClusterState, node: &NodeView, settings: &ProxySettings, policy: &mut SwitchPolicy) {
+    let Some(cfg) = state.flowgate.as_ref().map(|f| &f.outbound_nat).filter(|o| o.enabled) else {
         return;
     };
     let mut exceptions = PrefixSet::from_nets(settings.cluster_cidrs.iter().cloned());
@@ -135,13 +114,7 @@ fn outbound_nat(
         exceptions.insert_addr(*a);
     }
     for sc in state.service_cidrs.values() {
-        for c in sc
-            .spec
-            .as_ref()
-            .and_then(|s| s.cidrs.as_ref())
-            .into_iter()
-            .flatten()
-        {
+        for c in sc.spec.as_ref().and_then(|s| s.cidrs.as_ref()).into_iter().flatten() {
             if let Some(n) = parse_cidr_sloppy(c) {
                 exceptions.insert(n.trunc());
             }
@@ -153,19 +126,12 @@ fn outbound_nat(
         }
     }
     let set = policy.add_set("outbound-nat-exceptions", exceptions);
-    policy
-        .layer_mut(LayerKind::OutboundNat)
-        .groups
-        .push(RuleGroup {
-            name: "outbound-nat",
-            index: RuleIndex::Ordered(vec![Rule::new(
-                "destination outside the exception list: source NAT to the node address",
-                Conditions {
-                    dst: Some(AddrMatch::NotIn(set)),
-                    ingress: Some(IngressKind::Endpoint),
-                    ..Conditions::any()
-                },
-                Action::Snat,
-            )]),
-        });
+    policy.layer_mut(LayerKind::OutboundNat).groups.push(RuleGroup {
+        name: "outbound-nat",
+        index: RuleIndex::Ordered(vec![Rule::new(
+            "destination outside the exception list: source NAT to the node address",
+            Conditions { dst: Some(AddrMatch::NotIn(set)), ingress: Some(IngressKind::Endpoint), ..Conditions::any() },
+            Action::Snat,
+        )]),
+    });
 }

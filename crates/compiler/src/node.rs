@@ -37,11 +37,7 @@ impl NodeView {
             labels: node.metadata.labels.clone().unwrap_or_default(),
             ..NodeView::default()
         };
-        let addrs = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_deref())
-            .unwrap_or_default();
+        let addrs = node.status.as_ref().and_then(|s| s.addresses.as_deref()).unwrap_or_default();
         for ty in ["InternalIP", "ExternalIP"] {
             for a in addrs.iter().filter(|a| a.type_ == ty) {
                 if let Some(ip) = parse_ip_sloppy(&a.address) {
@@ -59,16 +55,8 @@ impl NodeView {
         }
         if let Some(spec) = &node.spec {
             let cidrs = spec.pod_cidrs.clone().unwrap_or_default();
-            let cidrs = if cidrs.is_empty() {
-                spec.pod_cidr.iter().cloned().collect()
-            } else {
-                cidrs
-            };
-            view.pod_cidrs = cidrs
-                .iter()
-                .filter_map(|c| parse_cidr_sloppy(c))
-                .map(|c| c.trunc())
-                .collect();
+            let cidrs = if cidrs.is_empty() { spec.pod_cidr.iter().cloned().collect() } else { cidrs };
+            view.pod_cidrs = cidrs.iter().filter_map(|c| parse_cidr_sloppy(c)).map(|c| c.trunc()).collect();
         }
         view
     }
@@ -90,10 +78,7 @@ impl NodeView {
 
 /// Chooses the traced node: `requested` if given, else the KubeProxyConfiguration's
 /// `hostnameOverride`, else the only Node object.
-pub fn select_node(
-    state: &ClusterState,
-    requested: Option<&str>,
-) -> Result<NodeView, CompileError> {
+pub fn select_node(state: &ClusterState, requested: Option<&str>) -> Result<NodeView, CompileError> {
     let name = match requested {
         Some(n) => n.to_string(),
         None => match state.kube_proxy.as_ref().map(|c| c.hostname_override.trim()).filter(|h| !h.is_empty()) {
@@ -103,7 +88,9 @@ pub fn select_node(
                 0 => return Err(CompileError::NoNode { reason: "the manifests hold no Node object".into() }),
                 n => {
                     return Err(CompileError::NoNode {
-                        reason: format!("the manifests hold {n} Node objects and no KubeProxyConfiguration hostnameOverride"),
+                        reason: format!(
+                            "the manifests hold {n} Node objects and no KubeProxyConfiguration hostnameOverride"
+                        ),
                     })
                 }
             },

@@ -18,8 +18,8 @@ use std::net::IpAddr;
 use flowgate_cluster::ClusterState;
 use flowgate_switch::layer::DestinationKey;
 use flowgate_switch::{
-    Action, AddrMatch, BackendSet, Conditions, Dnat, DropReason, LayerKind, PrefixSet, Proto, Rule,
-    RuleGroup, RuleIndex, Selection, SetId, SwitchPolicy,
+    Action, AddrMatch, BackendSet, Conditions, Dnat, DropReason, LayerKind, PrefixSet, Proto, Rule, RuleGroup,
+    RuleIndex, Selection, SetId, SwitchPolicy,
 };
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
@@ -44,16 +44,9 @@ struct Tables {
 }
 
 /// Compiles every Service into `policy`'s `lb` and `service-filter` layers.
-pub fn compile(
-    state: &ClusterState,
-    node: &NodeView,
-    settings: &ProxySettings,
-    policy: &mut SwitchPolicy,
-) {
+pub fn compile(state: &ClusterState, node: &NodeView, settings: &ProxySettings, policy: &mut SwitchPolicy) {
     let local_set = match &settings.local {
-        crate::settings::LocalDetector::Cidrs(p) => {
-            Some(policy.add_set("local-traffic", p.clone()))
-        }
+        crate::settings::LocalDetector::Cidrs(p) => Some(policy.add_set("local-traffic", p.clone())),
         _ => None,
     };
     let mut node_local = PrefixSet::new();
@@ -97,27 +90,15 @@ pub fn compile(
     let nodeport_set = policy.add_set("nodeport-addresses", nodeport_addrs);
 
     let lb = policy.layer_mut(LayerKind::Lb);
-    lb.groups.push(RuleGroup {
-        name: "service-ips",
-        index: RuleIndex::Destination(tables.destinations),
-    });
+    lb.groups.push(RuleGroup { name: "service-ips", index: RuleIndex::Destination(tables.destinations) });
     lb.groups.push(RuleGroup {
         name: "service-nodeports",
-        index: RuleIndex::PortOnAddresses {
-            addresses: nodeport_set,
-            rules: tables.node_ports,
-        },
+        index: RuleIndex::PortOnAddresses { addresses: nodeport_set, rules: tables.node_ports },
     });
 
     let mut service_cidrs = PrefixSet::new();
     for sc in state.service_cidrs.values() {
-        for c in sc
-            .spec
-            .as_ref()
-            .and_then(|s| s.cidrs.as_ref())
-            .into_iter()
-            .flatten()
-        {
+        for c in sc.spec.as_ref().and_then(|s| s.cidrs.as_ref()).into_iter().flatten() {
             if let Some(n) = flowgate_cluster::parse_cidr_sloppy(c) {
                 service_cidrs.insert(n.trunc());
             }
@@ -128,10 +109,7 @@ pub fn compile(
         let s = policy.add_set("cluster-ips", tables.cluster_ips);
         filter_rules.push(Rule::new(
             "ClusterIP, but no Service port of that protocol and number",
-            Conditions {
-                dst: Some(AddrMatch::In(s)),
-                ..Conditions::any()
-            },
+            Conditions { dst: Some(AddrMatch::In(s)), ..Conditions::any() },
             Action::Reject(DropReason::UndefinedServicePort),
         ));
     }
@@ -139,20 +117,14 @@ pub fn compile(
         let s = policy.add_set("service-cidrs", service_cidrs);
         filter_rules.push(Rule::new(
             "address in a ServiceCIDR that no Service holds",
-            Conditions {
-                dst: Some(AddrMatch::In(s)),
-                ..Conditions::any()
-            },
+            Conditions { dst: Some(AddrMatch::In(s)), ..Conditions::any() },
             Action::Drop(DropReason::UnallocatedServiceIp),
         ));
     }
     policy
         .layer_mut(LayerKind::ServiceFilter)
         .groups
-        .push(RuleGroup {
-            name: "cluster-ips-check",
-            index: RuleIndex::Ordered(filter_rules),
-        });
+        .push(RuleGroup { name: "cluster-ips-check", index: RuleIndex::Ordered(filter_rules) });
 }
 
 fn compile_service_port(
@@ -185,45 +157,18 @@ fn compile_service_port(
             selection,
         })
     });
-    let dnat = |set, masquerade| {
-        Action::Dnat(Dnat {
-            backends: set,
-            masquerade,
-            hairpin: true,
-        })
-    };
-    let topo = if cat.topology.is_empty() {
-        String::new()
-    } else {
-        format!(", topology {}", cat.topology)
-    };
+    let dnat = |set, masquerade| Action::Dnat(Dnat { backends: set, masquerade, hairpin: true });
+    let topo = if cat.topology.is_empty() { String::new() } else { format!(", topology {}", cat.topology) };
 
     // Internal traffic (the ClusterIP).
     tables.cluster_ips.insert_addr(sp.cluster_ip);
-    let internal = if sp.internal_local {
-        local_set
-    } else {
-        cluster_set
-    };
+    let internal = if sp.internal_local { local_set } else { cluster_set };
     let mut rules = Vec::new();
-    let what = format!(
-        "svc {name} clusterIP {}:{}/{}",
-        fmt_ip(sp.cluster_ip),
-        sp.port,
-        sp.proto
-    );
+    let what = format!("svc {name} clusterIP {}:{}/{}", fmt_ip(sp.cluster_ip), sp.port, sp.proto);
     match internal {
         Some(set) => {
-            let n = if sp.internal_local {
-                cat.local.len()
-            } else {
-                cat.cluster.len()
-            };
-            let policy_name = if sp.internal_local {
-                "local"
-            } else {
-                "cluster"
-            };
+            let n = if sp.internal_local { cat.local.len() } else { cat.cluster.len() };
+            let policy_name = if sp.internal_local { "local" } else { "cluster" };
             if settings.masquerade_all {
                 rules.push(Rule::new(
                     format!("{what} -> {n} {policy_name} endpoints{topo}, masqueradeAll"),
@@ -258,9 +203,7 @@ fn compile_service_port(
             Action::Drop(DropReason::NoLocalEndpoints),
         )),
     }
-    tables
-        .destinations
-        .insert((sp.cluster_ip, sp.proto, sp.port), rules);
+    tables.destinations.insert((sp.cluster_ip, sp.proto, sp.port), rules);
 
     // External traffic: externalIPs, load-balancer IPs, NodePort.
     let external = |what: &str| -> Vec<Rule> {
@@ -278,7 +221,10 @@ fn compile_service_port(
         };
         if !sp.external_local {
             rules.push(Rule::new(
-                format!("{what} -> {} cluster endpoints{topo}, masquerade (externalTrafficPolicy Cluster)", cat.cluster.len()),
+                format!(
+                    "{what} -> {} cluster endpoints{topo}, masquerade (externalTrafficPolicy Cluster)",
+                    cat.cluster.len()
+                ),
                 Conditions::any(),
                 dnat(cluster, true),
             ));
@@ -287,29 +233,20 @@ fn compile_service_port(
         if let Some(local) = &sets.local {
             for c in &local.local {
                 rules.push(Rule::new(
-                    format!(
-                        "{what}: pod traffic short-circuits to {} cluster endpoints{topo}",
-                        cat.cluster.len()
-                    ),
+                    format!("{what}: pod traffic short-circuits to {} cluster endpoints{topo}", cat.cluster.len()),
                     c.clone(),
                     dnat(cluster, false),
                 ));
             }
         }
         rules.push(Rule::new(
-            format!(
-                "{what}: traffic from the node goes to {} cluster endpoints{topo}, masquerade",
-                cat.cluster.len()
-            ),
+            format!("{what}: traffic from the node goes to {} cluster endpoints{topo}, masquerade", cat.cluster.len()),
             Conditions::src(AddrMatch::In(sets.node_local)),
             dnat(cluster, true),
         ));
         match local_set {
             Some(set) => rules.push(Rule::new(
-                format!(
-                    "{what} -> {} local endpoints (externalTrafficPolicy Local)",
-                    cat.local.len()
-                ),
+                format!("{what} -> {} local endpoints (externalTrafficPolicy Local)", cat.local.len()),
                 Conditions::any(),
                 dnat(set, false),
             )),
@@ -323,38 +260,25 @@ fn compile_service_port(
     };
 
     for ip in &sp.external_ips {
-        let what = format!(
-            "svc {name} externalIP {}:{}/{}",
-            fmt_ip(*ip),
-            sp.port,
-            sp.proto
-        );
-        tables
-            .destinations
-            .insert((*ip, sp.proto, sp.port), external(&what));
+        let what = format!("svc {name} externalIP {}:{}/{}", fmt_ip(*ip), sp.port, sp.proto);
+        tables.destinations.insert((*ip, sp.proto, sp.port), external(&what));
     }
 
-    let firewall: Option<SetId> =
-        (!sp.lb_ips.is_empty() && !sp.source_ranges.is_empty()).then(|| {
-            let mut allowed = PrefixSet::from_nets(sp.source_ranges.iter().cloned());
-            // A range holding the node's IP also admits the LB IPs as sources (requests from the node
-            // to a VIP it holds locally loop back with the VIP as source).
-            if let Some(node_ip) = node.primary(sp.cluster_ip.is_ipv4()) {
-                if sp.source_ranges.iter().any(|r| r.contains(&node_ip)) {
-                    for ip in &sp.lb_ips {
-                        allowed.insert_addr(*ip);
-                    }
+    let firewall: Option<SetId> = (!sp.lb_ips.is_empty() && !sp.source_ranges.is_empty()).then(|| {
+        let mut allowed = PrefixSet::from_nets(sp.source_ranges.iter().cloned());
+        // A range holding the node's IP also admits the LB IPs as sources (requests from the node
+        // to a VIP it holds locally loop back with the VIP as source).
+        if let Some(node_ip) = node.primary(sp.cluster_ip.is_ipv4()) {
+            if sp.source_ranges.iter().any(|r| r.contains(&node_ip)) {
+                for ip in &sp.lb_ips {
+                    allowed.insert_addr(*ip);
                 }
             }
-            policy.add_set(format!("{name} source ranges"), allowed)
-        });
+        }
+        policy.add_set(format!("{name} source ranges"), allowed)
+    });
     for ip in &sp.lb_ips {
-        let what = format!(
-            "svc {name} loadBalancer {}:{}/{}",
-            fmt_ip(*ip),
-            sp.port,
-            sp.proto
-        );
+        let what = format!("svc {name} loadBalancer {}:{}/{}", fmt_ip(*ip), sp.port, sp.proto);
         let mut rules = Vec::new();
         if let Some(fw) = firewall {
             rules.push(Rule::new(
@@ -387,11 +311,7 @@ fn family_set(policy: &mut SwitchPolicy, v4: bool) -> SetId {
     if let Some(pos) = policy.sets.iter().position(|s| s.name == name) {
         return SetId(pos as u32);
     }
-    let net: IpNet = if v4 {
-        IpNet::V4(Default::default())
-    } else {
-        IpNet::V6(Default::default())
-    };
+    let net: IpNet = if v4 { IpNet::V4(Default::default()) } else { IpNet::V6(Default::default()) };
     policy.add_set(name, PrefixSet::from_nets([net]))
 }
 

@@ -87,10 +87,7 @@ pub fn cluster_ip(svc: &Service, v4: bool) -> Option<IpAddr> {
     if candidates.is_empty() {
         candidates.extend(spec.cluster_ip.iter());
     }
-    candidates
-        .into_iter()
-        .filter_map(|c| parse_ip_sloppy(c))
-        .find(|ip| ip.is_ipv4() == v4)
+    candidates.into_iter().filter_map(|c| parse_ip_sloppy(c)).find(|ip| ip.is_ipv4() == v4)
 }
 
 /// The service ports of `svc` for one family; empty for headless and ExternalName Services and
@@ -126,10 +123,9 @@ pub fn service_ports(key: &ObjectKey, svc: &Service, v4: bool) -> Vec<ServicePor
         .filter(|n| matches!(n, IpNet::V4(_)) == v4)
         .map(|n| n.trunc())
         .collect();
-    let externally_accessible = matches!(ty, "NodePort" | "LoadBalancer")
-        || !spec.external_ips.as_deref().unwrap_or_default().is_empty();
-    let external_local =
-        externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
+    let externally_accessible =
+        matches!(ty, "NodePort" | "LoadBalancer") || !spec.external_ips.as_deref().unwrap_or_default().is_empty();
+    let external_local = externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
@@ -159,11 +155,7 @@ pub fn service_ports(key: &ObjectKey, svc: &Service, v4: bool) -> Vec<ServicePor
                     .and_then(|n| u16::try_from(n).ok())
                     .filter(|n| *n != 0 && matches!(ty, "NodePort" | "LoadBalancer")),
                 external_ips: external_ips.clone(),
-                lb_ips: if ty == "LoadBalancer" {
-                    lb_ips.clone()
-                } else {
-                    Vec::new()
-                },
+                lb_ips: if ty == "LoadBalancer" { lb_ips.clone() } else { Vec::new() },
                 source_ranges: source_ranges.clone(),
                 affinity_timeout,
                 external_local,

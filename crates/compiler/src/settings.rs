@@ -78,31 +78,14 @@ impl ProxySettings {
         };
         for v in values {
             match v {
-                "primary" => cidrs.extend(
-                    node.primary_v4
-                        .into_iter()
-                        .chain(node.primary_v6)
-                        .map(IpNet::from),
-                ),
-                "all" => cidrs.extend(
-                    ["0.0.0.0/0", "::/0"]
-                        .iter()
-                        .filter_map(|s| s.parse::<IpNet>().ok()),
-                ),
-                "localhost" => cidrs.extend(
-                    ["127.0.0.0/8", "::1/128"]
-                        .iter()
-                        .filter_map(|s| s.parse::<IpNet>().ok()),
-                ),
+                "primary" => cidrs.extend(node.primary_v4.into_iter().chain(node.primary_v6).map(IpNet::from)),
+                "all" => cidrs.extend(["0.0.0.0/0", "::/0"].iter().filter_map(|s| s.parse::<IpNet>().ok())),
+                "localhost" => cidrs.extend(["127.0.0.0/8", "::1/128"].iter().filter_map(|s| s.parse::<IpNet>().ok())),
                 other => cidrs.extend(parse_cidr_sloppy(other).map(|n| n.trunc())),
             }
         }
         let family = |v4: bool| {
-            let fam: Vec<IpNet> = cidrs
-                .iter()
-                .filter(|n| matches!(n, IpNet::V4(_)) == v4)
-                .cloned()
-                .collect();
+            let fam: Vec<IpNet> = cidrs.iter().filter(|n| matches!(n, IpNet::V4(_)) == v4).cloned().collect();
             // No CIDR of this family: every address of it (kube-proxy's NodePortAddresses).
             if fam.is_empty() || fam.iter().any(|n| n.prefix_len() == 0) {
                 NodePortAddresses::All
@@ -117,10 +100,7 @@ impl ProxySettings {
             cluster_cidrs,
             node_ports_v4: family(true),
             node_ports_v6: family(false),
-            prefer_same_node: gates
-                .get("PreferSameTrafficDistribution")
-                .copied()
-                .unwrap_or(true),
+            prefer_same_node: gates.get("PreferSameTrafficDistribution").copied().unwrap_or(true),
         }
     }
 
@@ -146,10 +126,7 @@ pub struct LocalMatch {
 
 impl LocalMatch {
     /// Builds the conditions; `set` is the policy's address set holding the detector's CIDRs.
-    pub fn new(
-        detector: &LocalDetector,
-        set: Option<flowgate_switch::SetId>,
-    ) -> Option<LocalMatch> {
+    pub fn new(detector: &LocalDetector, set: Option<flowgate_switch::SetId>) -> Option<LocalMatch> {
         use flowgate_switch::AddrMatch;
         match (detector, set) {
             (LocalDetector::Cidrs(_), Some(s)) => Some(LocalMatch {
@@ -157,19 +134,10 @@ impl LocalMatch {
                 not_local: vec![Conditions::src(AddrMatch::NotIn(s))],
             }),
             (LocalDetector::Endpoints, _) => Some(LocalMatch {
-                local: vec![Conditions {
-                    ingress: Some(IngressKind::Endpoint),
-                    ..Conditions::any()
-                }],
+                local: vec![Conditions { ingress: Some(IngressKind::Endpoint), ..Conditions::any() }],
                 not_local: vec![
-                    Conditions {
-                        ingress: Some(IngressKind::Host),
-                        ..Conditions::any()
-                    },
-                    Conditions {
-                        ingress: Some(IngressKind::Uplink),
-                        ..Conditions::any()
-                    },
+                    Conditions { ingress: Some(IngressKind::Host), ..Conditions::any() },
+                    Conditions { ingress: Some(IngressKind::Uplink), ..Conditions::any() },
                 ],
             }),
             _ => None,

@@ -132,8 +132,7 @@ mod tests {
 
     #[test]
     fn contains_by_prefix() {
-        let set =
-            PrefixSet::from_nets([net("10.0.0.0/8"), net("192.168.1.7/32"), net("fd00::/48")]);
+        let set = PrefixSet::from_nets([net("10.0.0.0/8"), net("192.168.1.7/32"), net("fd00::/48")]);
         assert!(set.contains(ip("10.200.3.4")));
         assert!(!set.contains(ip("11.0.0.1")));
         assert!(set.contains(ip("192.168.1.7")));

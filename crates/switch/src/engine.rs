@@ -52,12 +52,7 @@ const NAT_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
 impl Switch {
     /// A switch running `policy`, with an empty flow table.
     pub fn new(policy: Arc<SwitchPolicy>) -> Switch {
-        Switch {
-            policy,
-            generation: 1,
-            flows: FlowTable::new(),
-            affinity: FxHashMap::default(),
-        }
+        Switch { policy, generation: 1, flows: FlowTable::new(), affinity: FxHashMap::default() }
     }
 
     /// The policy in force.
@@ -110,11 +105,8 @@ impl Switch {
         };
         let path = self.decide(forward.origin_port, &origin, old_backend, now);
         let still = match (forward.transposition, path.verdict) {
-            (Transposition::Forward { dst, egress, .. }, Verdict::Allow) => {
-                dst == path.dnat && egress == path.egress
-            }
-            (Transposition::Drop(_), Verdict::Drop)
-            | (Transposition::Reject(_), Verdict::Reject) => true,
+            (Transposition::Forward { dst, egress, .. }, Verdict::Allow) => dst == path.dnat && egress == path.egress,
+            (Transposition::Drop(_), Verdict::Drop) | (Transposition::Reject(_), Verdict::Reject) => true,
             _ => false,
         };
         let generation = self.generation;
@@ -142,34 +134,16 @@ impl Switch {
         let path = self.decide(ingress, &key, None, now);
         let transposition = match path.verdict {
             Verdict::Drop => Transposition::Drop(path.reason.unwrap_or(DropReason::PolicyDenied)),
-            Verdict::Reject => {
-                Transposition::Reject(path.reason.unwrap_or(DropReason::PolicyDenied))
-            }
+            Verdict::Reject => Transposition::Reject(path.reason.unwrap_or(DropReason::PolicyDenied)),
             Verdict::Allow => {
                 let dst = path.dnat;
-                let src = if path.masquerade {
-                    self.allocate_snat(&key, dst)
-                } else {
-                    None
-                };
-                Transposition::Forward {
-                    src,
-                    dst,
-                    egress: path.egress,
-                }
+                let src = if path.masquerade { self.allocate_snat(&key, dst) } else { None };
+                Transposition::Forward { src, dst, egress: path.egress }
             }
         };
         let generation = self.generation;
-        self.flows.insert(
-            key,
-            FlowEntry {
-                generation,
-                origin: key,
-                origin_port: ingress,
-                reply: false,
-                transposition,
-            },
-        );
+        self.flows
+            .insert(key, FlowEntry { generation, origin: key, origin_port: ingress, reply: false, transposition });
         if let Some(reply) = reply_key(&key, &transposition) {
             let back = Transposition::Forward {
                 src: transposition_dst(&key, &transposition),
@@ -178,13 +152,7 @@ impl Switch {
             };
             self.flows.insert(
                 reply,
-                FlowEntry {
-                    generation,
-                    origin: key,
-                    origin_port: ingress,
-                    reply: true,
-                    transposition: back,
-                },
+                FlowEntry { generation, origin: key, origin_port: ingress, reply: true, transposition: back },
             );
         }
         apply(&key, transposition, false)
@@ -192,13 +160,7 @@ impl Switch {
 
     /// Runs the walk, choosing one backend when the load balancer DNATs. `prefer` keeps an
     /// existing flow on its backend while that backend is still a candidate.
-    fn decide(
-        &mut self,
-        ingress: PortId,
-        key: &FlowKey,
-        prefer: Option<SocketAddr>,
-        now: u64,
-    ) -> Path {
+    fn decide(&mut self, ingress: PortId, key: &FlowKey, prefer: Option<SocketAddr>, now: u64) -> Path {
         let policy = Arc::clone(&self.policy);
         match walk::head(&policy, ingress, key, &mut NoSteps) {
             Head::Done(p) => p,
@@ -229,9 +191,7 @@ impl Switch {
     ) -> SocketAddr {
         if let Selection::ClientIp { timeout_seconds } = selection {
             if let Some(a) = self.affinity.get_mut(&(key.src, id)) {
-                if now.saturating_sub(a.last_used) <= u64::from(timeout_seconds)
-                    && backends.contains(&a.backend)
-                {
+                if now.saturating_sub(a.last_used) <= u64::from(timeout_seconds) && backends.contains(&a.backend) {
                     a.last_used = now;
                     return a.backend;
                 }
@@ -241,13 +201,7 @@ impl Switch {
         key.hash(&mut h);
         let pick = backends[(h.finish() % backends.len() as u64) as usize];
         if let Selection::ClientIp { .. } = selection {
-            self.affinity.insert(
-                (key.src, id),
-                Affinity {
-                    backend: pick,
-                    last_used: now,
-                },
-            );
+            self.affinity.insert((key.src, id), Affinity { backend: pick, last_used: now });
         }
         pick
     }
@@ -258,13 +212,7 @@ impl Switch {
         let dst = dnat.unwrap_or_else(|| key.dst_socket());
         let addr = self.policy.snat_address(dst.ip())?;
         let taken = |port: u16| {
-            self.flows.contains(&FlowKey {
-                src: dst.ip(),
-                dst: addr,
-                proto: key.proto,
-                sport: dst.port(),
-                dport: port,
-            })
+            self.flows.contains(&FlowKey { src: dst.ip(), dst: addr, proto: key.proto, sport: dst.port(), dport: port })
         };
         if !taken(key.sport) {
             return Some(SocketAddr::new(addr, key.sport));
@@ -300,13 +248,7 @@ fn reply_key(key: &FlowKey, t: &Transposition) -> Option<FlowKey> {
         Transposition::Forward { src, dst, .. } => {
             let s = src.unwrap_or_else(|| key.src_socket());
             let d = dst.unwrap_or_else(|| key.dst_socket());
-            Some(FlowKey {
-                src: d.ip(),
-                dst: s.ip(),
-                proto: key.proto,
-                sport: d.port(),
-                dport: s.port(),
-            })
+            Some(FlowKey { src: d.ip(), dst: s.ip(), proto: key.proto, sport: d.port(), dport: s.port() })
         }
         _ => None,
     }
@@ -325,27 +267,13 @@ fn apply(key: &FlowKey, t: Transposition, cached: bool) -> Outcome {
                 packet.dst = d.ip();
                 packet.dport = d.port();
             }
-            Outcome {
-                verdict: Verdict::Allow,
-                reason: None,
-                packet,
-                egress: Some(egress),
-                cached,
-            }
+            Outcome { verdict: Verdict::Allow, reason: None, packet, egress: Some(egress), cached }
         }
-        Transposition::Drop(r) => Outcome {
-            verdict: Verdict::Drop,
-            reason: Some(r),
-            packet: *key,
-            egress: None,
-            cached,
-        },
-        Transposition::Reject(r) => Outcome {
-            verdict: Verdict::Reject,
-            reason: Some(r),
-            packet: *key,
-            egress: None,
-            cached,
-        },
+        Transposition::Drop(r) => {
+            Outcome { verdict: Verdict::Drop, reason: Some(r), packet: *key, egress: None, cached }
+        }
+        Transposition::Reject(r) => {
+            Outcome { verdict: Verdict::Reject, reason: Some(r), packet: *key, egress: None, cached }
+        }
     }
 }

@@ -74,16 +74,10 @@ impl RuleGroup {
     /// The candidate rules of this group for `key`, in priority order.
     fn candidates<'a>(&'a self, policy: &SwitchPolicy, key: &FlowKey) -> &'a [Rule] {
         match &self.index {
-            RuleIndex::Destination(map) => map
-                .get(&(key.dst, key.proto, key.dport))
-                .map(Vec::as_slice)
-                .unwrap_or(&[]),
+            RuleIndex::Destination(map) => map.get(&(key.dst, key.proto, key.dport)).map(Vec::as_slice).unwrap_or(&[]),
             RuleIndex::PortOnAddresses { addresses, rules } => {
                 if policy.set(*addresses).contains(key.dst) {
-                    rules
-                        .get(&(key.proto, key.dport))
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[])
+                    rules.get(&(key.proto, key.dport)).map(Vec::as_slice).unwrap_or(&[])
                 } else {
                     &[]
                 }
@@ -114,33 +108,19 @@ pub struct LayerVerdict<'a> {
 impl Layer {
     /// An empty layer: lets every packet through.
     pub fn new(kind: LayerKind) -> Layer {
-        Layer {
-            kind,
-            groups: Vec::new(),
-        }
+        Layer { kind, groups: Vec::new() }
     }
 
     /// Evaluates the layer for `key` entering on a port of kind `ingress`.
-    pub fn evaluate<'a>(
-        &'a self,
-        policy: &SwitchPolicy,
-        key: &FlowKey,
-        ingress: IngressKind,
-    ) -> LayerVerdict<'a> {
+    pub fn evaluate<'a>(&'a self, policy: &SwitchPolicy, key: &FlowKey, ingress: IngressKind) -> LayerVerdict<'a> {
         for group in &self.groups {
             for rule in group.candidates(policy, key) {
                 if rule.conditions.matches(policy, key, ingress) {
-                    return LayerVerdict {
-                        action: rule.action,
-                        rule: Some(rule),
-                    };
+                    return LayerVerdict { action: rule.action, rule: Some(rule) };
                 }
             }
         }
-        LayerVerdict {
-            action: Action::Allow,
-            rule: None,
-        }
+        LayerVerdict { action: Action::Allow, rule: None }
     }
 
     /// Number of rules in the layer.

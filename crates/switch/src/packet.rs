@@ -7,9 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 ///
 /// A newtype rather than an enum so that the model, the wire parsers and the kernel maps all carry
 /// the same byte.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Proto(pub u8);
 
@@ -88,24 +86,12 @@ pub struct FlowKey {
 impl FlowKey {
     /// Builds a key from two socket addresses.
     pub fn new(src: SocketAddr, dst: SocketAddr, proto: Proto) -> FlowKey {
-        FlowKey {
-            src: src.ip(),
-            dst: dst.ip(),
-            proto,
-            sport: src.port(),
-            dport: dst.port(),
-        }
+        FlowKey { src: src.ip(), dst: dst.ip(), proto, sport: src.port(), dport: dst.port() }
     }
 
     /// The key of the other direction of the same connection.
     pub fn reversed(&self) -> FlowKey {
-        FlowKey {
-            src: self.dst,
-            dst: self.src,
-            proto: self.proto,
-            sport: self.dport,
-            dport: self.sport,
-        }
+        FlowKey { src: self.dst, dst: self.src, proto: self.proto, sport: self.dport, dport: self.sport }
     }
 
     /// Source address and port.
@@ -121,12 +107,6 @@ impl FlowKey {
 
 impl fmt::Display for FlowKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} -> {} {}",
-            self.src_socket(),
-            self.dst_socket(),
-            self.proto
-        )
+        write!(f, "{} -> {} {}", self.src_socket(), self.dst_socket(), self.proto)
     }
 }

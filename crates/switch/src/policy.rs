@@ -86,14 +86,8 @@ impl SwitchPolicy {
     pub fn new() -> SwitchPolicy {
         SwitchPolicy {
             ports: vec![
-                Port {
-                    kind: PortKind::Host,
-                    addresses: Vec::new(),
-                },
-                Port {
-                    kind: PortKind::Uplink,
-                    addresses: Vec::new(),
-                },
+                Port { kind: PortKind::Host, addresses: Vec::new() },
+                Port { kind: PortKind::Uplink, addresses: Vec::new() },
             ],
             host_addresses: PrefixSet::new(),
             snat_v4: None,
@@ -117,19 +111,13 @@ impl SwitchPolicy {
         for a in &addresses {
             self.endpoint_by_addr.insert(*a, id);
         }
-        self.ports.push(Port {
-            kind: PortKind::Endpoint { pod: pod.into() },
-            addresses,
-        });
+        self.ports.push(Port { kind: PortKind::Endpoint { pod: pod.into() }, addresses });
         id
     }
 
     /// Adds an address set and returns its id.
     pub fn add_set(&mut self, name: impl Into<String>, prefixes: PrefixSet) -> SetId {
-        self.sets.push(AddressSet {
-            name: name.into(),
-            prefixes,
-        });
+        self.sets.push(AddressSet { name: name.into(), prefixes });
         SetId(self.sets.len() as u32 - 1)
     }
 
@@ -141,10 +129,7 @@ impl SwitchPolicy {
 
     /// The prefixes of an address set (empty for an unknown id).
     pub fn set(&self, id: SetId) -> &PrefixSet {
-        self.sets
-            .get(id.0 as usize)
-            .map(|s| &s.prefixes)
-            .unwrap_or(&self.empty)
+        self.sets.get(id.0 as usize).map(|s| &s.prefixes).unwrap_or(&self.empty)
     }
 
     /// A backend set, if the id is known.

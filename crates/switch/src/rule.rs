@@ -33,10 +33,7 @@ pub struct PortRange {
 impl PortRange {
     /// A range holding exactly one port.
     pub fn single(port: u16) -> PortRange {
-        PortRange {
-            first: port,
-            last: port,
-        }
+        PortRange { first: port, last: port }
     }
 
     /// Whether `port` is in the range.
@@ -92,10 +89,7 @@ impl Conditions {
 
     /// Only packets whose source matches.
     pub fn src(m: AddrMatch) -> Conditions {
-        Conditions {
-            src: Some(m),
-            ..Conditions::default()
-        }
+        Conditions { src: Some(m), ..Conditions::default() }
     }
 
     /// Whether `key`, entering on a port of kind `ingress`, meets every condition.
@@ -195,10 +189,6 @@ pub struct Rule {
 impl Rule {
     /// A rule.
     pub fn new(name: impl Into<Arc<str>>, conditions: Conditions, action: Action) -> Rule {
-        Rule {
-            name: name.into(),
-            conditions,
-            action,
-        }
+        Rule { name: name.into(), conditions, action }
     }
 }

@@ -42,17 +42,9 @@ pub fn trace_from(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey) -> Trac
         Head::Done(p) => vec![p],
         Head::Pass => vec![walk::tail(policy, ingress, key, None, &mut steps)],
         Head::Dnat(d) => {
-            let backends = policy
-                .backend_set(d.backends)
-                .map(|s| s.backends.as_slice())
-                .unwrap_or(&[]);
+            let backends = policy.backend_set(d.backends).map(|s| s.backends.as_slice()).unwrap_or(&[]);
             if let Some(set) = policy.backend_set(d.backends) {
-                steps.push(format!(
-                    "{}: {} candidate backends ({:?})",
-                    set.name,
-                    backends.len(),
-                    set.selection
-                ));
+                steps.push(format!("{}: {} candidate backends ({:?})", set.name, backends.len(), set.selection));
             }
             if backends.is_empty() {
                 vec![walk::tail(policy, ingress, key, None, &mut steps)]
@@ -73,10 +65,7 @@ pub fn trace_from(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey) -> Trac
 }
 
 fn aggregate(policy: &SwitchPolicy, paths: Vec<walk::Path>, steps: Vec<String>) -> Trace {
-    let allowed: Vec<&walk::Path> = paths
-        .iter()
-        .filter(|p| p.verdict == Verdict::Allow)
-        .collect();
+    let allowed: Vec<&walk::Path> = paths.iter().filter(|p| p.verdict == Verdict::Allow).collect();
     if allowed.is_empty() {
         let first = paths.first().copied();
         return Trace {
@@ -88,29 +77,11 @@ fn aggregate(policy: &SwitchPolicy, paths: Vec<walk::Path>, steps: Vec<String>) 
             steps,
         };
     }
-    let mut dnat: Vec<String> = allowed
-        .iter()
-        .filter_map(|p| p.dnat)
-        .map(|b: SocketAddr| b.to_string())
-        .collect();
+    let mut dnat: Vec<String> = allowed.iter().filter_map(|p| p.dnat).map(|b: SocketAddr| b.to_string()).collect();
     dnat.sort();
     dnat.dedup();
     let masquerade = allowed.iter().any(|p| p.masquerade);
-    let kinds: Vec<Deliver> = allowed
-        .iter()
-        .map(|p| Deliver::of_port(policy, p.egress))
-        .collect();
-    let deliver = if kinds.iter().all(|k| *k == kinds[0]) {
-        kinds[0]
-    } else {
-        Deliver::External
-    };
-    Trace {
-        verdict: Verdict::Allow,
-        reason: None,
-        dnat,
-        masquerade,
-        deliver: Some(deliver),
-        steps,
-    }
+    let kinds: Vec<Deliver> = allowed.iter().map(|p| Deliver::of_port(policy, p.egress)).collect();
+    let deliver = if kinds.iter().all(|k| *k == kinds[0]) { kinds[0] } else { Deliver::External };
+    Trace { verdict: Verdict::Allow, reason: None, dnat, masquerade, deliver: Some(deliver), steps }
 }

@@ -90,13 +90,7 @@ pub(crate) struct Path {
 
 impl Path {
     fn stop(verdict: Verdict, reason: DropReason) -> Path {
-        Path {
-            verdict,
-            reason: Some(reason),
-            dnat: None,
-            masquerade: false,
-            egress: PortId::UPLINK,
-        }
+        Path { verdict, reason: Some(reason), dnat: None, masquerade: false, egress: PortId::UPLINK }
     }
 }
 
@@ -110,12 +104,7 @@ fn terminal(action: Action) -> Option<Path> {
 
 /// Walks what comes before backend selection: the pod-to-itself shortcut, anti-spoofing, the source
 /// endpoint's egress ACL and the load-balancing layer.
-pub(crate) fn head(
-    policy: &SwitchPolicy,
-    ingress: PortId,
-    key: &FlowKey,
-    steps: &mut impl Steps,
-) -> Head {
+pub(crate) fn head(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps: &mut impl Steps) -> Head {
     let Some(port) = policy.port(ingress) else {
         steps.push(|| format!("unknown ingress port {}", ingress.0));
         return Head::Done(Path::stop(Verdict::Drop, DropReason::Spoofed));
@@ -134,12 +123,7 @@ pub(crate) fn head(
             });
         }
         if !port.addresses.contains(&key.src) {
-            steps.push(|| {
-                format!(
-                    "anti-spoofing: {} is not an address of this endpoint",
-                    key.src
-                )
-            });
+            steps.push(|| format!("anti-spoofing: {} is not an address of this endpoint", key.src));
             return Head::Done(Path::stop(Verdict::Drop, DropReason::Spoofed));
         }
         if let Some((egress_acl, _)) = policy.acls.get(&ingress) {
@@ -158,13 +142,7 @@ pub(crate) fn head(
     let v = lb.evaluate(policy, key, ingress_kind);
     match v.rule {
         Some(rule) => steps.push(|| format!("{}: {}", LayerKind::Lb.name(), rule.name)),
-        None => steps.push(|| {
-            format!(
-                "{}: no service matches {}",
-                LayerKind::Lb.name(),
-                key.dst_socket()
-            )
-        }),
+        None => steps.push(|| format!("{}: no service matches {}", LayerKind::Lb.name(), key.dst_socket())),
     }
     match v.action {
         Action::Dnat(d) => Head::Dnat(d),
@@ -184,10 +162,7 @@ pub(crate) fn tail(
     dnat: Option<(Dnat, SocketAddr)>,
     steps: &mut impl Steps,
 ) -> Path {
-    let ingress_kind = policy
-        .port(ingress)
-        .map(|p| IngressKind::from(&p.kind))
-        .unwrap_or(IngressKind::Uplink);
+    let ingress_kind = policy.port(ingress).map(|p| IngressKind::from(&p.kind)).unwrap_or(IngressKind::Uplink);
     let mut current = *key;
     let mut masquerade = false;
     if let Some((d, backend)) = dnat {
@@ -196,12 +171,7 @@ pub(crate) fn tail(
         masquerade = d.masquerade;
         if d.hairpin && backend.ip() == key.src {
             masquerade = true;
-            steps.push(|| {
-                format!(
-                    "hairpin: {} reaches itself through the service, masquerade",
-                    key.src
-                )
-            });
+            steps.push(|| format!("hairpin: {} reaches itself through the service, masquerade", key.src));
         }
     }
     if let Some(filter) = policy.layer(LayerKind::ServiceFilter) {
@@ -243,11 +213,5 @@ pub(crate) fn tail(
     }
     let label = policy.port(egress).map(|p| p.label()).unwrap_or_default();
     steps.push(|| format!("to {label} ({})", current.dst_socket()));
-    Path {
-        verdict: Verdict::Allow,
-        reason: None,
-        dnat: dnat.map(|(_, b)| b),
-        masquerade,
-        egress,
-    }
+    Path { verdict: Verdict::Allow, reason: None, dnat: dnat.map(|(_, b)| b), masquerade, egress }
 }

@@ -138,11 +138,7 @@ const CRC32C_TABLE: [u32; 256] = {
         let mut crc = i as u32;
         let mut bit = 0;
         while bit < 8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
             bit += 1;
         }
         table[i] = crc;
@@ -216,10 +212,7 @@ mod tests {
         // RFC 3720 B.4: 32 bytes of zeros, and of 0xff.
         assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
         assert_eq!(crc32c(&[0xffu8; 32]), 0x62A8_AB43);
-        assert_eq!(
-            Crc32c::new().update(b"1234").update(b"56789").finish(),
-            0xE306_9283
-        );
+        assert_eq!(Crc32c::new().update(b"1234").update(b"56789").finish(), 0xE306_9283);
     }
 
     #[test]
@@ -238,9 +231,6 @@ mod tests {
         let old = Ipv4Addr::new(data[4], data[5], data[6], data[7]);
         let new = Ipv4Addr::new(192, 0, 2, 200);
         data[4..8].copy_from_slice(&new.octets());
-        assert_eq!(
-            update_ip_addr(before, old.into(), new.into()),
-            internet(&data)
-        );
+        assert_eq!(update_ip_addr(before, old.into(), new.into()), internet(&data));
     }
 }

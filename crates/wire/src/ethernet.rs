@@ -211,11 +211,7 @@ impl Repr {
     /// [`Error::Truncated`] if the buffer is shorter than [`HEADER_LEN`].
     pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&T>) -> Result<Repr> {
         packet.check_len()?;
-        Ok(Repr {
-            src_addr: packet.src_addr(),
-            dst_addr: packet.dst_addr(),
-            ethertype: packet.ethertype(),
-        })
+        Ok(Repr { src_addr: packet.src_addr(), dst_addr: packet.dst_addr(), ethertype: packet.ethertype() })
     }
 
     /// Length of the header [`Repr::emit`] writes.

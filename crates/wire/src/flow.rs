@@ -44,13 +44,7 @@ pub struct FlowKey {
 impl FlowKey {
     /// The addresses, protocol and ports, without offsets.
     pub fn five_tuple(&self) -> (IpAddr, IpAddr, Protocol, u16, u16) {
-        (
-            self.src,
-            self.dst,
-            self.protocol,
-            self.src_port,
-            self.dst_port,
-        )
+        (self.src, self.dst, self.protocol, self.src_port, self.dst_port)
     }
 
     fn shifted(mut self, by: usize) -> FlowKey {
@@ -84,9 +78,7 @@ pub fn parse_flow_key(frame: &[u8]) -> Result<FlowKey> {
     let mut tags = 0;
     while ethertype.is_vlan_tag() {
         if tags == MAX_VLAN_TAGS {
-            return Err(Error::Unsupported {
-                what: "more than 2 VLAN tags",
-            });
+            return Err(Error::Unsupported { what: "more than 2 VLAN tags" });
         }
         let tag = vlan::Packet::new_checked(frame.get(offset..).ok_or(Error::Truncated)?)?;
         ethertype = tag.ethertype();
@@ -97,11 +89,7 @@ pub fn parse_flow_key(frame: &[u8]) -> Result<FlowKey> {
     let key = match ethertype {
         EtherType::Ipv4 => parse_ipv4(l3)?,
         EtherType::Ipv6 => parse_ipv6(l3)?,
-        _ => {
-            return Err(Error::Unsupported {
-                what: "non-IP ethertype",
-            })
-        }
+        _ => return Err(Error::Unsupported { what: "non-IP ethertype" }),
     };
     Ok(key.shifted(offset))
 }
@@ -137,45 +125,25 @@ pub fn parse_ip_flow_key(packet: &[u8]) -> Result<FlowKey> {
 /// or Payload Length is accepted; [`Error::Truncated`] if fewer than 8
 /// upper-layer bytes are quoted.
 pub fn parse_embedded_flow_key(invoking: &[u8]) -> Result<FlowKey> {
-    let (src, dst, protocol, l4_offset, l4): (IpAddr, IpAddr, _, _, &[u8]) =
-        match ip_version(invoking)? {
-            4 => {
-                let ip = ipv4::Packet::new_checked_header(invoking)?;
-                if ip.frag_offset() != 0 {
-                    return Err(Error::Unsupported {
-                        what: "non-initial IPv4 fragment",
-                    });
-                }
-                (
-                    ip.src_addr().into(),
-                    ip.dst_addr().into(),
-                    ip.protocol(),
-                    ip.header_len(),
-                    ip.payload(),
-                )
+    let (src, dst, protocol, l4_offset, l4): (IpAddr, IpAddr, _, _, &[u8]) = match ip_version(invoking)? {
+        4 => {
+            let ip = ipv4::Packet::new_checked_header(invoking)?;
+            if ip.frag_offset() != 0 {
+                return Err(Error::Unsupported { what: "non-initial IPv4 fragment" });
             }
-            _ => {
-                let ip = ipv6::Packet::new_checked_header(invoking)?;
-                let upper = ip.upper_layer()?;
-                if upper.is_non_initial_fragment() {
-                    return Err(Error::Unsupported {
-                        what: "non-initial IPv6 fragment",
-                    });
-                }
-                let l4 = invoking.get(upper.offset..).ok_or(Error::Truncated)?;
-                (
-                    ip.src_addr().into(),
-                    ip.dst_addr().into(),
-                    upper.protocol,
-                    upper.offset,
-                    l4,
-                )
+            (ip.src_addr().into(), ip.dst_addr().into(), ip.protocol(), ip.header_len(), ip.payload())
+        }
+        _ => {
+            let ip = ipv6::Packet::new_checked_header(invoking)?;
+            let upper = ip.upper_layer()?;
+            if upper.is_non_initial_fragment() {
+                return Err(Error::Unsupported { what: "non-initial IPv6 fragment" });
             }
-        };
-    let quoted: [u8; 8] = l4
-        .get(..8)
-        .and_then(|q| q.try_into().ok())
-        .ok_or(Error::Truncated)?;
+            let l4 = invoking.get(upper.offset..).ok_or(Error::Truncated)?;
+            (ip.src_addr().into(), ip.dst_addr().into(), upper.protocol, upper.offset, l4)
+        }
+    };
+    let quoted: [u8; 8] = l4.get(..8).and_then(|q| q.try_into().ok()).ok_or(Error::Truncated)?;
     let be16 = |at: usize| u16::from_be_bytes([quoted[at], quoted[at + 1]]);
     let (src_port, dst_port) = match protocol {
         Protocol::Tcp | Protocol::Udp | Protocol::Sctp => (be16(0), be16(2)),
@@ -183,33 +151,21 @@ pub fn parse_embedded_flow_key(invoking: &[u8]) -> Result<FlowKey> {
         Protocol::Icmpv6 if icmpv6::Message::from(quoted[0]).is_echo() => (be16(4), be16(4)),
         _ => (0, 0),
     };
-    Ok(FlowKey {
-        src,
-        dst,
-        protocol,
-        src_port,
-        dst_port,
-        l3_offset: 0,
-        l4_offset,
-    })
+    Ok(FlowKey { src, dst, protocol, src_port, dst_port, l3_offset: 0, l4_offset })
 }
 
 fn ip_version(packet: &[u8]) -> Result<u8> {
     match packet.first().map(|b| b >> 4) {
         None => Err(Error::Truncated),
         Some(version @ (4 | 6)) => Ok(version),
-        Some(_) => Err(Error::Malformed {
-            what: "IP version is neither 4 nor 6",
-        }),
+        Some(_) => Err(Error::Malformed { what: "IP version is neither 4 nor 6" }),
     }
 }
 
 fn parse_ipv4(packet: &[u8]) -> Result<FlowKey> {
     let ip = ipv4::Packet::new_checked(packet)?;
     if ip.frag_offset() != 0 {
-        return Err(Error::Unsupported {
-            what: "non-initial IPv4 fragment",
-        });
+        return Err(Error::Unsupported { what: "non-initial IPv4 fragment" });
     }
     let protocol = ip.protocol();
     let (src_port, dst_port) = l4_ports(protocol, ip.payload())?;
@@ -228,9 +184,7 @@ fn parse_ipv6(packet: &[u8]) -> Result<FlowKey> {
     let ip = ipv6::Packet::new_checked(packet)?;
     let upper = ip.upper_layer()?;
     if upper.is_non_initial_fragment() {
-        return Err(Error::Unsupported {
-            what: "non-initial IPv6 fragment",
-        });
+        return Err(Error::Unsupported { what: "non-initial IPv6 fragment" });
     }
     let ip_end = ipv6::HEADER_LEN + usize::from(ip.payload_len());
     let l4 = packet.get(upper.offset..ip_end).ok_or(Error::Truncated)?;

@@ -56,13 +56,7 @@ pub enum L4Spec {
 impl L4Spec {
     /// A TCP segment with sequence and acknowledgment numbers 0.
     pub fn tcp(src_port: u16, dst_port: u16, flags: tcp::Flags) -> L4Spec {
-        L4Spec::Tcp {
-            src_port,
-            dst_port,
-            flags,
-            seq_number: 0,
-            ack_number: 0,
-        }
+        L4Spec::Tcp { src_port, dst_port, flags, seq_number: 0, ack_number: 0 }
     }
 
     /// A UDP datagram.
@@ -72,20 +66,12 @@ impl L4Spec {
 
     /// An SCTP packet with verification tag 0 (as an INIT carries).
     pub fn sctp(src_port: u16, dst_port: u16) -> L4Spec {
-        L4Spec::Sctp {
-            src_port,
-            dst_port,
-            verification_tag: 0,
-        }
+        L4Spec::Sctp { src_port, dst_port, verification_tag: 0 }
     }
 
     /// An echo request.
     pub fn icmp_echo(ident: u16, seq_no: u16) -> L4Spec {
-        L4Spec::IcmpEcho {
-            ident,
-            seq_no,
-            reply: false,
-        }
+        L4Spec::IcmpEcho { ident, seq_no, reply: false }
     }
 
     /// The IP protocol this upper layer is announced as, over `ips`.
@@ -176,58 +162,25 @@ impl FrameSpec {
 /// If the upper layer and payload exceed 65,535 bytes (65,515 over IPv4),
 /// which no IP packet without jumbograms can carry.
 pub fn build_frame(spec: &FrameSpec) -> Vec<u8> {
-    let ip_ethertype = if spec.ips.is_ipv6() {
-        EtherType::Ipv6
-    } else {
-        EtherType::Ipv4
-    };
-    let eth_len = ethernet::HEADER_LEN
-        + if spec.vlan_id.is_some() {
-            vlan::HEADER_LEN
-        } else {
-            0
-        };
-    let ip_len = if spec.ips.is_ipv6() {
-        ipv6::HEADER_LEN
-    } else {
-        ipv4::HEADER_LEN
-    };
+    let ip_ethertype = if spec.ips.is_ipv6() { EtherType::Ipv6 } else { EtherType::Ipv4 };
+    let eth_len = ethernet::HEADER_LEN + if spec.vlan_id.is_some() { vlan::HEADER_LEN } else { 0 };
+    let ip_len = if spec.ips.is_ipv6() { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN };
     let l4_header_len = spec.l4.header_len();
     let l4_len = l4_header_len + spec.payload.len();
-    let max_l4_len = if spec.ips.is_ipv6() {
-        65_535
-    } else {
-        65_535 - ipv4::HEADER_LEN
-    };
-    assert!(
-        l4_len <= max_l4_len,
-        "build_frame: {l4_len} bytes of upper layer do not fit in one IP packet"
-    );
+    let max_l4_len = if spec.ips.is_ipv6() { 65_535 } else { 65_535 - ipv4::HEADER_LEN };
+    assert!(l4_len <= max_l4_len, "build_frame: {l4_len} bytes of upper layer do not fit in one IP packet");
 
     let mut frame = vec![0u8; eth_len + ip_len + l4_len];
     let (eth_buf, rest) = frame.split_at_mut(eth_len);
     let (ip_buf, l4_buf) = rest.split_at_mut(ip_len);
 
-    let outer_ethertype = if spec.vlan_id.is_some() {
-        EtherType::Vlan
-    } else {
-        ip_ethertype
-    };
-    ethernet::Repr {
-        src_addr: spec.src_mac,
-        dst_addr: spec.dst_mac,
-        ethertype: outer_ethertype,
-    }
-    .emit(&mut ethernet::Packet::new_unchecked(&mut *eth_buf));
+    let outer_ethertype = if spec.vlan_id.is_some() { EtherType::Vlan } else { ip_ethertype };
+    ethernet::Repr { src_addr: spec.src_mac, dst_addr: spec.dst_mac, ethertype: outer_ethertype }
+        .emit(&mut ethernet::Packet::new_unchecked(&mut *eth_buf));
     if let Some(vid) = spec.vlan_id {
         let mut tag = ethernet::Packet::new_unchecked(&mut *eth_buf);
-        vlan::Repr {
-            pcp: 0,
-            dei: false,
-            vid,
-            ethertype: ip_ethertype,
-        }
-        .emit(&mut vlan::Packet::new_unchecked(tag.payload_mut()));
+        vlan::Repr { pcp: 0, dei: false, vid, ethertype: ip_ethertype }
+            .emit(&mut vlan::Packet::new_unchecked(tag.payload_mut()));
     }
 
     let protocol = spec.protocol();
@@ -268,56 +221,24 @@ pub fn build_frame(spec: &FrameSpec) -> Vec<u8> {
 /// after it) and fills its checksum.
 fn emit_l4(l4: &L4Spec, ips: &IpPair, buf: &mut [u8]) {
     match *l4 {
-        L4Spec::Tcp {
-            src_port,
-            dst_port,
-            flags,
-            seq_number,
-            ack_number,
-        } => {
+        L4Spec::Tcp { src_port, dst_port, flags, seq_number, ack_number } => {
             let mut packet = tcp::Packet::new_unchecked(buf);
-            tcp::Repr {
-                src_port,
-                dst_port,
-                seq_number,
-                ack_number,
-                flags,
-                window_len: 65_535,
-                urgent_at: 0,
-            }
-            .emit(&mut packet);
+            tcp::Repr { src_port, dst_port, seq_number, ack_number, flags, window_len: 65_535, urgent_at: 0 }
+                .emit(&mut packet);
             packet.fill_checksum(ips);
         }
         L4Spec::Udp { src_port, dst_port } => {
             let payload_len = buf.len().saturating_sub(udp::HEADER_LEN);
             let mut packet = udp::Packet::new_unchecked(buf);
-            udp::Repr {
-                src_port,
-                dst_port,
-                payload_len,
-            }
-            .emit(&mut packet);
+            udp::Repr { src_port, dst_port, payload_len }.emit(&mut packet);
             packet.fill_checksum(ips);
         }
-        L4Spec::Sctp {
-            src_port,
-            dst_port,
-            verification_tag,
-        } => {
+        L4Spec::Sctp { src_port, dst_port, verification_tag } => {
             let mut packet = sctp::Packet::new_unchecked(buf);
-            sctp::Repr {
-                src_port,
-                dst_port,
-                verification_tag,
-            }
-            .emit(&mut packet);
+            sctp::Repr { src_port, dst_port, verification_tag }.emit(&mut packet);
             packet.fill_checksum();
         }
-        L4Spec::IcmpEcho {
-            ident,
-            seq_no,
-            reply,
-        } => match *ips {
+        L4Spec::IcmpEcho { ident, seq_no, reply } => match *ips {
             IpPair::V4 { .. } => {
                 let mut packet = icmpv4::Packet::new_unchecked(buf);
                 let repr = if reply {

@@ -61,13 +61,7 @@ impl Message {
     /// Whether messages of this type carry the invoking packet (its IP header
     /// and at least 8 bytes of its payload) after the header.
     pub fn carries_invoking_packet(self) -> bool {
-        matches!(
-            self,
-            Message::DstUnreachable
-                | Message::Redirect
-                | Message::TimeExceeded
-                | Message::ParamProblem
-        )
+        matches!(self, Message::DstUnreachable | Message::Redirect | Message::TimeExceeded | Message::ParamProblem)
     }
 
     /// Whether this is an echo request or reply.
@@ -175,9 +169,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     /// The invoking packet, for types that carry one (see
     /// [`Message::carries_invoking_packet`]).
     pub fn invoking_packet(&self) -> Option<&'a [u8]> {
-        self.msg_type()
-            .carries_invoking_packet()
-            .then(|| self.payload())
+        self.msg_type().carries_invoking_packet().then(|| self.payload())
     }
 
     /// A view of the invoking packet's IPv4 header; its
@@ -189,9 +181,9 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     /// [`Error::Unsupported`] if this type carries no invoking packet;
     /// otherwise as [`ipv4::Packet::new_checked_header`].
     pub fn embedded_ipv4(&self) -> Result<ipv4::Packet<&'a [u8]>> {
-        let invoking = self.invoking_packet().ok_or(Error::Unsupported {
-            what: "ICMP message type without an invoking packet",
-        })?;
+        let invoking = self
+            .invoking_packet()
+            .ok_or(Error::Unsupported { what: "ICMP message type without an invoking packet" })?;
         ipv4::Packet::new_checked_header(invoking)
     }
 }
@@ -314,16 +306,11 @@ impl Repr {
         Ok(match (packet.msg_type(), code) {
             (Message::EchoRequest, 0) => Repr::EchoRequest { ident, seq_no },
             (Message::EchoReply, 0) => Repr::EchoReply { ident, seq_no },
-            (Message::DstUnreachable, _) if rest >> 16 == 0 => Repr::DstUnreachable {
-                code,
-                next_hop_mtu: packet.next_hop_mtu(),
-            },
+            (Message::DstUnreachable, _) if rest >> 16 == 0 => {
+                Repr::DstUnreachable { code, next_hop_mtu: packet.next_hop_mtu() }
+            }
             (Message::TimeExceeded, _) if rest == 0 => Repr::TimeExceeded { code },
-            (msg_type, _) => Repr::Other {
-                msg_type,
-                code,
-                rest_of_header: rest,
-            },
+            (msg_type, _) => Repr::Other { msg_type, code, rest_of_header: rest },
         })
     }
 
@@ -367,11 +354,7 @@ impl Repr {
                 packet.set_msg_code(code);
                 packet.set_rest_of_header(0);
             }
-            Repr::Other {
-                code,
-                rest_of_header,
-                ..
-            } => {
+            Repr::Other { code, rest_of_header, .. } => {
                 packet.set_msg_code(code);
                 packet.set_rest_of_header(rest_of_header);
             }

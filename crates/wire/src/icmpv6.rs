@@ -176,8 +176,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Whether the checksum is correct for this message sent from `src` to `dst`.
     pub fn verify_checksum(&self, src: Ipv6Addr, dst: Ipv6Addr) -> bool {
         let data = self.data();
-        let pseudo = IpPair::V6 { src, dst }
-            .pseudo_header(Protocol::Icmpv6, crate::field::saturating_u32(data.len()));
+        let pseudo = IpPair::V6 { src, dst }.pseudo_header(Protocol::Icmpv6, crate::field::saturating_u32(data.len()));
         checksum::combine(&[pseudo, checksum::sum(data)]) == 0xffff
     }
 }
@@ -203,9 +202,9 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     /// [`Error::Unsupported`] for a non-error message; otherwise as
     /// [`ipv6::Packet::new_checked_header`].
     pub fn embedded_ipv6(&self) -> Result<ipv6::Packet<&'a [u8]>> {
-        let invoking = self.invoking_packet().ok_or(Error::Unsupported {
-            what: "ICMPv6 informational message has no invoking packet",
-        })?;
+        let invoking = self
+            .invoking_packet()
+            .ok_or(Error::Unsupported { what: "ICMPv6 informational message has no invoking packet" })?;
         ipv6::Packet::new_checked_header(invoking)
     }
 }
@@ -249,11 +248,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn fill_checksum(&mut self, src: Ipv6Addr, dst: Ipv6Addr) {
         self.set_checksum(0);
         let data = self.data_mut();
-        let value = IpPair::V6 { src, dst }.upper_layer_checksum(
-            Protocol::Icmpv6,
-            data.len(),
-            checksum::sum(data),
-        );
+        let value = IpPair::V6 { src, dst }.upper_layer_checksum(Protocol::Icmpv6, data.len(), checksum::sum(data));
         self.set_checksum(value);
     }
 
@@ -341,15 +336,8 @@ impl Repr {
             (Message::DstUnreachable, _) if rest == 0 => Repr::DstUnreachable { code },
             (Message::PacketTooBig, 0) => Repr::PacketTooBig { mtu: rest },
             (Message::TimeExceeded, _) if rest == 0 => Repr::TimeExceeded { code },
-            (Message::ParamProblem, _) => Repr::ParamProblem {
-                code,
-                pointer: rest,
-            },
-            (msg_type, _) => Repr::Other {
-                msg_type,
-                code,
-                rest_of_header: rest,
-            },
+            (Message::ParamProblem, _) => Repr::ParamProblem { code, pointer: rest },
+            (msg_type, _) => Repr::Other { msg_type, code, rest_of_header: rest },
         })
     }
 
@@ -388,11 +376,7 @@ impl Repr {
             Repr::DstUnreachable { code } | Repr::TimeExceeded { code } => (code, 0),
             Repr::PacketTooBig { mtu } => (0, mtu),
             Repr::ParamProblem { code, pointer } => (code, pointer),
-            Repr::Other {
-                code,
-                rest_of_header,
-                ..
-            } => (code, rest_of_header),
+            Repr::Other { code, rest_of_header, .. } => (code, rest_of_header),
         };
         packet.set_msg_code(code);
         packet.set_rest_of_header(rest);

@@ -74,9 +74,7 @@ impl IpPair {
         match (src, dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => Ok(IpPair::V4 { src, dst }),
             (IpAddr::V6(src), IpAddr::V6(dst)) => Ok(IpPair::V6 { src, dst }),
-            _ => Err(Error::Malformed {
-                what: "address pair mixes IPv4 and IPv6",
-            }),
+            _ => Err(Error::Malformed { what: "address pair mixes IPv4 and IPv6" }),
         }
     }
 
@@ -122,12 +120,7 @@ impl IpPair {
 
     /// The checksum of an upper-layer message whose own sum (with its
     /// checksum field zero) is `message_sum` and whose length is `length`.
-    pub(crate) fn upper_layer_checksum(
-        &self,
-        protocol: Protocol,
-        length: usize,
-        message_sum: u16,
-    ) -> u16 {
+    pub(crate) fn upper_layer_checksum(&self, protocol: Protocol, length: usize, message_sum: u16) -> u16 {
         let pseudo = self.pseudo_header(protocol, crate::field::saturating_u32(length));
         !checksum::combine(&[pseudo, message_sum])
     }

@@ -115,23 +115,17 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         if self.version() != 4 {
-            return Err(Error::Malformed {
-                what: "IPv4 version field is not 4",
-            });
+            return Err(Error::Malformed { what: "IPv4 version field is not 4" });
         }
         let header_len = self.header_len();
         if header_len < HEADER_LEN {
-            return Err(Error::Malformed {
-                what: "IPv4 IHL below 5",
-            });
+            return Err(Error::Malformed { what: "IPv4 IHL below 5" });
         }
         if header_len > len {
             return Err(Error::Truncated);
         }
         if usize::from(self.total_len()) < header_len {
-            return Err(Error::Malformed {
-                what: "IPv4 total length smaller than the header",
-            });
+            return Err(Error::Malformed { what: "IPv4 total length smaller than the header" });
         }
         Ok(())
     }

@@ -27,9 +27,7 @@
 use std::net::Ipv6Addr;
 
 use crate::error::{Error, Result};
-use crate::field::{
-    read_array, read_u16, read_u32, saturating_u16, write_bytes, write_u16, write_u32,
-};
+use crate::field::{read_array, read_u16, read_u32, saturating_u16, write_bytes, write_u16, write_u32};
 use crate::ip::Protocol;
 
 /// Length of the fixed header.
@@ -156,9 +154,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         if self.version() != 6 {
-            return Err(Error::Malformed {
-                what: "IPv6 version field is not 6",
-            });
+            return Err(Error::Malformed { what: "IPv6 version field is not 6" });
         }
         Ok(())
     }
@@ -235,38 +231,24 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// - [`Error::Malformed`] if a hop-by-hop header is not the first;
     /// - [`Error::Unsupported`] if more than [`MAX_EXTENSION_HEADERS`] precede the upper layer.
     pub fn upper_layer(&self) -> Result<UpperLayer> {
-        let payload = self
-            .data()
-            .get(HEADER_LEN..self.payload_end())
-            .ok_or(Error::Truncated)?;
+        let payload = self.data().get(HEADER_LEN..self.payload_end()).ok_or(Error::Truncated)?;
         let mut next = self.data()[offset::NXT_HDR];
         let mut at = 0usize;
         let mut fragment = None;
         for index in 0..=MAX_EXTENSION_HEADERS {
             if !matches!(next, HOP_BY_HOP | ROUTING | FRAGMENT | AUTH | DEST_OPTIONS) {
-                return Ok(UpperLayer {
-                    protocol: next.into(),
-                    offset: HEADER_LEN + at,
-                    fragment,
-                });
+                return Ok(UpperLayer { protocol: next.into(), offset: HEADER_LEN + at, fragment });
             }
             if index == MAX_EXTENSION_HEADERS {
-                return Err(Error::Unsupported {
-                    what: "IPv6 extension header chain longer than 8",
-                });
+                return Err(Error::Unsupported { what: "IPv6 extension header chain longer than 8" });
             }
             if next == HOP_BY_HOP && index != 0 {
-                return Err(Error::Malformed {
-                    what: "IPv6 hop-by-hop header not first",
-                });
+                return Err(Error::Malformed { what: "IPv6 hop-by-hop header not first" });
             }
             let rest = payload.get(at..).ok_or(Error::Truncated)?;
             let (following, len) = match next {
                 FRAGMENT => {
-                    let header: [u8; 8] = rest
-                        .get(..8)
-                        .and_then(|h| h.try_into().ok())
-                        .ok_or(Error::Truncated)?;
+                    let header: [u8; 8] = rest.get(..8).and_then(|h| h.try_into().ok()).ok_or(Error::Truncated)?;
                     let raw = u16::from_be_bytes([header[2], header[3]]);
                     fragment = Some(Fragment {
                         offset: raw & 0xfff8,
@@ -281,11 +263,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
                         _ => return Err(Error::Truncated),
                     };
                     // AH counts 4-byte units minus 2; the others 8-byte units minus 1.
-                    let len = if next == AUTH {
-                        (units + 2) * 4
-                    } else {
-                        (units + 1) * 8
-                    };
+                    let len = if next == AUTH { (units + 2) * 4 } else { (units + 1) * 8 };
                     (following, len)
                 }
             };
@@ -295,17 +273,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
             at += len;
             next = following;
             if fragment.is_some_and(|f| f.offset != 0) {
-                return Ok(UpperLayer {
-                    protocol: next.into(),
-                    offset: HEADER_LEN + at,
-                    fragment,
-                });
+                return Ok(UpperLayer { protocol: next.into(), offset: HEADER_LEN + at, fragment });
             }
         }
         // The loop returns at the latest when index reaches MAX_EXTENSION_HEADERS.
-        Err(Error::Unsupported {
-            what: "IPv6 extension header chain longer than 8",
-        })
+        Err(Error::Unsupported { what: "IPv6 extension header chain longer than 8" })
     }
 }
 

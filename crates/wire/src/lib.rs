@@ -67,8 +67,6 @@ pub mod udp;
 pub mod vlan;
 
 pub use error::{Error, Result};
-pub use flow::{
-    parse_embedded_flow_key, parse_flow_key, parse_ip_flow_key, FlowKey, MAX_VLAN_TAGS,
-};
+pub use flow::{parse_embedded_flow_key, parse_flow_key, parse_ip_flow_key, FlowKey, MAX_VLAN_TAGS};
 pub use frame::{build_frame, FrameSpec, L4Spec};
 pub use ip::{IpPair, Protocol};

@@ -110,11 +110,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The CRC32c of the packet with its checksum field taken as zero.
     pub fn compute_checksum(&self) -> u32 {
         let data = self.data();
-        Crc32c::new()
-            .update(&data[..offset::CHECKSUM])
-            .update(&[0; 4])
-            .update(&data[HEADER_LEN..])
-            .finish()
+        Crc32c::new().update(&data[..offset::CHECKSUM]).update(&[0; 4]).update(&data[HEADER_LEN..]).finish()
     }
 
     /// Whether the checksum field holds the packet's CRC32c.

@@ -203,9 +203,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         let header_len = self.header_len();
         if header_len < HEADER_LEN {
-            return Err(Error::Malformed {
-                what: "TCP data offset below 5",
-            });
+            return Err(Error::Malformed { what: "TCP data offset below 5" });
         }
         if header_len > len {
             return Err(Error::Truncated);

@@ -75,9 +75,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         let udp_len = usize::from(self.len());
         if udp_len < HEADER_LEN {
-            return Err(Error::Malformed {
-                what: "UDP length below 8",
-            });
+            return Err(Error::Malformed { what: "UDP length below 8" });
         }
         if udp_len > len {
             return Err(Error::Truncated);

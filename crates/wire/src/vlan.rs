@@ -170,12 +170,7 @@ impl Repr {
     /// [`Error::Truncated`] if the buffer is shorter than [`HEADER_LEN`].
     pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&T>) -> Result<Repr> {
         packet.check_len()?;
-        Ok(Repr {
-            pcp: packet.pcp(),
-            dei: packet.dei(),
-            vid: packet.vid(),
-            ethertype: packet.ethertype(),
-        })
+        Ok(Repr { pcp: packet.pcp(), dei: packet.dei(), vid: packet.vid(), ethertype: packet.ethertype() })
     }
 
     /// Length of the tag [`Repr::emit`] writes.
@@ -190,9 +185,7 @@ impl Repr {
     ///
     /// If the buffer is shorter than [`Repr::buffer_len`].
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]> + ?Sized>(&self, packet: &mut Packet<&mut T>) {
-        let tci = (u16::from(self.pcp & 0x07) << 13)
-            | if self.dei { 0x1000 } else { 0 }
-            | (self.vid & 0x0fff);
+        let tci = (u16::from(self.pcp & 0x07) << 13) | if self.dei { 0x1000 } else { 0 } | (self.vid & 0x0fff);
         packet.set_tci(tci);
         packet.set_ethertype(self.ethertype);
     }
