@@ -70,6 +70,11 @@ impl Switch {
         &self.flows
     }
 
+    /// Forgets every cached flow (as flushing conntrack does); affinity state is kept.
+    pub fn clear_flows(&mut self) {
+        self.flows = FlowTable::new();
+    }
+
     /// Replaces the policy. Cached flows are kept and re-checked on their next packet.
     pub fn set_policy(&mut self, policy: Arc<SwitchPolicy>) {
         self.policy = policy;
@@ -226,8 +231,8 @@ impl Switch {
     }
 }
 
-/// The source a reply is addressed to after the forward rewrite... i.e. the forward packet's new
-/// source (what the backend sees).
+/// For the reply direction's transposition: the original source, when the forward direction
+/// rewrote it (replies are then readdressed to it).
 fn transposition_src(key: &FlowKey, t: &Transposition) -> Option<SocketAddr> {
     match t {
         Transposition::Forward { src: Some(s), .. } => Some(key.src_socket()).filter(|o| o != s),
@@ -235,6 +240,8 @@ fn transposition_src(key: &FlowKey, t: &Transposition) -> Option<SocketAddr> {
     }
 }
 
+/// For the reply direction's transposition: the original destination, when the forward direction
+/// rewrote it (replies then appear to come from it).
 fn transposition_dst(key: &FlowKey, t: &Transposition) -> Option<SocketAddr> {
     match t {
         Transposition::Forward { dst: Some(d), .. } => Some(key.dst_socket()).filter(|o| o != d),

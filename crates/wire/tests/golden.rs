@@ -274,7 +274,7 @@ fn ipv6_non_initial_fragment_golden() {
 #[test]
 fn ipv6_extension_chain_is_bounded_and_ordered() {
     // Nine destination-options headers: one more than the walk allows.
-    let mut buf = vec![0u8; 40 + 9 * 8 + 8];
+    let mut buf = [0u8; 40 + 9 * 8 + 8];
     buf[0] = 0x60;
     buf[4..6].copy_from_slice(&(9 * 8 + 8u16).to_be_bytes());
     buf[6] = ipv6::DEST_OPTIONS;

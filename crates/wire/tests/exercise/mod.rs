@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use flowgate_wire::{
-    ethernet, icmpv4, icmpv6, ipv4, ipv6, parse_embedded_flow_key, parse_flow_key, parse_ip_flow_key, sctp, tcp,
-    udp, vlan, FlowKey, IpPair,
+    ethernet, icmpv4, icmpv6, ipv4, ipv6, parse_embedded_flow_key, parse_flow_key, parse_ip_flow_key, sctp, tcp, udp,
+    vlan, FlowKey, IpPair,
 };
 
 /// Addresses for the pseudo-header checksums of bytes with no IP header.
@@ -136,7 +136,7 @@ fn ipv4(data: &[u8]) {
 
 fn ipv6(data: &[u8]) {
     if let Ok(header) = ipv6::Packet::new_checked_header(data) {
-        black_box((header.payload(), header.upper_layer()));
+        black_box((header.payload(), header.upper_layer().ok()));
     }
     let Ok(packet) = ipv6::Packet::new_checked(data) else { return };
     black_box((
@@ -312,7 +312,7 @@ fn icmpv6(data: &[u8]) {
         packet.verify_checksum(V6_SRC, V6_DST),
     ));
     if let Ok(inner) = packet.embedded_ipv6() {
-        black_box((inner.src_addr(), inner.dst_addr(), inner.next_header(), inner.payload(), inner.upper_layer()));
+        black_box((inner.src_addr(), inner.dst_addr(), inner.next_header(), inner.payload(), inner.upper_layer().ok()));
     }
     let repr = icmpv6::Repr::parse(&packet).expect("checked packet parses");
     let mut buf = vec![0u8; repr.buffer_len()];
