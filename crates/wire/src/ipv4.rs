@@ -18,10 +18,10 @@
 //! # Panics
 //!
 //! After [`Packet::new_checked`] (or [`Packet::new_checked_header`]) no
-//! accessor or setter panics, except `set_header_len` and `set_total_len`
-//! which can make a later accessor read past the buffer if given values the
-//! buffer cannot hold. On a view made with [`Packet::new_unchecked`],
-//! accessors panic when the buffer is shorter than the fields they read.
+//! accessor or setter panics, even after a setter wrote a length the buffer
+//! cannot hold: slices are clipped to the buffer. On a view made with
+//! [`Packet::new_unchecked`], accessors panic when the buffer is shorter than
+//! the fields they read.
 
 use std::net::Ipv4Addr;
 
@@ -216,27 +216,34 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Whether the header checksum is correct.
     pub fn verify_checksum(&self) -> bool {
-        checksum::internet(&self.data()[..self.header_len()]) == 0
+        checksum::internet(&self.data()[..self.header_end()]) == 0
     }
 
-    /// End of the payload: Total Length, or the buffer's end if it is shorter
-    /// (only possible after [`Packet::new_checked_header`]).
+    /// End of the header: IHL × 4, kept within `HEADER_LEN..=buffer length`
+    /// so that a setter writing odd lengths cannot make a later read panic.
+    /// For a checked packet this is exactly [`Packet::header_len`].
+    fn header_end(&self) -> usize {
+        self.header_len().max(HEADER_LEN).min(self.data().len())
+    }
+
+    /// End of the payload: Total Length, clipped to the buffer (possible after
+    /// [`Packet::new_checked_header`]) and never before the header's end.
     fn payload_end(&self) -> usize {
-        usize::from(self.total_len()).min(self.data().len())
+        usize::from(self.total_len()).min(self.data().len()).max(self.header_end())
     }
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     /// The options: the header bytes after the first 20.
     pub fn options(&self) -> &'a [u8] {
-        let header_len = self.header_len();
-        &self.buffer.as_ref()[HEADER_LEN..header_len]
+        let header_end = self.header_end();
+        &self.buffer.as_ref()[HEADER_LEN..header_end]
     }
 
     /// The payload: from the end of the header to Total Length (or to the end
     /// of a cut-short buffer).
     pub fn payload(&self) -> &'a [u8] {
-        let range = self.header_len()..self.payload_end();
+        let range = self.header_end()..self.payload_end();
         &self.buffer.as_ref()[range]
     }
 }
@@ -338,14 +345,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Computes and stores the header checksum.
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
-        let header_len = self.header_len();
-        let value = checksum::internet(&self.data_mut()[..header_len]);
+        let header_end = self.header_end();
+        let value = checksum::internet(&self.data_mut()[..header_end]);
         self.set_checksum(value);
     }
 
     /// The payload, mutably (see [`Packet::payload`]).
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let range = self.header_len()..self.payload_end();
+        let range = self.header_end()..self.payload_end();
         &mut self.data_mut()[range]
     }
 }

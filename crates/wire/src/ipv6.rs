@@ -19,10 +19,10 @@
 //! # Panics
 //!
 //! After [`Packet::new_checked`] (or [`Packet::new_checked_header`]) no
-//! accessor or setter panics, except that `set_payload_len` can make a later
-//! accessor read past the buffer if given a length the buffer cannot hold. On
-//! a view made with [`Packet::new_unchecked`], accessors panic when the buffer
-//! is shorter than the fields they read.
+//! accessor or setter panics, even after `set_payload_len` wrote a length the
+//! buffer cannot hold: the payload is clipped to the buffer. On a view made
+//! with [`Packet::new_unchecked`], accessors panic when the buffer is shorter
+//! than the fields they read.
 
 use std::net::Ipv6Addr;
 

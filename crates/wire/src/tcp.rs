@@ -19,11 +19,10 @@
 //!
 //! # Panics
 //!
-//! After [`Packet::new_checked`] no accessor or setter panics, except that
-//! `set_header_len` can make a later accessor read past the buffer if given a
-//! length the buffer cannot hold. On a view made with
-//! [`Packet::new_unchecked`], accessors panic when the buffer is shorter than
-//! the fields they read.
+//! After [`Packet::new_checked`] no accessor or setter panics, even after
+//! `set_header_len` wrote a length the buffer cannot hold: slices are clipped
+//! to the buffer. On a view made with [`Packet::new_unchecked`], accessors
+//! panic when the buffer is shorter than the fields they read.
 
 use std::fmt;
 use std::ops::{BitAnd, BitOr, BitOrAssign};
@@ -265,6 +264,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
         read_u16(self.data(), offset::URGENT)
     }
 
+    /// End of the header: Data Offset × 4, kept within
+    /// `HEADER_LEN..=buffer length` so that `set_header_len` cannot make a
+    /// later read panic. For a checked packet this is [`Packet::header_len`].
+    fn header_end(&self) -> usize {
+        self.header_len().max(HEADER_LEN).min(self.data().len())
+    }
+
     /// Whether the checksum is correct for this segment sent between `ips`.
     pub fn verify_checksum(&self, ips: &IpPair) -> bool {
         let data = self.data();
@@ -276,14 +282,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     /// The options: header bytes after the first 20.
     pub fn options(&self) -> &'a [u8] {
-        let header_len = self.header_len();
-        &self.buffer.as_ref()[HEADER_LEN..header_len]
+        let header_end = self.header_end();
+        &self.buffer.as_ref()[HEADER_LEN..header_end]
     }
 
     /// The payload: everything after the header.
     pub fn payload(&self) -> &'a [u8] {
-        let header_len = self.header_len();
-        &self.buffer.as_ref()[header_len..]
+        let header_end = self.header_end();
+        &self.buffer.as_ref()[header_end..]
     }
 }
 
@@ -351,8 +357,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     /// The payload, mutably.
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let header_len = self.header_len();
-        &mut self.data_mut()[header_len..]
+        let header_end = self.header_end();
+        &mut self.data_mut()[header_end..]
     }
 }
 

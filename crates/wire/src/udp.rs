@@ -19,10 +19,10 @@
 //!
 //! # Panics
 //!
-//! After [`Packet::new_checked`] no accessor or setter panics, except that
-//! `set_len` can make a later accessor read past the buffer if given a length
-//! the buffer cannot hold. On a view made with [`Packet::new_unchecked`],
-//! accessors panic when the buffer is shorter than the fields they read.
+//! After [`Packet::new_checked`] no accessor or setter panics, even after
+//! `set_len` wrote a length the buffer cannot hold: slices are clipped to the
+//! buffer. On a view made with [`Packet::new_unchecked`], accessors panic
+//! when the buffer is shorter than the fields they read.
 
 use crate::checksum;
 use crate::error::{Error, Result};
@@ -122,13 +122,20 @@ impl<T: AsRef<[u8]>> Packet<T> {
         read_u16(self.data(), offset::CHECKSUM)
     }
 
+    /// End of the datagram: Length, kept within `HEADER_LEN..=buffer length`
+    /// so that `set_len` cannot make a later read panic. For a checked packet
+    /// this is exactly Length.
+    fn datagram_end(&self) -> usize {
+        usize::from(self.len()).max(HEADER_LEN).min(self.data().len())
+    }
+
     /// Whether the checksum is correct for this datagram sent between `ips`.
     /// A zero checksum over IPv4 counts as correct (it means none).
     pub fn verify_checksum(&self, ips: &IpPair) -> bool {
         if self.checksum() == 0 {
             return !ips.is_ipv6();
         }
-        let data = &self.data()[..usize::from(self.len())];
+        let data = &self.data()[..self.datagram_end()];
         let pseudo = ips.pseudo_header(Protocol::Udp, crate::field::saturating_u32(data.len()));
         checksum::combine(&[pseudo, checksum::sum(data)]) == 0xffff
     }
@@ -137,7 +144,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     /// The payload: from the end of the header to Length.
     pub fn payload(&self) -> &'a [u8] {
-        let end = usize::from(self.len());
+        let end = self.datagram_end();
         &self.buffer.as_ref()[HEADER_LEN..end]
     }
 }
@@ -171,7 +178,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// (a computed 0 is stored as `0xffff`).
     pub fn fill_checksum(&mut self, ips: &IpPair) {
         self.set_checksum(0);
-        let end = usize::from(self.len());
+        let end = self.datagram_end();
         let data = &self.data_mut()[..end];
         let value = ips.upper_layer_checksum(Protocol::Udp, data.len(), checksum::sum(data));
         self.set_checksum(if value == 0 { 0xffff } else { value });
@@ -179,7 +186,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     /// The payload, mutably.
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let end = usize::from(self.len());
+        let end = self.datagram_end();
         &mut self.data_mut()[HEADER_LEN..end]
     }
 }

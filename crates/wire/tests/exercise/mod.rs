@@ -21,6 +21,8 @@ const V4: IpPair = IpPair::V4 { src: Ipv4Addr::new(10, 244, 1, 5), dst: Ipv4Addr
 const V6_SRC: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
 const V6_DST: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0xa);
 const V6: IpPair = IpPair::V6 { src: V6_SRC, dst: V6_DST };
+/// A length no header can hold, for the length setters.
+const HOSTILE: usize = usize::MAX;
 
 /// Runs everything over `data`; panics only if the crate breaks its contract.
 pub fn exercise(data: &[u8]) {
@@ -132,6 +134,17 @@ fn ipv4(data: &[u8]) {
     packet.fill_checksum();
     assert!(packet.verify_checksum());
     black_box(packet.payload_mut());
+
+    // Length setters given values the buffer cannot hold must not make a
+    // later accessor panic.
+    for (header_len, total_len) in [(0, 0), (60, u16::MAX), (24, 21), (HOSTILE, 0)] {
+        packet.set_header_len(header_len);
+        packet.set_total_len(total_len);
+        packet.fill_checksum();
+        let view = ipv4::Packet::new_unchecked(packet.as_ref());
+        black_box((view.options(), view.payload(), view.verify_checksum()));
+        black_box(packet.payload_mut());
+    }
 }
 
 fn ipv6(data: &[u8]) {
@@ -169,6 +182,12 @@ fn ipv6(data: &[u8]) {
     packet.set_flow_label(repr.flow_label);
     packet.set_next_header(repr.next_header);
     black_box(packet.payload_mut());
+    for payload_len in [0, u16::MAX] {
+        packet.set_payload_len(payload_len);
+        let view = ipv6::Packet::new_unchecked(packet.as_ref());
+        black_box((view.payload(), view.upper_layer().ok()));
+        black_box(packet.payload_mut());
+    }
 }
 
 fn tcp(data: &[u8]) {
@@ -208,6 +227,13 @@ fn tcp(data: &[u8]) {
         assert!(packet.verify_checksum(&ips));
     }
     black_box(packet.payload_mut());
+    for header_len in [0, 60, HOSTILE] {
+        packet.set_header_len(header_len);
+        packet.fill_checksum(&V4);
+        let view = tcp::Packet::new_unchecked(packet.as_ref());
+        black_box((view.options(), view.payload(), view.verify_checksum(&V4)));
+        black_box(packet.payload_mut());
+    }
 }
 
 fn udp(data: &[u8]) {
@@ -238,6 +264,13 @@ fn udp(data: &[u8]) {
         assert!(packet.verify_checksum(&ips));
     }
     black_box(packet.payload_mut());
+    for len in [0, 7, u16::MAX] {
+        packet.set_len(len);
+        packet.fill_checksum(&V6);
+        let view = udp::Packet::new_unchecked(packet.as_ref());
+        black_box((view.payload(), view.verify_checksum(&V6)));
+        black_box(packet.payload_mut());
+    }
 }
 
 fn sctp(data: &[u8]) {
