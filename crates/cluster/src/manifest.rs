@@ -93,8 +93,21 @@ impl Loader {
         self.load_text(path, &text)
     }
 
-    /// Loads the documents of one file's text.
+    /// Loads the documents of one file's text: JSON (one or more concatenated values) when the
+    /// file is named `*.json`, else YAML (documents separated by `---`).
     pub fn load_text(&mut self, path: &Path, text: &str) -> Result<(), ManifestError> {
+        if path.extension().and_then(|e| e.to_str()) == Some("json") {
+            for (index, value) in serde_json::Deserializer::from_str(text).into_iter::<Value>().enumerate() {
+                let value = value.map_err(|e| ManifestError::Syntax {
+                    path: path.to_path_buf(),
+                    document: index,
+                    message: e.to_string(),
+                })?;
+                let doc = Doc { path, index, prefix: String::new() };
+                self.load_value(&doc, value)?;
+            }
+            return Ok(());
+        }
         for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let value = Value::deserialize(doc).map_err(|e| ManifestError::Syntax {
                 path: path.to_path_buf(),
@@ -132,8 +145,12 @@ impl Loader {
         let label = object_label(&kind, map);
         match (api_version.as_str(), kind.as_str()) {
             ("v1", "List") => {
-                let items = match map.get("items") {
-                    Some(Value::Array(items)) => items.clone(),
+                let items = match value {
+                    Value::Object(mut m) => m.remove("items"),
+                    _ => None,
+                };
+                let items = match items {
+                    Some(Value::Array(items)) => items,
                     None | Some(Value::Null) => Vec::new(),
                     Some(_) => return Err(doc.invalid(&label, FieldError::new("items", "must be a list"))),
                 };
@@ -322,6 +339,19 @@ mod tests {
         assert!(e.contains("kind: required"), "{e}");
         let e = load("- 1\n- 2\n").unwrap_err().to_string();
         assert!(e.contains("must be an object"), "{e}");
+    }
+
+    #[test]
+    fn json_files_may_hold_several_values() {
+        let l = load_str(
+            Path::new("x.json"),
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"a"}} {"apiVersion":"v1","kind":"Namespace","metadata":{"name":"b"}}"#,
+        )
+        .unwrap();
+        assert_eq!(l.state.namespaces.len(), 2);
+        let e = load_str(Path::new("x.json"), r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"a"}} {"#)
+            .unwrap_err();
+        assert!(matches!(e, ManifestError::Syntax { document: 1, .. }), "{e}");
     }
 
     #[test]

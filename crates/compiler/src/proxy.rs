@@ -33,6 +33,10 @@ use crate::settings::{LocalMatch, NodePortAddresses, ProxySettings};
 struct Sets {
     local: Option<LocalMatch>,
     node_local: SetId,
+    /// Every IPv4 address, and every IPv6 address: NodePort rules of both families share a
+    /// (protocol, port) key, so each rule also matches the destination's family.
+    all_v4: SetId,
+    all_v6: SetId,
 }
 
 /// Rules collected while compiling, before they are placed in the layers.
@@ -61,6 +65,8 @@ pub fn compile(state: &ClusterState, node: &NodeView, settings: &ProxySettings, 
     let sets = Sets {
         local: LocalMatch::new(&settings.local, local_set),
         node_local: policy.add_set("node-local", node_local),
+        all_v4: policy.add_set("all-ipv4", PrefixSet::from_nets([IpNet::V4(Default::default())])),
+        all_v6: policy.add_set("all-ipv6", PrefixSet::from_nets([IpNet::V6(Default::default())])),
     };
 
     let slices = SliceIndex::new(&state.endpoint_slices);
@@ -294,25 +300,13 @@ fn compile_service_port(
     if let Some(np) = sp.node_port {
         let what = format!("svc {name} nodePort {np}/{}", sp.proto);
         let rules = external(&what);
-        // The first Service of a family to claim a NodePort keeps it; both families share the
-        // (proto, port) key because addresses of each family only match their own Services.
+        let family = if sp.cluster_ip.is_ipv4() { sets.all_v4 } else { sets.all_v6 };
         let entry = tables.node_ports.entry((sp.proto, np)).or_default();
         for mut r in rules {
-            r.conditions.dst = Some(AddrMatch::In(family_set(policy, sp.cluster_ip.is_ipv4())));
+            r.conditions.dst = Some(AddrMatch::In(family));
             entry.push(r);
         }
     }
-}
-
-/// The set of all addresses of one family, so NodePort rules of each family only match packets of
-/// that family when both families share a (protocol, port) key.
-fn family_set(policy: &mut SwitchPolicy, v4: bool) -> SetId {
-    let name = if v4 { "all-ipv4" } else { "all-ipv6" };
-    if let Some(pos) = policy.sets.iter().position(|s| s.name == name) {
-        return SetId(pos as u32);
-    }
-    let net: IpNet = if v4 { IpNet::V4(Default::default()) } else { IpNet::V6(Default::default()) };
-    policy.add_set(name, PrefixSet::from_nets([net]))
 }
 
 fn fmt_ip(ip: IpAddr) -> String {
