@@ -204,3 +204,107 @@ fn available_for_topology(e: &Endpoint, mode: &str, node: &str, zone: Option<&st
 pub fn contains_ip(eps: &[SocketAddr], ip: IpAddr) -> bool {
     eps.iter().any(|e| e.ip() == ip)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowgate_cluster::ObjectKey;
+    use flowgate_switch::Proto;
+
+    fn sp(internal_local: bool, external_local: bool, node_port: Option<u16>) -> ServicePort {
+        ServicePort {
+            service: ObjectKey::new("ns", "svc"),
+            port_name: String::new(),
+            cluster_ip: "172.30.0.1".parse().unwrap(),
+            port: 80,
+            proto: Proto::TCP,
+            node_port,
+            external_ips: Vec::new(),
+            lb_ips: Vec::new(),
+            source_ranges: Vec::new(),
+            affinity_timeout: None,
+            external_local,
+            internal_local,
+            health_check_node_port: None,
+        }
+    }
+
+    fn ep(addr: &str, ready: bool, serving: bool, terminating: bool, local: bool, zones: &[&str]) -> Endpoint {
+        Endpoint {
+            addr: addr.parse().unwrap(),
+            ready,
+            serving,
+            terminating,
+            local,
+            zone_hints: zones.iter().map(|z| z.to_string()).collect(),
+            node_hints: Vec::new(),
+        }
+    }
+
+    fn addrs(v: &[SocketAddr]) -> Vec<String> {
+        v.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn ready_endpoints_win_over_terminating_ones() {
+        let eps = [ep("10.0.0.1:80", true, true, false, false, &[]), ep("10.0.0.2:80", false, true, true, false, &[])];
+        let c = categorize(&eps, &sp(false, false, None), "n", None, true);
+        assert_eq!(addrs(&c.cluster), ["10.0.0.1:80"]);
+        assert!(c.has_any);
+    }
+
+    #[test]
+    fn serving_terminating_fallback_and_never_not_serving() {
+        let eps = [ep("10.0.0.1:80", false, false, true, false, &[]), ep("10.0.0.2:80", false, true, true, false, &[])];
+        let c = categorize(&eps, &sp(false, false, None), "n", None, true);
+        assert_eq!(addrs(&c.cluster), ["10.0.0.2:80"]);
+        let none = [ep("10.0.0.1:80", false, false, false, false, &[])];
+        let c = categorize(&none, &sp(false, false, None), "n", None, true);
+        assert!(c.cluster.is_empty() && !c.has_any);
+    }
+
+    #[test]
+    fn local_policy_falls_back_separately() {
+        // Remote endpoint ready, local one only serving-terminating: Local uses the terminating
+        // local one, Cluster the ready remote one.
+        let eps = [ep("10.0.0.1:80", true, true, false, false, &[]), ep("10.0.0.2:80", false, true, true, true, &[])];
+        let c = categorize(&eps, &sp(false, true, Some(30000)), "n", None, true);
+        assert_eq!(addrs(&c.cluster), ["10.0.0.1:80"]);
+        assert_eq!(addrs(&c.local), ["10.0.0.2:80"]);
+    }
+
+    #[test]
+    fn zone_hints_apply_only_when_complete_and_matching() {
+        let eps =
+            [ep("10.0.0.1:80", true, true, false, false, &["a"]), ep("10.0.0.2:80", true, true, false, false, &["b"])];
+        let c = categorize(&eps, &sp(false, false, None), "n", Some("a"), true);
+        assert_eq!((addrs(&c.cluster), c.topology), (vec!["10.0.0.1:80".to_string()], "PreferSameZone"));
+        let c = categorize(&eps, &sp(false, false, None), "n", Some("c"), true);
+        assert_eq!(c.cluster.len(), 2, "no endpoint for this zone: hints ignored");
+        let partial =
+            [ep("10.0.0.1:80", true, true, false, false, &["a"]), ep("10.0.0.2:80", true, true, false, false, &[])];
+        let c = categorize(&partial, &sp(false, false, None), "n", Some("a"), true);
+        assert_eq!(c.cluster.len(), 2, "an endpoint without hints: hints ignored");
+    }
+
+    #[test]
+    fn node_hints_need_the_feature_gate() {
+        let mut a = ep("10.0.0.1:80", true, true, false, true, &["z"]);
+        a.node_hints = vec!["n".into()];
+        let mut b = ep("10.0.0.2:80", true, true, false, false, &["z"]);
+        b.node_hints = vec!["m".into()];
+        let eps = [a, b];
+        let c = categorize(&eps, &sp(false, false, None), "n", Some("z"), true);
+        assert_eq!((c.cluster.len(), c.topology), (1, "PreferSameNode"));
+        let c = categorize(&eps, &sp(false, false, None), "n", Some("z"), false);
+        assert_eq!((c.cluster.len(), c.topology), (2, "PreferSameZone"));
+    }
+
+    #[test]
+    fn internal_local_without_external_access_skips_cluster_endpoints() {
+        let eps = [ep("10.0.0.1:80", true, true, false, false, &[])];
+        let c = categorize(&eps, &sp(true, false, None), "n", None, true);
+        assert!(c.cluster.is_empty() && c.local.is_empty());
+        assert!(c.has_any, "an endpoint exists elsewhere: drop, not reject");
+    }
+}

@@ -144,3 +144,71 @@ impl LocalMatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeView {
+        NodeView {
+            name: "n".into(),
+            addresses: vec![
+                "192.168.0.2".parse().unwrap(),
+                "192.168.1.2".parse().unwrap(),
+                "2001:db8::2".parse().unwrap(),
+            ],
+            primary_v4: Some("192.168.0.2".parse().unwrap()),
+            primary_v6: Some("2001:db8::2".parse().unwrap()),
+            pod_cidrs: vec!["10.0.1.0/24".parse().unwrap()],
+            ..NodeView::default()
+        }
+    }
+
+    fn cfg(yaml: &str) -> KubeProxyConfiguration {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn nftables_defaults_to_primary_node_ports() {
+        let s = ProxySettings::new(None, &node());
+        assert_eq!(s.node_ports_v4, NodePortAddresses::Cidrs(vec!["192.168.0.2/32".parse().unwrap()]));
+        assert_eq!(s.node_ports_v6, NodePortAddresses::Cidrs(vec!["2001:db8::2/128".parse().unwrap()]));
+        assert!(matches!(s.local, LocalDetector::None), "no clusterCIDR, no detector");
+        assert!(!s.masquerade_all);
+    }
+
+    #[test]
+    fn keywords_and_per_family_fallback() {
+        let s = ProxySettings::new(Some(&cfg("nodePortAddresses: [all]")), &node());
+        assert_eq!(
+            (s.node_ports_v4.clone(), s.node_ports_v6.clone()),
+            (NodePortAddresses::All, NodePortAddresses::All)
+        );
+        let s = ProxySettings::new(Some(&cfg("nodePortAddresses: [192.168.1.0/24]")), &node());
+        assert_eq!(s.node_ports_v4, NodePortAddresses::Cidrs(vec!["192.168.1.0/24".parse().unwrap()]));
+        assert_eq!(s.node_ports_v6, NodePortAddresses::All, "no IPv6 CIDR given: every IPv6 address");
+        let s = ProxySettings::new(Some(&cfg("nodePortAddresses: [localhost]")), &node());
+        assert_eq!(s.node_ports_v4, NodePortAddresses::Cidrs(vec!["127.0.0.0/8".parse().unwrap()]));
+    }
+
+    #[test]
+    fn detectors_and_masquerade_all() {
+        let s = ProxySettings::new(
+            Some(&cfg("clusterCIDR: 10.0.0.0/8,fd00::/48\nnftables: {masqueradeAll: true}")),
+            &node(),
+        );
+        assert!(matches!(&s.local, LocalDetector::Cidrs(p) if p.contains("fd00::1".parse().unwrap())));
+        assert!(s.masquerade_all);
+        let s = ProxySettings::new(Some(&cfg("mode: iptables\nnftables: {masqueradeAll: true}")), &node());
+        assert!(!s.masquerade_all, "iptables mode reads iptables.masqueradeAll");
+        let s = ProxySettings::new(Some(&cfg("detectLocalMode: NodeCIDR\nclusterCIDR: 10.0.0.0/8")), &node());
+        assert!(
+            matches!(&s.local, LocalDetector::Cidrs(p) if p.contains("10.0.1.7".parse().unwrap()) && !p.contains("10.0.2.7".parse().unwrap()))
+        );
+        let s = ProxySettings::new(
+            Some(&cfg("detectLocalMode: InterfaceNamePrefix\ndetectLocal: {interfaceNamePrefix: veth}")),
+            &node(),
+        );
+        assert!(matches!(s.local, LocalDetector::Endpoints));
+    }
+}
