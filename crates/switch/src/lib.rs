@@ -19,6 +19,7 @@
 pub mod addr;
 pub mod engine;
 pub mod flow;
+pub mod frame;
 pub mod layer;
 pub mod packet;
 pub mod policy;

@@ -1,52 +1,15 @@
 //! The stateful engine: first packets walk the layers, later packets and replies hit the flow
 //! table, policy changes are re-checked, affinity and NAT ports behave.
 
-use std::net::{IpAddr, SocketAddr};
+mod common;
+
 use std::sync::Arc;
 
+use common::{key, policy, sa, VIP};
 use flowgate_switch::{
-    trace, Action, AddrMatch, BackendSet, Conditions, Deliver, Dnat, DropReason, FlowKey, LayerKind, PortId, PrefixSet,
-    Proto, Rule, RuleGroup, RuleIndex, Selection, SwitchPolicy, Verdict,
+    trace, Action, AddrMatch, Conditions, Deliver, DropReason, LayerKind, PortId, PrefixSet, Rule, RuleGroup,
+    RuleIndex, Selection, Verdict,
 };
-use rustc_hash::FxHashMap;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-fn key(src: &str, dst: &str) -> FlowKey {
-    FlowKey::new(sa(src), sa(dst), Proto::TCP)
-}
-
-const VIP: &str = "172.30.0.10:80";
-
-/// Node 192.168.0.2 with pods 10.0.1.5 and 10.0.1.6; a VIP load-balancing to `backends`.
-fn policy(backends: &[&str], selection: Selection, masquerade: bool) -> SwitchPolicy {
-    let mut p = SwitchPolicy::new();
-    p.host_addresses.insert_addr(ip("192.168.0.2"));
-    p.snat_v4 = Some(ip("192.168.0.2"));
-    p.add_endpoint("ns/a", vec![ip("10.0.1.5")]);
-    p.add_endpoint("ns/b", vec![ip("10.0.1.6")]);
-    let set = p.add_backend_set(BackendSet {
-        name: "ns/svc:http".into(),
-        backends: backends.iter().map(|b| sa(b)).collect(),
-        selection,
-    });
-    let mut map = FxHashMap::default();
-    let v = sa(VIP);
-    map.insert(
-        (v.ip(), Proto::TCP, v.port()),
-        vec![Rule::new("svc", Conditions::any(), Action::Dnat(Dnat { backends: set, masquerade, hairpin: true }))],
-    );
-    map.insert(
-        (ip("172.30.0.20"), Proto::TCP, 80),
-        vec![Rule::new("empty svc", Conditions::any(), Action::Reject(DropReason::NoEndpoints))],
-    );
-    p.layer_mut(LayerKind::Lb).groups.push(RuleGroup { name: "service-ips", index: RuleIndex::Destination(map) });
-    p
-}
 
 #[test]
 fn first_packet_walks_then_flow_table_answers_both_directions() {
