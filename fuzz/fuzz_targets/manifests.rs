@@ -1,6 +1,7 @@
 //! Fuzz target: arbitrary bytes as a manifest file. Loading must return objects or an error, never
 //! panic; whatever loads must compile for its node and trace a few packets without panicking.
 #![no_main]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -7,6 +7,7 @@
 //! reproduces with `cargo test -p flowgate-wire --test robustness` once the
 //! input is added there. Run with `cargo +nightly fuzz run packet`.
 #![no_main]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use libfuzzer_sys::fuzz_target;
 

@@ -1,6 +1,8 @@
 //! `flowgate`, the command-line tool. `flowgate trace` explains what a node's switch does with the
 //! first packet of a connection (see specs/trace.md).
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 mod probe;
 mod trace_cmd;
 

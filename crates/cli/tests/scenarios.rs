@@ -1,6 +1,7 @@
 //! Scenario tests: every `tests/scenarios/*.yaml` file (see the README there) is run through the
 //! real `flowgate trace --batch` binary, and every probe's result is compared with the file's
 //! expectation. All mismatches are reported together.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

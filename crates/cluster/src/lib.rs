@@ -6,6 +6,7 @@
 //! [`KubeProxyConfiguration`] and flowgate's [`FlowgateConfiguration`].
 
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
 pub mod error;

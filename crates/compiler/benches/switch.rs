@@ -2,6 +2,7 @@
 //! Kubernetes objects: the first packet of a connection (layer walk, backend choice, flow insert)
 //! and a packet of an established connection (flow-table hit). The baseline each size is compared
 //! with is the 10-Service state, measured in the same run; the ratios are printed at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

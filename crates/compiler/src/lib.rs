@@ -12,6 +12,7 @@
 //! This crate is the only place Kubernetes semantics live.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod endpoints;
 pub mod node;
@@ -126,8 +127,9 @@ fn outbound_nat(state: &ClusterState, node: &NodeView, settings: &ProxySettings,
         }
     }
     let set = policy.add_set("outbound-nat-exceptions", exceptions);
-    policy.layer_mut(LayerKind::OutboundNat).groups.push(RuleGroup {
+    policy.layer_mut(LayerKind::OutboundNat).add_group(RuleGroup {
         name: "outbound-nat",
+        priority: 0,
         index: RuleIndex::Ordered(vec![Rule::new(
             "destination outside the exception list: source NAT to the node address",
             Conditions { dst: Some(AddrMatch::NotIn(set)), ingress: Some(IngressKind::Endpoint), ..Conditions::any() },

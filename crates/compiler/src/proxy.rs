@@ -96,9 +96,10 @@ pub fn compile(state: &ClusterState, node: &NodeView, settings: &ProxySettings, 
     let nodeport_set = policy.add_set("nodeport-addresses", nodeport_addrs);
 
     let lb = policy.layer_mut(LayerKind::Lb);
-    lb.groups.push(RuleGroup { name: "service-ips", index: RuleIndex::Destination(tables.destinations) });
-    lb.groups.push(RuleGroup {
+    lb.add_group(RuleGroup { name: "service-ips", priority: 100, index: RuleIndex::Destination(tables.destinations) });
+    lb.add_group(RuleGroup {
         name: "service-nodeports",
+        priority: 200,
         index: RuleIndex::PortOnAddresses { addresses: nodeport_set, rules: tables.node_ports },
     });
 
@@ -127,10 +128,11 @@ pub fn compile(state: &ClusterState, node: &NodeView, settings: &ProxySettings, 
             Action::Drop(DropReason::UnallocatedServiceIp),
         ));
     }
-    policy
-        .layer_mut(LayerKind::ServiceFilter)
-        .groups
-        .push(RuleGroup { name: "cluster-ips-check", index: RuleIndex::Ordered(filter_rules) });
+    policy.layer_mut(LayerKind::ServiceFilter).add_group(RuleGroup {
+        name: "cluster-ips-check",
+        priority: 100,
+        index: RuleIndex::Ordered(filter_rules),
+    });
 }
 
 fn compile_service_port(

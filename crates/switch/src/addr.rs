@@ -51,7 +51,7 @@ impl PrefixSet {
                         let mut s = FxHashSet::default();
                         s.insert(key);
                         self.v4.push((len, s));
-                        self.v4.sort_by(|a, b| b.0.cmp(&a.0));
+                        self.v4.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
                     }
                 }
             }
@@ -66,7 +66,7 @@ impl PrefixSet {
                         let mut s = FxHashSet::default();
                         s.insert(key);
                         self.v6.push((len, s));
-                        self.v6.sort_by(|a, b| b.0.cmp(&a.0));
+                        self.v6.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
                     }
                 }
             }

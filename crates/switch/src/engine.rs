@@ -3,7 +3,7 @@
 //! table. A policy change bumps the generation; entries of an older generation are re-checked
 //! against the new policy before use.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -202,9 +202,7 @@ impl Switch {
                 }
             }
         }
-        let mut h = FxBuildHasher.build_hasher();
-        key.hash(&mut h);
-        let pick = backends[(h.finish() % backends.len() as u64) as usize];
+        let pick = backends[(FxBuildHasher.hash_one(key) % backends.len() as u64) as usize];
         if let Selection::ClientIp { .. } = selection {
             self.affinity.insert((key.src, id), Affinity { backend: pick, last_used: now });
         }

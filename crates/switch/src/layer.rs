@@ -61,11 +61,14 @@ pub enum RuleIndex {
     Ordered(Vec<Rule>),
 }
 
-/// A named group of rules within a layer.
+/// A named group of rules within a layer. Within a group, rules are in priority order (first
+/// match wins); groups are tried by ascending `priority`.
 #[derive(Clone, Debug)]
 pub struct RuleGroup {
     /// The group's name, for trace.
     pub name: &'static str,
+    /// Lower values are tried first.
+    pub priority: u32,
     /// The rules and how they are found.
     pub index: RuleIndex,
 }
@@ -92,7 +95,7 @@ impl RuleGroup {
 pub struct Layer {
     /// Which layer this is.
     pub kind: LayerKind,
-    /// The groups, highest priority first.
+    /// The groups, in priority order (use [`Layer::add_group`]).
     pub groups: Vec<RuleGroup>,
 }
 
@@ -109,6 +112,12 @@ impl Layer {
     /// An empty layer: lets every packet through.
     pub fn new(kind: LayerKind) -> Layer {
         Layer { kind, groups: Vec::new() }
+    }
+
+    /// Adds a group, keeping groups ordered by priority (equal priorities keep insertion order).
+    pub fn add_group(&mut self, group: RuleGroup) {
+        let pos = self.groups.iter().position(|g| g.priority > group.priority).unwrap_or(self.groups.len());
+        self.groups.insert(pos, group);
     }
 
     /// Evaluates the layer for `key` entering on a port of kind `ingress`.

@@ -15,6 +15,7 @@
 //! objects, and the kernel data plane is a compiled form of the same tables.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod addr;
 pub mod engine;

@@ -1,5 +1,6 @@
 //! The stateful engine: first packets walk the layers, later packets and replies hit the flow
 //! table, policy changes are re-checked, affinity and NAT ports behave.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -147,8 +148,9 @@ fn trace_lists_every_candidate_and_flags_hairpin() {
 fn outbound_nat_layer_masquerades_only_outside_exceptions() {
     let mut p = policy(&["10.0.1.6:8080"], Selection::Random, false);
     let exc = p.add_set("exceptions", PrefixSet::from_nets(["10.0.0.0/8".parse().unwrap()]));
-    p.layer_mut(LayerKind::OutboundNat).groups.push(RuleGroup {
+    p.layer_mut(LayerKind::OutboundNat).add_group(RuleGroup {
         name: "outbound-nat",
+        priority: 0,
         index: RuleIndex::Ordered(vec![Rule::new(
             "snat",
             Conditions {

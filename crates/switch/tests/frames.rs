@@ -1,5 +1,6 @@
 //! Frames through the switch: the rewritten bytes carry the decided addresses and ports, with
 //! checksums that verify, in both directions, for TCP, UDP and SCTP over IPv4.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -10,7 +11,10 @@ use common::{policy, sa, VIP};
 use flowgate_switch::{frame, PortId, Selection, Switch, Verdict};
 use flowgate_wire::{build_frame, sctp, tcp, udp, FrameSpec, IpPair, L4Spec, Protocol};
 
-fn frame_for(src: SocketAddr, dst: SocketAddr, l4: fn(u16, u16) -> L4Spec) -> Vec<u8> {
+/// Builds the L4 header of a test frame from source and destination ports.
+type L4Builder = fn(u16, u16) -> L4Spec;
+
+fn frame_for(src: SocketAddr, dst: SocketAddr, l4: L4Builder) -> Vec<u8> {
     let ips = IpPair::new(src.ip(), dst.ip()).unwrap();
     build_frame(&FrameSpec::new(ips, l4(src.port(), dst.port())).with_payload(b"hello flowgate".to_vec()))
 }
@@ -32,7 +36,7 @@ fn checksums_ok(f: &[u8]) -> bool {
 
 #[test]
 fn dnat_and_masquerade_rewrite_bytes_with_valid_checksums() {
-    let l4s: [(fn(u16, u16) -> L4Spec, flowgate_switch::Proto); 3] = [
+    let l4s: [(L4Builder, flowgate_switch::Proto); 3] = [
         (|s, d| L4Spec::tcp(s, d, tcp::Flags::SYN), flowgate_switch::Proto::TCP),
         (L4Spec::udp, flowgate_switch::Proto::UDP),
         (L4Spec::sctp, flowgate_switch::Proto::SCTP),

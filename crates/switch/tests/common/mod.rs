@@ -1,5 +1,6 @@
 //! Shared test fixtures: a node with two pods and a VIP.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -43,7 +44,11 @@ pub fn policy(backends: &[&str], selection: Selection, masquerade: bool) -> Swit
         (ip("172.30.0.20"), Proto::TCP, 80),
         vec![Rule::new("empty svc", Conditions::any(), Action::Reject(DropReason::NoEndpoints))],
     );
-    p.layer_mut(LayerKind::Lb).groups.push(RuleGroup { name: "service-ips", index: RuleIndex::Destination(map) });
+    p.layer_mut(LayerKind::Lb).add_group(RuleGroup {
+        name: "service-ips",
+        priority: 0,
+        index: RuleIndex::Destination(map),
+    });
     p
 }
 

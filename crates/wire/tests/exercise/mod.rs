@@ -7,6 +7,7 @@
 //! hold for any input: offsets stay in bounds, `fill_checksum` makes
 //! `verify_checksum` true, and re-parsing what a `Repr` emits gives the same
 //! `Repr`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -7,6 +7,7 @@
 //! pods in 10.244.0.0/16 and fd00:10:244::/48, services in 10.96.0.0/12 and
 //! fd00:10:96::/112.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 /// A pod fetching a page from a service VIP: TCP PSH|ACK with 29 bytes of HTTP.
 pub const TCP_V4: [u8; 83] = [
