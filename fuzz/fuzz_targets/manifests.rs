@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let policy = &compiled.policy;
     let sources: [SocketAddr; 3] =
         ["10.0.1.5:40000".parse().unwrap(), "192.168.0.2:40000".parse().unwrap(), "203.0.113.7:40000".parse().unwrap()];
-    for set in &policy.backend_sets {
+    for (_, set) in policy.backend_sets() {
         for b in &set.backends {
             for s in sources {
                 if s.is_ipv4() == b.is_ipv4() {

@@ -1,8 +1,7 @@
 //! Endpoints of a service port, from EndpointSlices (pkg/proxy/endpointslicecache.go), and their
 //! categorisation into Cluster- and Local-policy endpoints with topology (pkg/proxy/topology.go).
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use flowgate_cluster::k8s_openapi::api::discovery::v1::EndpointSlice;
 use flowgate_cluster::{parse_ip_sloppy, ObjectKey};
@@ -31,83 +30,69 @@ pub struct Endpoint {
     pub node_hints: Vec<String>,
 }
 
-/// EndpointSlices indexed by Service, so a service port finds its slices without a scan.
-#[derive(Debug, Default)]
-pub struct SliceIndex<'a> {
-    by_service: BTreeMap<ObjectKey, Vec<&'a EndpointSlice>>,
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label, in the
+/// slice's namespace); `None` for slices without the label, which kube-proxy ignores.
+pub fn service_of_slice(key: &ObjectKey, slice: &EndpointSlice) -> Option<ObjectKey> {
+    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ObjectKey::new(key.namespace.clone(), svc.clone()))
 }
 
-impl<'a> SliceIndex<'a> {
-    /// Indexes slices by their `kubernetes.io/service-name` label (slices without it are ignored,
-    /// as kube-proxy does).
-    pub fn new(slices: &'a BTreeMap<ObjectKey, EndpointSlice>) -> SliceIndex<'a> {
-        let mut by_service: BTreeMap<ObjectKey, Vec<&'a EndpointSlice>> = BTreeMap::new();
-        for (key, slice) in slices {
-            let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+/// The endpoints of a service port, from the Service's slices, for the port's family,
+/// deduplicated by address and port (a ready copy wins over a not-ready one).
+pub fn endpoints<'a>(slices: impl Iterator<Item = &'a EndpointSlice>, sp: &ServicePort, node: &str) -> Vec<Endpoint> {
+    let v4 = sp.cluster_ip.is_ipv4();
+    let mut out: Vec<Endpoint> = Vec::new();
+    for slice in slices {
+        if slice.address_type != if v4 { "IPv4" } else { "IPv6" } {
+            continue;
+        }
+        for port in slice.ports.iter().flatten() {
+            if port.name.as_deref().unwrap_or("") != sp.port_name {
+                continue;
+            }
+            if port.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase() != sp.proto.name() {
+                continue;
+            }
+            let Some(num) = port.port.and_then(|p| u16::try_from(p).ok()) else {
                 continue;
             };
-            by_service.entry(ObjectKey::new(key.namespace.clone(), svc.clone())).or_default().push(slice);
-        }
-        SliceIndex { by_service }
-    }
-
-    /// The endpoints of a service port for one family, deduplicated by address and port (a ready
-    /// copy wins over a not-ready one).
-    pub fn endpoints(&self, sp: &ServicePort, node: &str) -> Vec<Endpoint> {
-        let v4 = sp.cluster_ip.is_ipv4();
-        let mut out: Vec<Endpoint> = Vec::new();
-        for slice in self.by_service.get(&sp.service).into_iter().flatten() {
-            if slice.address_type != if v4 { "IPv4" } else { "IPv6" } {
-                continue;
-            }
-            for port in slice.ports.iter().flatten() {
-                if port.name.as_deref().unwrap_or("") != sp.port_name {
-                    continue;
-                }
-                if port.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase() != sp.proto.name() {
-                    continue;
-                }
-                let Some(num) = port.port.and_then(|p| u16::try_from(p).ok()) else {
+            for e in &slice.endpoints {
+                let Some(ip) = e.addresses.first().and_then(|a| parse_ip_sloppy(a)) else {
                     continue;
                 };
-                for e in &slice.endpoints {
-                    let Some(ip) = e.addresses.first().and_then(|a| parse_ip_sloppy(a)) else {
-                        continue;
-                    };
-                    if ip.is_ipv4() != v4 {
-                        continue;
-                    }
-                    let c = e.conditions.clone().unwrap_or_default();
-                    let ready = c.ready.unwrap_or(true);
-                    let ep = Endpoint {
-                        addr: SocketAddr::new(ip, num),
-                        ready,
-                        serving: c.serving.unwrap_or(true),
-                        terminating: c.terminating.unwrap_or(false),
-                        local: e.node_name.as_deref() == Some(node),
-                        zone_hints: e
-                            .hints
-                            .iter()
-                            .flat_map(|h| h.for_zones.iter().flatten())
-                            .map(|z| z.name.clone())
-                            .collect(),
-                        node_hints: e
-                            .hints
-                            .iter()
-                            .flat_map(|h| h.for_nodes.iter().flatten())
-                            .map(|n| n.name.clone())
-                            .collect(),
-                    };
-                    match out.iter_mut().find(|o| o.addr == ep.addr) {
-                        Some(existing) if !existing.ready && ep.ready => *existing = ep,
-                        Some(_) => {}
-                        None => out.push(ep),
-                    }
+                if ip.is_ipv4() != v4 {
+                    continue;
+                }
+                let c = e.conditions.clone().unwrap_or_default();
+                let ready = c.ready.unwrap_or(true);
+                let ep = Endpoint {
+                    addr: SocketAddr::new(ip, num),
+                    ready,
+                    serving: c.serving.unwrap_or(true),
+                    terminating: c.terminating.unwrap_or(false),
+                    local: e.node_name.as_deref() == Some(node),
+                    zone_hints: e
+                        .hints
+                        .iter()
+                        .flat_map(|h| h.for_zones.iter().flatten())
+                        .map(|z| z.name.clone())
+                        .collect(),
+                    node_hints: e
+                        .hints
+                        .iter()
+                        .flat_map(|h| h.for_nodes.iter().flatten())
+                        .map(|n| n.name.clone())
+                        .collect(),
+                };
+                match out.iter_mut().find(|o| o.addr == ep.addr) {
+                    Some(existing) if !existing.ready && ep.ready => *existing = ep,
+                    Some(_) => {}
+                    None => out.push(ep),
                 }
             }
         }
-        out
     }
+    out
 }
 
 /// Endpoints sorted into what Cluster and Local traffic policies may use.
@@ -198,11 +183,6 @@ fn available_for_topology(e: &Endpoint, mode: &str, node: &str, zone: Option<&st
         "PreferSameZone" => zone.is_some_and(|z| e.zone_hints.iter().any(|h| h == z)),
         _ => true,
     }
-}
-
-/// Whether `ip` is an address of a usable endpoint (for hairpin detection in steps).
-pub fn contains_ip(eps: &[SocketAddr], ip: IpAddr) -> bool {
-    eps.iter().any(|e| e.ip() == ip)
 }
 
 #[cfg(test)]

@@ -4,12 +4,15 @@
 //! [`SwitchPolicy`] that the model engine walks (`flowgate trace`) and the kernel data plane is
 //! programmed from:
 //!
-//! - endpoint ports for the node's pods ([`endpoints_of_node`]);
+//! - endpoint ports for the node's pods ([`endpoint_ips`]);
 //! - the service proxy ([`proxy`]): Services + EndpointSlices + Node + KubeProxyConfiguration →
 //!   the `lb` and `service-filter` layers, with kube-proxy's nftables-mode semantics;
 //! - outbound NAT on the endpoints, when flowgate's configuration enables it.
 //!
-//! This crate is the only place Kubernetes semantics live.
+//! [`Compiler`] does the same incrementally: given what changed ([`Changes`]), it updates the
+//! desired policy touching only the affected Services and pods, and reports the touched parts as a
+//! [`flowgate_switch::PolicyDelta`] that a data plane applies. This crate is the only place
+//! Kubernetes semantics live.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -20,12 +23,16 @@ pub mod proxy;
 pub mod services;
 pub mod settings;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use flowgate_cluster::{parse_cidr_sloppy, parse_ip_sloppy, ClusterState};
+use flowgate_cluster::k8s_openapi::api::core::v1::Pod;
+use flowgate_cluster::{parse_cidr_sloppy, parse_ip_sloppy, ClusterState, ObjectKey};
 use flowgate_switch::{
-    Action, AddrMatch, Conditions, IngressKind, LayerKind, PrefixSet, Rule, RuleGroup, RuleIndex, SwitchPolicy,
+    Action, AddrMatch, Conditions, IngressKind, LayerKind, PolicyDelta, Port, PortId, PortKind, PrefixSet, Rule,
+    RuleGroup, RuleIndex, RuleKey, RuleRef, SetId, SwitchPolicy,
 };
+use rustc_hash::FxHashMap;
 
 pub use node::{select_node, NodeView};
 pub use settings::ProxySettings;
@@ -60,80 +67,237 @@ pub struct Compiled {
 
 /// Compiles `state` for the node named `node` (or the default node, see [`select_node`]).
 pub fn compile(state: &ClusterState, node: Option<&str>) -> Result<Compiled, CompileError> {
-    let node = select_node(state, node)?;
-    let settings = ProxySettings::new(state.kube_proxy.as_ref(), &node);
-    let mut policy = SwitchPolicy::new();
-    for a in &node.addresses {
-        policy.host_addresses.insert_addr(*a);
+    let mut c = Compiler::new(node.map(String::from));
+    c.compile_full(state)?;
+    match c.inner {
+        Some(inner) => Ok(Compiled { node: inner.node, settings: inner.settings, policy: inner.policy }),
+        None => Err(CompileError::NoNode { reason: "nothing compiled".into() }),
     }
-    policy.snat_v4 = node.primary_v4;
-    policy.snat_v6 = node.primary_v6;
-    for (pod, ips) in endpoints_of_node(state, &node.name) {
-        policy.add_endpoint(pod, ips);
-    }
-    proxy::compile(state, &node, &settings, &mut policy);
-    outbound_nat(state, &node, &settings, &mut policy);
-    Ok(Compiled { node, settings, policy })
 }
 
-/// The pods that get an endpoint on `node`: scheduled there, not host-network, with an address.
-/// Returns `namespace/name` and the pod's IPs, in name order.
-pub fn endpoints_of_node(state: &ClusterState, node: &str) -> Vec<(String, Vec<IpAddr>)> {
-    let mut out = Vec::new();
-    for (key, pod) in &state.pods {
-        let Some(spec) = &pod.spec else { continue };
-        if spec.node_name.as_deref() != Some(node) || spec.host_network == Some(true) {
-            continue;
+/// What changed in the cluster state since the last compile: the keys of objects added, updated or
+/// deleted (no-ops already dropped by the change tracker).
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Nodes, by name.
+    pub nodes: BTreeSet<String>,
+    /// The KubeProxyConfiguration or FlowgateConfiguration changed.
+    pub config: bool,
+    /// Services.
+    pub services: BTreeSet<ObjectKey>,
+    /// EndpointSlices.
+    pub endpoint_slices: BTreeSet<ObjectKey>,
+    /// Pods.
+    pub pods: BTreeSet<ObjectKey>,
+    /// ServiceCIDRs changed.
+    pub service_cidrs: bool,
+    /// Namespaces, by name.
+    pub namespaces: BTreeSet<String>,
+    /// NetworkPolicies.
+    pub network_policies: BTreeSet<ObjectKey>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+            && !self.config
+            && self.services.is_empty()
+            && self.endpoint_slices.is_empty()
+            && self.pods.is_empty()
+            && !self.service_cidrs
+            && self.namespaces.is_empty()
+            && self.network_policies.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    node: NodeView,
+    settings: ProxySettings,
+    policy: SwitchPolicy,
+    proxy: proxy::ServiceProxy,
+    endpoints: FxHashMap<ObjectKey, PortId>,
+    outbound: Option<SetId>,
+}
+
+/// The incremental compiler: keeps the desired switch policy of one node and updates it with what
+/// changed, reporting the touched parts as a [`PolicyDelta`] for the data plane.
+#[derive(Debug)]
+pub struct Compiler {
+    requested_node: Option<String>,
+    inner: Option<Inner>,
+}
+
+impl Compiler {
+    /// A compiler for the node `node` (or the default node of the state, see [`select_node`]).
+    pub fn new(node: Option<String>) -> Compiler {
+        Compiler { requested_node: node, inner: None }
+    }
+
+    /// The desired policy, once compiled.
+    pub fn policy(&self) -> Option<&SwitchPolicy> {
+        self.inner.as_ref().map(|i| &i.policy)
+    }
+
+    /// The node compiled for, once compiled.
+    pub fn node(&self) -> Option<&NodeView> {
+        self.inner.as_ref().map(|i| &i.node)
+    }
+
+    /// Compiles the whole state from scratch.
+    pub fn compile_full(&mut self, state: &ClusterState) -> Result<PolicyDelta, CompileError> {
+        let node = select_node(state, self.requested_node.as_deref())?;
+        let settings = ProxySettings::new(state.kube_proxy.as_ref(), &node);
+        let mut policy = SwitchPolicy::new();
+        for a in &node.addresses {
+            policy.host_addresses.insert_addr(*a);
         }
-        let Some(status) = &pod.status else { continue };
-        let mut ips: Vec<IpAddr> = Vec::new();
-        for ip in status.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(status.pod_ip.as_deref()) {
-            if let Some(ip) = parse_ip_sloppy(ip) {
-                if !ips.contains(&ip) {
-                    ips.push(ip);
+        policy.snat_v4 = node.primary_v4;
+        policy.snat_v6 = node.primary_v6;
+        let mut delta = PolicyDelta::full();
+        let proxy = proxy::ServiceProxy::new(&node, &settings, &mut policy);
+        let mut inner = Inner { node, settings, policy, proxy, endpoints: FxHashMap::default(), outbound: None };
+        let pods: Vec<ObjectKey> = state.pods.keys().cloned().collect();
+        inner.sync_pods(state, &pods, &mut delta);
+        inner.proxy.sync_all(state, &inner.node, &inner.settings, &mut inner.policy, &mut delta);
+        inner.sync_outbound_nat(state, &mut delta);
+        self.inner = Some(inner);
+        Ok(delta)
+    }
+
+    /// Applies what changed. Falls back to a full compile before the first one, and when the traced
+    /// node or the configuration changed (they shape every rule).
+    pub fn update(&mut self, state: &ClusterState, changes: &Changes) -> Result<PolicyDelta, CompileError> {
+        let Some(inner) = self.inner.as_mut() else {
+            return self.compile_full(state);
+        };
+        if changes.config || changes.nodes.contains(&inner.node.name) {
+            return self.compile_full(state);
+        }
+        let mut delta = PolicyDelta::default();
+        let pods: Vec<ObjectKey> = changes.pods.iter().cloned().collect();
+        inner.sync_pods(state, &pods, &mut delta);
+        let slices: Vec<ObjectKey> = changes.endpoint_slices.iter().cloned().collect();
+        let mut services = inner.proxy.slices_changed(state, &slices);
+        services.extend(changes.services.iter().cloned());
+        if changes.service_cidrs {
+            inner.proxy.sync_service_cidrs(state, &mut inner.policy, &mut delta);
+            inner.sync_outbound_nat(state, &mut delta);
+        }
+        for key in &services {
+            inner.proxy.sync_service(key, state, &inner.node, &inner.settings, &mut inner.policy, &mut delta);
+        }
+        Ok(delta)
+    }
+}
+
+impl Inner {
+    /// Adds, updates or removes the endpoint ports of the given pods.
+    fn sync_pods(&mut self, state: &ClusterState, pods: &[ObjectKey], delta: &mut PolicyDelta) {
+        for key in pods {
+            let want = state.pods.get(key).and_then(|p| endpoint_ips(p, &self.node.name));
+            match (self.endpoints.get(key).copied(), want) {
+                (Some(id), Some(ips)) => {
+                    if self.policy.port(id).map(|p| p.addresses != ips).unwrap_or(true) {
+                        self.policy.put_port(
+                            id,
+                            Some(Port { kind: PortKind::Endpoint { pod: key.to_string() }, addresses: ips }),
+                        );
+                        delta.ports.insert(id);
+                    }
+                }
+                (Some(id), None) => {
+                    self.policy.remove_endpoint(id);
+                    self.endpoints.remove(key);
+                    delta.ports.insert(id);
+                }
+                (None, Some(ips)) => {
+                    let id = self.policy.add_endpoint(key.to_string(), ips);
+                    self.endpoints.insert(key.clone(), id);
+                    delta.ports.insert(id);
+                }
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// Outbound NAT: traffic from an endpoint to a destination outside the exceptions (cluster
+    /// CIDRs, service CIDRs, the node's pod CIDRs and addresses, and configured ones) leaves with a
+    /// node address.
+    fn sync_outbound_nat(&mut self, state: &ClusterState, delta: &mut PolicyDelta) {
+        let Some(cfg) = state.flowgate.as_ref().map(|f| &f.outbound_nat).filter(|o| o.enabled) else {
+            return;
+        };
+        let mut exceptions = PrefixSet::from_nets(self.settings.cluster_cidrs.iter().cloned());
+        for n in &self.node.pod_cidrs {
+            exceptions.insert(*n);
+        }
+        for a in &self.node.addresses {
+            exceptions.insert_addr(*a);
+        }
+        for sc in state.service_cidrs.values() {
+            for c in sc.spec.as_ref().and_then(|s| s.cidrs.as_ref()).into_iter().flatten() {
+                if let Some(n) = parse_cidr_sloppy(c) {
+                    exceptions.insert(n.trunc());
                 }
             }
         }
-        if !ips.is_empty() {
-            out.push((key.to_string(), ips));
-        }
-    }
-    out
-}
-
-/// Outbound NAT: traffic from an endpoint to a destination outside the exceptions (cluster CIDRs,
-/// service CIDRs, the node's pod CIDRs and addresses, and configured ones) leaves with a node address.
-fn outbound_nat(state: &ClusterState, node: &NodeView, settings: &ProxySettings, policy: &mut SwitchPolicy) {
-    let Some(cfg) = state.flowgate.as_ref().map(|f| &f.outbound_nat).filter(|o| o.enabled) else {
-        return;
-    };
-    let mut exceptions = PrefixSet::from_nets(settings.cluster_cidrs.iter().cloned());
-    for n in &node.pod_cidrs {
-        exceptions.insert(*n);
-    }
-    for a in &node.addresses {
-        exceptions.insert_addr(*a);
-    }
-    for sc in state.service_cidrs.values() {
-        for c in sc.spec.as_ref().and_then(|s| s.cidrs.as_ref()).into_iter().flatten() {
-            if let Some(n) = parse_cidr_sloppy(c) {
+        for e in &cfg.exceptions {
+            if let Some(n) = parse_cidr_sloppy(e) {
                 exceptions.insert(n.trunc());
             }
         }
+        let set = match self.outbound {
+            Some(id) => {
+                if let Some(s) = self.policy.set_mut(id) {
+                    s.prefixes = exceptions;
+                }
+                id
+            }
+            None => {
+                let id = self.policy.add_set("outbound-nat-exceptions", exceptions);
+                self.outbound = Some(id);
+                self.policy.layer_mut(LayerKind::OutboundNat).add_group(RuleGroup {
+                    name: "outbound-nat",
+                    priority: 0,
+                    index: RuleIndex::Ordered(vec![Rule::new(
+                        "destination outside the exception list: source NAT to the node address",
+                        Conditions {
+                            dst: Some(AddrMatch::NotIn(id)),
+                            ingress: Some(IngressKind::Endpoint),
+                            ..Conditions::any()
+                        },
+                        Action::Snat,
+                    )]),
+                });
+                delta.rules.insert(RuleRef {
+                    layer: LayerKind::OutboundNat,
+                    group: "outbound-nat",
+                    key: RuleKey::Group,
+                });
+                id
+            }
+        };
+        delta.sets.insert(set);
     }
-    for e in &cfg.exceptions {
-        if let Some(n) = parse_cidr_sloppy(e) {
-            exceptions.insert(n.trunc());
+}
+
+/// The IPs of a pod that gets an endpoint on `node`: scheduled there, not host-network, with an
+/// address. `None` otherwise.
+pub fn endpoint_ips(pod: &Pod, node: &str) -> Option<Vec<IpAddr>> {
+    let spec = pod.spec.as_ref()?;
+    if spec.node_name.as_deref() != Some(node) || spec.host_network == Some(true) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in status.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(status.pod_ip.as_deref()) {
+        if let Some(ip) = parse_ip_sloppy(ip) {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
         }
     }
-    let set = policy.add_set("outbound-nat-exceptions", exceptions);
-    policy.layer_mut(LayerKind::OutboundNat).add_group(RuleGroup {
-        name: "outbound-nat",
-        priority: 0,
-        index: RuleIndex::Ordered(vec![Rule::new(
-            "destination outside the exception list: source NAT to the node address",
-            Conditions { dst: Some(AddrMatch::NotIn(set)), ingress: Some(IngressKind::Endpoint), ..Conditions::any() },
-            Action::Snat,
-        )]),
-    });
+    (!ips.is_empty()).then_some(ips)
 }

@@ -14,7 +14,6 @@ use rustc_hash::FxHashSet;
 pub struct PrefixSet {
     v4: Vec<(u8, FxHashSet<u32>)>,
     v6: Vec<(u8, FxHashSet<u128>)>,
-    nets: Vec<IpNet>,
 }
 
 impl PrefixSet {
@@ -35,10 +34,6 @@ impl PrefixSet {
     /// Adds a prefix (host bits are ignored).
     pub fn insert(&mut self, net: IpNet) {
         let net = net.trunc();
-        if self.nets.contains(&net) {
-            return;
-        }
-        self.nets.push(net);
         match net {
             IpNet::V4(n) => {
                 let len = n.prefix_len();
@@ -73,6 +68,28 @@ impl PrefixSet {
         }
     }
 
+    /// Removes a prefix (host bits are ignored). Returns whether it was present.
+    pub fn remove(&mut self, net: IpNet) -> bool {
+        match net.trunc() {
+            IpNet::V4(n) => {
+                let Some(i) = self.v4.iter().position(|(l, _)| *l == n.prefix_len()) else { return false };
+                let removed = self.v4[i].1.remove(&u32::from(n.network()));
+                if self.v4[i].1.is_empty() {
+                    self.v4.remove(i);
+                }
+                removed
+            }
+            IpNet::V6(n) => {
+                let Some(i) = self.v6.iter().position(|(l, _)| *l == n.prefix_len()) else { return false };
+                let removed = self.v6[i].1.remove(&u128::from(n.network()));
+                if self.v6[i].1.is_empty() {
+                    self.v6.remove(i);
+                }
+                removed
+            }
+        }
+    }
+
     /// Adds a single address (a /32 or /128).
     pub fn insert_addr(&mut self, ip: IpAddr) {
         self.insert(IpNet::from(ip));
@@ -92,14 +109,25 @@ impl PrefixSet {
         }
     }
 
-    /// Whether the set holds no prefix.
-    pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
+    /// Removes a single address.
+    pub fn remove_addr(&mut self, ip: IpAddr) -> bool {
+        self.remove(IpNet::from(ip))
     }
 
-    /// The prefixes, in insertion order.
-    pub fn nets(&self) -> &[IpNet] {
-        &self.nets
+    /// Whether the set holds no prefix.
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// The prefixes, longest first within each family, IPv4 first; unordered within a length.
+    pub fn nets(&self) -> Vec<IpNet> {
+        let v4 = self.v4.iter().flat_map(|(len, s)| {
+            s.iter().filter_map(move |a| ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(*a), *len).ok().map(IpNet::V4))
+        });
+        let v6 = self.v6.iter().flat_map(|(len, s)| {
+            s.iter().filter_map(move |a| ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(*a), *len).ok().map(IpNet::V6))
+        });
+        v4.chain(v6).collect()
     }
 }
 
@@ -149,9 +177,20 @@ mod tests {
     }
 
     #[test]
+    fn remove() {
+        let mut set = PrefixSet::from_nets([net("10.0.0.0/8"), net("10.1.0.0/16")]);
+        assert!(set.remove(net("10.0.0.0/8")));
+        assert!(!set.remove(net("10.0.0.0/8")));
+        assert!(!set.contains(ip("10.2.0.1")));
+        assert!(set.contains(ip("10.1.0.1")));
+        assert!(!set.remove_addr("10.1.0.0".parse().unwrap()));
+        assert_eq!(set.nets().len(), 1);
+    }
+
+    #[test]
     fn host_bits_are_ignored() {
         let set = PrefixSet::from_nets([net("10.1.2.3/16")]);
         assert!(set.contains(ip("10.1.9.9")));
-        assert_eq!(set.nets(), &[net("10.1.0.0/16")]);
+        assert_eq!(set.nets(), vec![net("10.1.0.0/16")]);
     }
 }

@@ -34,7 +34,9 @@ pub use engine::{Outcome, Switch};
 pub use flow::{FlowEntry, FlowTable, Transposition};
 pub use layer::{DestinationKey, Layer, LayerKind, RuleGroup, RuleIndex};
 pub use packet::{FlowKey, Proto};
-pub use policy::{AddressSet, BackendSet, BackendSetId, Selection, SetId, SwitchPolicy};
+pub use policy::{
+    AddressSet, BackendSet, BackendSetId, PolicyDelta, RuleKey, RuleRef, Selection, SetId, Slots, SwitchPolicy,
+};
 pub use port::{Port, PortId, PortKind};
 pub use rule::{Action, AddrMatch, Conditions, Dnat, DropReason, IngressKind, PortRange, Rule};
 pub use trace::{trace, trace_from, Trace};
