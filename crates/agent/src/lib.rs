@@ -1,1 +1,175 @@
-//! placeholder
+//! `flowgated`, the node agent: takes cluster state from the Kubernetes API or a manifest
+//! directory ([`sources`]), records changes ([`tracker`]), and keeps the data plane in step with
+//! one rate-limited, incremental sync ([`sync`]); serves its API on a root-only unix socket and
+//! kube-proxy-style healthz and metrics ([`api`], [`metrics`]).
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod api;
+pub mod metrics;
+pub mod settings;
+pub mod sources;
+pub mod sync;
+pub mod tracker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use flowgate_cluster::ClusterState;
+use flowgate_compiler::Compiler;
+use flowgate_dataplane::{Dataplane, ModelDataplane};
+use flowgate_switch::PolicyDelta;
+use tokio::sync::{mpsc, Notify};
+
+pub use settings::{AgentSettings, SourceSettings};
+
+use crate::api::AppState;
+use crate::metrics::Metrics;
+use crate::sources::{kube::KubeSource, manifests::ManifestSource, Kind, Source, SourceEvent};
+use crate::sync::{Core, SyncStatus};
+use crate::tracker::Tracker;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The API socket could not be served.
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
+    /// A TCP endpoint (healthz, metrics) could not be bound.
+    #[error("cannot serve {what} on {addr}: {source}")]
+    Bind {
+        /// healthz or metrics.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Kubernetes client could not be configured.
+    #[error("kubernetes source: {0}")]
+    Kube(String),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A running agent, for callers that embed it (tests, benchmarks).
+#[derive(Debug)]
+pub struct RunningAgent {
+    /// The API socket.
+    pub socket: PathBuf,
+    /// Where healthz is served, if enabled.
+    pub healthz: Option<SocketAddr>,
+    /// Where metrics are served, if enabled.
+    pub metrics: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    /// Stops every task of the agent and removes its socket.
+    pub fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Starts the agent's tasks on the current tokio runtime.
+pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let model = ModelDataplane::new();
+    let programmed = model.programmed();
+    let dataplane: Arc<dyn Dataplane> = Arc::new(model);
+    let (source, needed): (Box<dyn Source>, Vec<Kind>) = match &settings.source {
+        SourceSettings::Manifests(dir) => (Box::new(ManifestSource::new(dir.clone())), Kind::ALL.to_vec()),
+        SourceSettings::Kubernetes { kubeconfig } => {
+            let s = KubeSource::from_kubeconfig(kubeconfig.as_deref())
+                .await
+                .map_err(|e| AgentError::Kube(e.to_string()))?;
+            (Box::new(s), Kind::ALL.to_vec())
+        }
+    };
+    let base = ClusterState {
+        kube_proxy: settings.kube_proxy.clone(),
+        flowgate: settings.flowgate.clone(),
+        ..ClusterState::default()
+    };
+    let core = Arc::new(Mutex::new(Core {
+        tracker: Tracker::new(needed, base),
+        compiler: Compiler::new(settings.node.clone()),
+        dataplane,
+        unapplied: PolicyDelta::default(),
+        status: SyncStatus::default(),
+    }));
+    let state = AppState {
+        core: Arc::clone(&core),
+        programmed,
+        metrics: Arc::clone(&metrics),
+        health_timeout: settings.timing.full_resync.min(std::time::Duration::from_secs(30)) * 2,
+        started: SystemTime::now(),
+    };
+    let mut tasks = Vec::new();
+    tasks.push(api::serve_unix(&settings.socket, api::router(state.clone())).await?);
+    let healthz = match settings.healthz_bind {
+        Some(addr) => Some(api::serve_healthz(addr, state.clone()).await.map_err(|source| AgentError::Bind {
+            what: "healthz",
+            addr,
+            source,
+        })?),
+        None => None,
+    };
+    let metrics_addr = match settings.metrics_bind {
+        Some(addr) => Some(api::serve_metrics(addr, state.clone()).await.map_err(|source| AgentError::Bind {
+            what: "metrics",
+            addr,
+            source,
+        })?),
+        None => None,
+    };
+
+    let wake = Arc::new(Notify::new());
+    let (tx, mut rx) = mpsc::channel::<SourceEvent>(1024);
+    tracing::info!(source = source.name(), socket = %settings.socket.display(), "flowgated starting");
+    tasks.push(tokio::spawn(source.run(tx)));
+    {
+        let core = Arc::clone(&core);
+        let wake = Arc::clone(&wake);
+        let metrics = Arc::clone(&metrics);
+        tasks.push(tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                metrics.source_events.inc();
+                if let SourceEvent::Error(e) = &event {
+                    metrics.source_errors.inc();
+                    tracing::warn!(error = %e, "source error");
+                }
+                let mut c = core.lock().unwrap_or_else(|p| p.into_inner());
+                if c.tracker.handle(event) {
+                    if c.status.queued_since.is_none() {
+                        c.status.queued_since = Some(SystemTime::now());
+                    }
+                    wake.notify_one();
+                }
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(sync::run(Arc::clone(&core), settings.timing, Arc::clone(&metrics), wake)));
+    Ok(RunningAgent { socket: settings.socket.clone(), healthz, metrics: metrics_addr, tasks })
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(settings: AgentSettings) -> Result<(), AgentError> {
+    let agent = start(settings).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+    tracing::info!("flowgated stopping");
+    agent.stop();
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod live;
 mod probe;
 mod trace_cmd;
 
@@ -40,8 +41,14 @@ enum Output {
 #[derive(clap::Args, Debug)]
 struct TraceArgs {
     /// Manifest file or directory (repeatable).
-    #[arg(short = 'f', long = "filename", required = true)]
+    #[arg(short = 'f', long = "filename", required_unless_present = "live", conflicts_with = "live")]
     files: Vec<PathBuf>,
+    /// Trace against the running agent's live data plane instead of manifests.
+    #[arg(long)]
+    live: bool,
+    /// The agent's API socket (with --live).
+    #[arg(long, default_value = "/run/flowgate/flowgate.sock")]
+    socket: PathBuf,
     /// The node whose data plane is traced.
     #[arg(long)]
     node: Option<String>,

@@ -1,1 +1,52 @@
-//! placeholder
+//! Data plane backends behind one small trait. The agent computes the desired switch policy and
+//! hands each backend the policy plus the [`PolicyDelta`] of what changed; the backend programs
+//! exactly that. Backends are chosen in one place (the agent's settings); callers never branch on
+//! which one is live.
+//!
+//! - [`ModelDataplane`]: the in-process switch model — the policy as the model engine walks it
+//!   (what `flowgate trace --live` reads). Always available.
+//! - The eBPF backend (the kernel) arrives with the kernel data plane.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod model;
+
+pub use model::ModelDataplane;
+
+use flowgate_switch::{PolicyDelta, SwitchPolicy};
+
+/// Why a backend could not apply a change. Nothing of the change is in force when this is
+/// returned; the caller retries.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The backend refused or failed the operation.
+    #[error("{backend}: {op} failed: {message}")]
+    Apply {
+        /// The backend's name.
+        backend: &'static str,
+        /// What it was doing.
+        op: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// What one apply did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Entries written or removed (ports, sets, backend sets, rule lists).
+    pub entries: usize,
+    /// Whether everything was reprogrammed.
+    pub full: bool,
+}
+
+/// A data plane: somewhere the switch policy is programmed.
+pub trait Dataplane: Send + Sync {
+    /// Short name for logs and metrics (`model`, `ebpf`).
+    fn name(&self) -> &'static str;
+
+    /// Programs the parts of `desired` that `delta` marks (everything when `delta.full`). Either the
+    /// whole change is in force afterwards, or (on error) none of it.
+    fn apply(&self, desired: &SwitchPolicy, delta: &PolicyDelta) -> Result<ApplyStats, DataplaneError>;
+}

@@ -69,7 +69,7 @@ impl fmt::Display for Proto {
 }
 
 /// The 5-tuple of a packet: what the flow table is keyed on and what rules match.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FlowKey {
     /// Source address.
     pub src: IpAddr,

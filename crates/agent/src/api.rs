@@ -1,0 +1,220 @@
+//! The agent's HTTP endpoints: the API on a root-only unix socket (health, status, compiled state,
+//! trace against the live data plane), and kube-proxy-style healthz and metrics on TCP.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use flowgate_switch::{FlowKey, PortKind, SwitchPolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::metrics::Metrics;
+use crate::sync::Core;
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Tracker, compiler, data plane and status.
+    pub core: Arc<Mutex<Core>>,
+    /// The policy as the model data plane holds it.
+    pub programmed: Arc<RwLock<SwitchPolicy>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// How long a queued change may wait for a sync before healthz fails (kube-proxy: 2 × syncPeriod).
+    pub health_timeout: Duration,
+    /// When the agent started.
+    pub started: SystemTime,
+}
+
+/// Errors starting the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The socket could not be created.
+    #[error("{path}: cannot {op}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A trace request: probes already parsed into 5-tuples by the client.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct TraceRequest {
+    /// The probes.
+    pub probes: Vec<Probe>,
+}
+
+/// One probe.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Probe {
+    /// Echoed in the result.
+    #[serde(default)]
+    pub id: Value,
+    /// The packet.
+    pub key: FlowKey,
+}
+
+/// Builds the unix-socket API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/status", get(status))
+        .route("/v1/state", get(compiled_state))
+        .route("/v1/trace", post(trace))
+        .with_state(state)
+}
+
+/// Serves the API on a unix socket only root can reach: its directory is created 0700 and the
+/// socket is 0600. A stale socket file from an earlier run is replaced.
+pub async fn serve_unix(path: &Path, app: Router) -> Result<tokio::task::JoinHandle<()>, ApiError> {
+    let err = |op: &'static str| {
+        let path = path.to_path_buf();
+        move |source| ApiError::Socket { path, op, source }
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err("create its directory"))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err("restrict its directory"))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err("remove the stale socket")(e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err("bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err("restrict"))?;
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    }))
+}
+
+/// Serves kube-proxy-style `/healthz` and `/livez` on TCP; returns the bound address.
+pub async fn serve_healthz(addr: SocketAddr, state: AppState) -> std::io::Result<SocketAddr> {
+    let app = Router::new().route("/healthz", get(healthz)).route("/livez", get(livez)).with_state(state);
+    serve_tcp(addr, app).await
+}
+
+/// Serves `/metrics` on TCP; returns the bound address.
+pub async fn serve_metrics(addr: SocketAddr, state: AppState) -> std::io::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/metrics", get(|State(s): State<AppState>| async move { s.metrics.render() }))
+        .with_state(state);
+    serve_tcp(addr, app).await
+}
+
+async fn serve_tcp(addr: SocketAddr, app: Router) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(bound)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t).map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// Health as kube-proxy reports it: unhealthy when a change has waited longer than the timeout
+/// for a sync, or (for `/healthz`) when the node is being deleted.
+fn health(s: &AppState, check_node: bool) -> (StatusCode, Value) {
+    let core = s.core.lock().unwrap_or_else(|p| p.into_inner());
+    let now = SystemTime::now();
+    let waiting_since = if core.tracker.ready() { core.status.queued_since } else { Some(s.started) };
+    let stale = waiting_since.is_some_and(|q| now.duration_since(q).unwrap_or_default() > s.health_timeout);
+    let node_eligible = !core
+        .compiler
+        .node()
+        .and_then(|n| core.tracker.state().nodes.get(&n.name))
+        .is_some_and(|n| n.metadata.deletion_timestamp.is_some());
+    let healthy = !stale && (!check_node || node_eligible);
+    let body = json!({
+        "lastUpdated": core.status.last_success.map(rfc3339).unwrap_or_default(),
+        "currentTime": rfc3339(now),
+        "nodeEligible": node_eligible,
+    });
+    (if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    let (code, body) = health(&s, true);
+    (code, Json(body)).into_response()
+}
+
+async fn livez(State(s): State<AppState>) -> Response {
+    let (code, body) = health(&s, false);
+    (code, Json(body)).into_response()
+}
+
+async fn status(State(s): State<AppState>) -> Json<Value> {
+    let core = s.core.lock().unwrap_or_else(|p| p.into_inner());
+    let st = core.tracker.state();
+    Json(json!({
+        "node": core.compiler.node().map(|n| n.name.clone()),
+        "ready": core.tracker.ready(),
+        "dataplane": core.dataplane.name(),
+        "sync": core.status,
+        "sourceError": core.tracker.last_error,
+        "objects": {
+            "nodes": st.nodes.len(), "pods": st.pods.len(), "services": st.services.len(),
+            "endpointSlices": st.endpoint_slices.len(), "networkPolicies": st.network_policies.len(),
+            "serviceCIDRs": st.service_cidrs.len(),
+        },
+    }))
+}
+
+async fn compiled_state(State(s): State<AppState>) -> Json<Value> {
+    let p = s.programmed.read().unwrap_or_else(|e| e.into_inner());
+    let ports: Vec<Value> = p
+        .ports()
+        .map(|(id, port)| {
+            let (kind, pod) = match &port.kind {
+                PortKind::Endpoint { pod } => ("endpoint", Some(pod.clone())),
+                PortKind::Host => ("host", None),
+                PortKind::Uplink => ("uplink", None),
+            };
+            json!({"id": id.0, "kind": kind, "pod": pod, "addresses": port.addresses})
+        })
+        .collect();
+    let backend_sets: Vec<Value> = p
+        .backend_sets()
+        .map(|(id, b)| json!({"id": id.0, "name": &*b.name, "backends": b.backends, "selection": format!("{:?}", b.selection)}))
+        .collect();
+    let layers: Vec<Value> = p
+        .layers
+        .iter()
+        .map(|l| json!({"layer": l.kind.name(), "groups": l.groups.iter().map(|g| g.name).collect::<Vec<_>>(), "rules": l.rule_count()}))
+        .collect();
+    Json(json!({"ports": ports, "backendSets": backend_sets, "layers": layers}))
+}
+
+async fn trace(State(s): State<AppState>, Json(req): Json<TraceRequest>) -> Json<Value> {
+    let p = s.programmed.read().unwrap_or_else(|e| e.into_inner());
+    let results: Vec<Value> = req
+        .probes
+        .into_iter()
+        .map(|probe| {
+            let t = flowgate_switch::trace(&p, &probe.key);
+            let mut v = serde_json::to_value(&t).unwrap_or(Value::Null);
+            v["id"] = probe.id;
+            v
+        })
+        .collect();
+    Json(json!({"results": results}))
+}

@@ -1,0 +1,83 @@
+//! Prometheus metrics, under kube-proxy's names where they mean the same, and flowgate's own.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+
+/// The agent's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// kube-proxy's `sync_proxy_rules_duration_seconds`: how long a sync (compile + apply) takes.
+    pub sync_duration: Histogram,
+    /// kube-proxy's `network_programming_duration_seconds`: from the change that triggered an
+    /// EndpointSlice update to the data plane holding it.
+    pub network_programming: Histogram,
+    /// kube-proxy's `sync_proxy_rules_last_timestamp_seconds`.
+    pub last_sync: prometheus::Gauge,
+    /// `flowgate_sync_failures_total`: syncs that failed to compile or apply.
+    pub sync_failures: IntCounter,
+    /// `flowgate_sync_entries`: data-plane entries the last sync wrote.
+    pub sync_entries: IntGauge,
+    /// `flowgate_source_events_total`: events received from sources.
+    pub source_events: IntCounter,
+    /// `flowgate_source_errors_total`: errors reported by sources (retried by them).
+    pub source_errors: IntCounter,
+}
+
+fn buckets() -> Vec<f64> {
+    // kube-proxy uses exponential buckets from 1 ms; flowgate's syncs are faster, so start lower.
+    prometheus::exponential_buckets(0.0001, 2.0, 20).unwrap_or_default()
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let sync_duration = Histogram::with_opts(
+            HistogramOpts::new("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds")
+                .buckets(buckets()),
+        )?;
+        let network_programming = Histogram::with_opts(
+            HistogramOpts::new(
+                "network_programming_duration_seconds",
+                "In Cluster Network Programming Latency in seconds",
+            )
+            .buckets(buckets()),
+        )?;
+        let last_sync = prometheus::Gauge::with_opts(Opts::new(
+            "sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+        ))?;
+        let sync_failures =
+            IntCounter::with_opts(Opts::new("flowgate_sync_failures_total", "Syncs that failed to compile or apply"))?;
+        let sync_entries =
+            IntGauge::with_opts(Opts::new("flowgate_sync_entries", "Data-plane entries written by the last sync"))?;
+        let source_events =
+            IntCounter::with_opts(Opts::new("flowgate_source_events_total", "Events received from sources"))?;
+        let source_errors =
+            IntCounter::with_opts(Opts::new("flowgate_source_errors_total", "Errors reported by sources"))?;
+        registry.register(Box::new(sync_duration.clone()))?;
+        registry.register(Box::new(network_programming.clone()))?;
+        registry.register(Box::new(last_sync.clone()))?;
+        registry.register(Box::new(sync_failures.clone()))?;
+        registry.register(Box::new(sync_entries.clone()))?;
+        registry.register(Box::new(source_events.clone()))?;
+        registry.register(Box::new(source_errors.clone()))?;
+        Ok(Metrics {
+            registry,
+            sync_duration,
+            network_programming,
+            last_sync,
+            sync_failures,
+            sync_entries,
+            source_events,
+            source_errors,
+        })
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
