@@ -138,11 +138,12 @@ fn health(s: &AppState, check_node: bool) -> (StatusCode, Value) {
     let now = SystemTime::now();
     let waiting_since = if core.tracker.ready() { core.status.queued_since } else { Some(s.started) };
     let stale = waiting_since.is_some_and(|q| now.duration_since(q).unwrap_or_default() > s.health_timeout);
-    let node_eligible = !core
+    let deleting = core
         .compiler
         .node()
         .and_then(|n| core.tracker.state().nodes.get(&n.name))
         .is_some_and(|n| n.metadata.deletion_timestamp.is_some());
+    let node_eligible = !deleting;
     let healthy = !stale && (!check_node || node_eligible);
     let body = json!({
         "lastUpdated": core.status.last_success.map(rfc3339).unwrap_or_default(),
@@ -168,6 +169,7 @@ async fn status(State(s): State<AppState>) -> Json<Value> {
     Json(json!({
         "node": core.compiler.node().map(|n| n.name.clone()),
         "ready": core.tracker.ready(),
+        "pending": core.tracker.pending() || !core.unapplied.is_empty(),
         "dataplane": core.dataplane.name(),
         "sync": core.status,
         "sourceError": core.tracker.last_error,

@@ -309,3 +309,77 @@ fn objects_of(s: &ClusterState, kind: Kind) -> Vec<Object> {
         Kind::ServiceCidr => s.service_cidrs.values().map(|o| Object::ServiceCidr(Box::new(o.clone()))).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowgate_cluster::k8s_openapi::api::core::v1::{Service, ServiceSpec};
+    use flowgate_cluster::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn svc(name: &str, ip: &str, rv: &str) -> Object {
+        Object::Service(Box::new(Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec { cluster_ip: Some(ip.into()), ..Default::default() }),
+            status: None,
+        }))
+    }
+
+    fn name(n: &str) -> ObjectName {
+        ObjectName { namespace: "ns".into(), name: n.into() }
+    }
+
+    #[test]
+    fn not_ready_until_every_kind_is_listed() {
+        let mut t = Tracker::new([Kind::Service, Kind::Pod], ClusterState::default());
+        assert!(!t.ready());
+        t.handle(SourceEvent::Replace(Kind::Service, vec![svc("a", "172.30.0.1", "1")]));
+        assert!(!t.ready());
+        assert!(t.handle(SourceEvent::Replace(Kind::Pod, vec![])), "becoming ready is worth a sync");
+        assert!(t.ready());
+        let (c, _) = t.take_changes();
+        assert_eq!(c.services.len(), 1);
+    }
+
+    #[test]
+    fn changes_that_cancel_out_are_dropped() {
+        let mut t = Tracker::new([Kind::Service], ClusterState::default());
+        t.handle(SourceEvent::Replace(Kind::Service, vec![svc("a", "172.30.0.1", "1")]));
+        t.take_changes();
+        t.handle(SourceEvent::Apply(svc("a", "172.30.0.2", "2")));
+        t.handle(SourceEvent::Apply(svc("a", "172.30.0.1", "3")));
+        assert!(t.pending());
+        let (c, _) = t.take_changes();
+        assert!(c.is_empty(), "A -> B -> A is no change: {c:?}");
+        // Only the resourceVersion changed: not even recorded.
+        assert!(!t.handle(SourceEvent::Apply(svc("a", "172.30.0.1", "4"))));
+        // Added then deleted before a sync: nothing.
+        t.handle(SourceEvent::Apply(svc("b", "172.30.0.9", "5")));
+        t.handle(SourceEvent::Delete(Kind::Service, name("b")));
+        assert!(t.take_changes().0.is_empty());
+    }
+
+    #[test]
+    fn a_relist_deletes_what_is_gone() {
+        let mut t = Tracker::new([Kind::Service], ClusterState::default());
+        t.handle(SourceEvent::Replace(Kind::Service, vec![svc("a", "172.30.0.1", "1"), svc("b", "172.30.0.2", "1")]));
+        t.take_changes();
+        t.handle(SourceEvent::Replace(Kind::Service, vec![svc("b", "172.30.0.2", "7")]));
+        let (c, _) = t.take_changes();
+        assert_eq!(c.services.into_iter().map(|k| k.name).collect::<Vec<_>>(), vec!["a"]);
+        assert!(!t.state().services.contains_key(&ObjectKey::new("ns", "a")));
+    }
+
+    #[test]
+    fn errors_keep_the_state_and_are_reported() {
+        let mut t = Tracker::new([Kind::Service], ClusterState::default());
+        t.handle(SourceEvent::Replace(Kind::Service, vec![svc("a", "172.30.0.1", "1")]));
+        assert!(!t.handle(SourceEvent::Error("x.yaml: document 0: ...".into())));
+        assert_eq!(t.last_error.as_deref(), Some("x.yaml: document 0: ..."));
+        assert_eq!(t.state().services.len(), 1);
+    }
+}

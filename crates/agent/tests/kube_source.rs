@@ -202,7 +202,9 @@ async fn watch_reports_adds_changes_and_deletes() {
 
     // Change: a scaled EndpointSlice arrives whole.
     run.api.apply(ENDPOINTSLICES, slice("shop", "web-abc", "web", &["10.0.1.5", "10.0.1.6"]));
-    let SourceEvent::Apply(Object::EndpointSlice(s)) = run.next().await else { panic!("expected Apply(EndpointSlice)") };
+    let SourceEvent::Apply(Object::EndpointSlice(s)) = run.next().await else {
+        panic!("expected Apply(EndpointSlice)")
+    };
     let ips: Vec<&str> = s.endpoints.iter().flat_map(|e| e.addresses.iter().map(String::as_str)).collect();
     assert_eq!(ips, ["10.0.1.5", "10.0.1.6"]);
 
@@ -355,7 +357,10 @@ async fn http_500s_are_reported_and_the_watch_recovers() {
     let lists = run.api.requests().iter().filter(|r| !r.is_watch()).count();
     assert_eq!(lists, Kind::ALL.len(), "a failed watch start resumes; it does not relist");
 
-    run.api.apply(NETWORKPOLICIES, json!({"metadata": {"name": "allow-web", "namespace": "shop"}, "spec": {"podSelector": {}}}));
+    run.api.apply(
+        NETWORKPOLICIES,
+        json!({"metadata": {"name": "allow-web", "namespace": "shop"}, "spec": {"podSelector": {}}}),
+    );
     let (event, errors) = run.next_after_errors(STEP).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert!(matches!(event, SourceEvent::Apply(Object::NetworkPolicy(_))), "{}", describe(&event));
@@ -372,8 +377,7 @@ async fn initial_list_follows_continue_tokens() {
     let mut run = Running::start(api).await;
     let lists = run.initial_lists().await;
     assert_eq!(lists[&Kind::Pod].len(), 1_235);
-    let continues =
-        run.api.requests().iter().filter(|r| r.path == PODS && r.query.contains_key("continue")).count();
+    let continues = run.api.requests().iter().filter(|r| r.path == PODS && r.query.contains_key("continue")).count();
     assert_eq!(continues, 2);
 }
 
@@ -398,8 +402,11 @@ async fn kubeconfig_errors_name_the_file() {
     assert!(err.to_string().contains("nope"), "{err}");
 
     let no_context = dir.path().join("empty");
-    std::fs::write(&no_context, r#"{"apiVersion": "v1", "kind": "Config", "clusters": [], "users": [], "contexts": []}"#)
-        .unwrap();
+    std::fs::write(
+        &no_context,
+        r#"{"apiVersion": "v1", "kind": "Config", "clusters": [], "users": [], "contexts": []}"#,
+    )
+    .unwrap();
     let err = KubeSource::from_kubeconfig(Some(&no_context)).await.unwrap_err();
     assert!(matches!(err, KubeSourceError::LoadKubeconfig { .. }), "{err:?}");
     assert!(err.to_string().contains("empty"), "{err}");

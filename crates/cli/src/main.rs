@@ -27,6 +27,12 @@ struct Cli {
 enum Command {
     /// Explain what the node's switch does with a packet (no kernel involved).
     Trace(TraceArgs),
+    /// Show the running agent's status (sync counts, readiness, last error, object counts).
+    Status {
+        /// The agent's API socket.
+        #[arg(long, default_value = "/run/flowgate/flowgate.sock")]
+        socket: PathBuf,
+    },
 }
 
 /// Output format.
@@ -77,5 +83,15 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Trace(args) => trace_cmd::run(args),
+        Command::Status { socket } => match live::request(&socket, "GET", "/v1/status", None) {
+            Ok(v) => {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("flowgate status: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }

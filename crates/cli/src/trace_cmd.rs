@@ -19,7 +19,7 @@ const INTERNAL: u8 = 1;
 /// Where traces come from.
 enum Tracer {
     /// A policy compiled here from manifests.
-    Local(SwitchPolicy),
+    Local(Box<SwitchPolicy>),
     /// The agent behind this socket.
     Live(std::path::PathBuf),
 }
@@ -70,7 +70,7 @@ pub(crate) fn run(args: TraceArgs) -> ExitCode {
         if std::env::var_os("FLOWGATE_TRACE_TIMING").is_some() {
             eprintln!("loaded and compiled in {:?}", started.elapsed());
         }
-        Tracer::Local(compiled.policy)
+        Tracer::Local(Box::new(compiled.policy))
     };
     match (&args.batch, &args.from, &args.to) {
         (Some(batch), _, _) => run_batch(&tracer, batch),

@@ -88,24 +88,14 @@ const RESOURCES: [ResourceType; 7] = [
     ResourceType { path: NAMESPACES, kind: "Namespace", api_version: "v1", namespaced: false },
     ResourceType { path: PODS, kind: "Pod", api_version: "v1", namespaced: true },
     ResourceType { path: SERVICES, kind: "Service", api_version: "v1", namespaced: true },
-    ResourceType {
-        path: ENDPOINTSLICES,
-        kind: "EndpointSlice",
-        api_version: "discovery.k8s.io/v1",
-        namespaced: true,
-    },
+    ResourceType { path: ENDPOINTSLICES, kind: "EndpointSlice", api_version: "discovery.k8s.io/v1", namespaced: true },
     ResourceType {
         path: NETWORKPOLICIES,
         kind: "NetworkPolicy",
         api_version: "networking.k8s.io/v1",
         namespaced: true,
     },
-    ResourceType {
-        path: SERVICECIDRS,
-        kind: "ServiceCIDR",
-        api_version: "networking.k8s.io/v1",
-        namespaced: false,
-    },
+    ResourceType { path: SERVICECIDRS, kind: "ServiceCIDR", api_version: "networking.k8s.io/v1", namespaced: false },
 ];
 
 fn resource_type(path: &str) -> Option<ResourceType> {
@@ -506,11 +496,7 @@ fn list(
             }
             Some((_, Ok(n))) => match rv_match {
                 Some("Exact") if n < inner.compacted => {
-                    return status(
-                        410,
-                        "Expired",
-                        &format!("too old resource version: {n} ({})", inner.compacted),
-                    );
+                    return status(410, "Expired", &format!("too old resource version: {n} ({})", inner.compacted));
                 }
                 Some("Exact") => n,
                 None | Some("NotOlderThan") => inner.rv,
