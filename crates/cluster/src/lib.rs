@@ -13,6 +13,7 @@ pub mod error;
 pub mod ip;
 pub mod manifest;
 pub mod state;
+pub mod synthetic;
 pub mod validate;
 
 pub use config::{FlowgateConfiguration, KubeProxyConfiguration};

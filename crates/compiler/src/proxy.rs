@@ -203,7 +203,7 @@ impl ServiceProxy {
     ) {
         let mut touched_dest: BTreeSet<DestinationKey> = BTreeSet::new();
         let mut touched_np: BTreeSet<(Proto, u16)> = BTreeSet::new();
-        let mut touched_ips = false;
+        let mut touched_ips: BTreeSet<IpAddr> = BTreeSet::new();
         if let Some(old) = self.fragments.remove(key) {
             for d in old.destinations {
                 if let Some(claims) = self.destinations.get_mut(&d) {
@@ -226,10 +226,10 @@ impl ServiceProxy {
                 delta.sets.insert(id);
             }
             for ip in old.cluster_ips {
+                touched_ips.insert(ip);
                 if let Some(c) = self.cluster_ips.get_mut(&ip) {
                     c.remove(key);
                 }
-                touched_ips = true;
             }
         }
         if let Some(svc) = state.services.get(key) {
@@ -256,7 +256,7 @@ impl ServiceProxy {
             }
             for ip in &frag.cluster_ips {
                 self.cluster_ips.entry(*ip).or_default().insert(key.clone());
-                touched_ips = true;
+                touched_ips.insert(*ip);
             }
             delta.backend_sets.extend(frag.backend_sets.iter().copied());
             delta.sets.extend(frag.sets.iter().copied());
@@ -280,14 +280,16 @@ impl ServiceProxy {
             policy.put_rules(&r, merged);
             delta.rules.insert(r);
         }
-        if touched_ips {
-            let mut set = PrefixSet::new();
-            self.cluster_ips.retain(|_, owners| !owners.is_empty());
-            for ip in self.cluster_ips.keys() {
-                set.insert_addr(*ip);
-            }
-            if let Some(s) = policy.set_mut(self.cluster_ips_set) {
-                s.prefixes = set;
+        if !touched_ips.is_empty() {
+            if let Some(set) = policy.set_mut(self.cluster_ips_set) {
+                for ip in touched_ips {
+                    if self.cluster_ips.get(&ip).is_some_and(|owners| !owners.is_empty()) {
+                        set.prefixes.insert_addr(ip);
+                    } else {
+                        self.cluster_ips.remove(&ip);
+                        set.prefixes.remove_addr(ip);
+                    }
+                }
                 delta.sets.insert(self.cluster_ips_set);
             }
         }
