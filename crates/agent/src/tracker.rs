@@ -90,11 +90,11 @@ impl Tracker {
             }
             SourceEvent::Snapshot(new) => {
                 self.last_error = None;
-                let new = *new;
+                let mut new = *new;
                 let mut changed = false;
                 for kind in Kind::ALL {
                     self.listed.insert(kind);
-                    let objects = objects_of(&new, kind);
+                    let objects = take_objects(&mut new, kind);
                     let mut keep = BTreeSet::new();
                     for o in objects {
                         keep.insert(o.name());
@@ -295,18 +295,24 @@ fn normalized(o: &Object) -> serde_json::Value {
     v
 }
 
-/// Every object of one kind in a state.
-fn objects_of(s: &ClusterState, kind: Kind) -> Vec<Object> {
+/// Moves every object of one kind out of a state.
+fn take_objects(s: &mut ClusterState, kind: Kind) -> Vec<Object> {
     match kind {
-        Kind::Node => s.nodes.values().map(|o| Object::Node(Box::new(o.clone()))).collect(),
-        Kind::Namespace => s.namespaces.values().map(|o| Object::Namespace(Box::new(o.clone()))).collect(),
-        Kind::Pod => s.pods.values().map(|o| Object::Pod(Box::new(o.clone()))).collect(),
-        Kind::Service => s.services.values().map(|o| Object::Service(Box::new(o.clone()))).collect(),
-        Kind::EndpointSlice => s.endpoint_slices.values().map(|o| Object::EndpointSlice(Box::new(o.clone()))).collect(),
-        Kind::NetworkPolicy => {
-            s.network_policies.values().map(|o| Object::NetworkPolicy(Box::new(o.clone()))).collect()
+        Kind::Node => std::mem::take(&mut s.nodes).into_values().map(|o| Object::Node(Box::new(o))).collect(),
+        Kind::Namespace => {
+            std::mem::take(&mut s.namespaces).into_values().map(|o| Object::Namespace(Box::new(o))).collect()
         }
-        Kind::ServiceCidr => s.service_cidrs.values().map(|o| Object::ServiceCidr(Box::new(o.clone()))).collect(),
+        Kind::Pod => std::mem::take(&mut s.pods).into_values().map(|o| Object::Pod(Box::new(o))).collect(),
+        Kind::Service => std::mem::take(&mut s.services).into_values().map(|o| Object::Service(Box::new(o))).collect(),
+        Kind::EndpointSlice => {
+            std::mem::take(&mut s.endpoint_slices).into_values().map(|o| Object::EndpointSlice(Box::new(o))).collect()
+        }
+        Kind::NetworkPolicy => {
+            std::mem::take(&mut s.network_policies).into_values().map(|o| Object::NetworkPolicy(Box::new(o))).collect()
+        }
+        Kind::ServiceCidr => {
+            std::mem::take(&mut s.service_cidrs).into_values().map(|o| Object::ServiceCidr(Box::new(o))).collect()
+        }
     }
 }
 

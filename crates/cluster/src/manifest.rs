@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::{FlowgateConfiguration, KubeProxyConfiguration};
@@ -66,6 +67,16 @@ pub struct Loader {
     seen: BTreeMap<String, String>,
 }
 
+/// The head of a JSON document: enough to tell a `List` and reach its items without parsing them.
+#[derive(Deserialize)]
+struct ListHead {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    items: Option<Vec<Box<RawValue>>>,
+}
+
 struct Doc<'a> {
     path: &'a Path,
     index: usize,
@@ -97,14 +108,29 @@ impl Loader {
     /// file is named `*.json`, else YAML (documents separated by `---`).
     pub fn load_text(&mut self, path: &Path, text: &str) -> Result<(), ManifestError> {
         if path.extension().and_then(|e| e.to_str()) == Some("json") {
-            for (index, value) in serde_json::Deserializer::from_str(text).into_iter::<Value>().enumerate() {
-                let value = value.map_err(|e| ManifestError::Syntax {
-                    path: path.to_path_buf(),
-                    document: index,
-                    message: e.to_string(),
-                })?;
+            let syntax = |index: usize, e: serde_json::Error| ManifestError::Syntax {
+                path: path.to_path_buf(),
+                document: index,
+                message: e.to_string(),
+            };
+            for (index, raw) in serde_json::Deserializer::from_str(text).into_iter::<Box<RawValue>>().enumerate() {
+                let raw = raw.map_err(|e| syntax(index, e))?;
+                // A List is taken item by item, so that a large file never becomes one large tree.
+                let head: ListHead = serde_json::from_str(raw.get()).map_err(|e| syntax(index, e))?;
                 let doc = Doc { path, index, prefix: String::new() };
-                self.load_value(&doc, value)?;
+                match (head.api_version.as_deref(), head.kind.as_deref(), head.items) {
+                    (Some("v1"), Some("List"), Some(items)) => {
+                        for (i, item) in items.into_iter().enumerate() {
+                            let inner = Doc { path, index, prefix: format!("items[{i}].") };
+                            let value: Value = serde_json::from_str(item.get()).map_err(|e| syntax(index, e))?;
+                            self.load_value(&inner, value)?;
+                        }
+                    }
+                    _ => {
+                        let value: Value = serde_json::from_str(raw.get()).map_err(|e| syntax(index, e))?;
+                        self.load_value(&doc, value)?;
+                    }
+                }
             }
             return Ok(());
         }
