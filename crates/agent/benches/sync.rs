@@ -70,7 +70,7 @@ fn main() {
     let mut entries = 0;
     for j in 0..1000usize {
         let i = (j * 7919) % services;
-        let count = if (j / services) % 2 == 0 { per - 1 } else { per };
+        let count = if (j / services).is_multiple_of(2) { per - 1 } else { per };
         let slice = synthetic::endpoint_slice(i, count, per);
         let t = Instant::now();
         core.tracker.handle(SourceEvent::Apply(Object::EndpointSlice(Box::new(slice))));

@@ -29,7 +29,7 @@ pub fn endpoint_ip(i: usize, e: usize, per: usize) -> Ipv4Addr {
 
 /// The Service object `i`.
 pub fn service(i: usize) -> Service {
-    let node_port = (i % 4 == 0).then(|| 30000 + (i / 4 % 2768) as i32);
+    let node_port = i.is_multiple_of(4).then(|| 30000 + (i / 4 % 2768) as i32);
     Service {
         metadata: meta(&format!("svc-{i}"), None),
         spec: Some(ServiceSpec {
