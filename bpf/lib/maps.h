@@ -1,0 +1,221 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The compiled switch policy as kernel maps: one source of truth for their layouts.
+ * Mirrored in Rust by crates/ebpf/src/maps.rs (a test checks sizes and offsets).
+ *
+ * Addresses are 16 bytes, network order: IPv6 as is, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d).
+ * Ports are network order. Ids (sets, backend sets) are the switch policy's, host order.
+ */
+#ifndef FLOWGATE_MAPS_H
+#define FLOWGATE_MAPS_H
+
+#include <linux/types.h>
+
+#define FG_MAX_RULES 6           /* rules under one destination (kube-proxy chains are <= 5) */
+#define FG_NO_SET 0xffffffffu
+
+struct fg_addr {
+	__u32 w[4];
+};
+
+/* ---- rules ------------------------------------------------------------------------------ */
+
+enum fg_match {
+	FG_MATCH_ANY = 0,
+	FG_MATCH_IN = 1,
+	FG_MATCH_NOT_IN = 2,
+};
+
+enum fg_ingress {
+	FG_INGRESS_ANY = 0,
+	FG_INGRESS_ENDPOINT = 1,
+	FG_INGRESS_HOST = 2,
+	FG_INGRESS_UPLINK = 3,
+};
+
+enum fg_action {
+	FG_ACT_ALLOW = 0,
+	FG_ACT_DROP = 1,
+	FG_ACT_REJECT = 2,
+	FG_ACT_DNAT = 3,
+	FG_ACT_SNAT = 4,
+};
+
+#define FG_F_MASQUERADE 0x1      /* DNAT: rewrite the source to the node address */
+#define FG_F_HAIRPIN 0x2         /* DNAT: ... when the chosen backend is the source itself */
+
+struct fg_rule {
+	__u32 src_set;           /* address set of the source condition */
+	__u32 dst_set;           /* address set of the destination condition */
+	__u32 backends;          /* DNAT: backend set id */
+	__u8 src_match;          /* enum fg_match */
+	__u8 dst_match;          /* enum fg_match */
+	__u8 ingress;            /* enum fg_ingress */
+	__u8 action;             /* enum fg_action */
+	__u8 reason;             /* drop reason (enum fg_drop_reason) for DROP/REJECT */
+	__u8 flags;              /* FG_F_* */
+	__u8 pad[2];
+};
+
+struct fg_rule_list {
+	__u32 count;
+	__u32 pad;
+	struct fg_rule rules[FG_MAX_RULES];
+};
+
+/* fg_lb_dest: lb layer, "service-ips" group: exact destination -> rules */
+struct fg_lb_key {
+	struct fg_addr dst;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* fg_lb_nodeport: lb layer, "service-nodeports" group: (proto, port) -> rules, for destinations in
+ * the set fg_config.nodeport_set */
+struct fg_port_key {
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* fg_groups: ordered rule groups of the other layers, by slot (FG_GROUP_*) */
+enum fg_group {
+	FG_GROUP_SERVICE_FILTER = 0,
+	FG_GROUP_OUTBOUND_NAT = 1,
+	FG_GROUP_MAX = 2,
+};
+
+/* ---- address sets ------------------------------------------------------------------------ */
+
+/* fg_sets: one LPM trie for every address set; prefixlen counts the 32 bits of `set` plus the
+ * address prefix (IPv4 prefixes are mapped: /L becomes 96 + L). Value: 1. */
+struct fg_set_key {
+	__u32 prefixlen;
+	__u32 set;
+	struct fg_addr addr;
+};
+
+/* ---- backends ----------------------------------------------------------------------------- */
+
+struct fg_backend_set {
+	__u32 count;
+	__u32 affinity_timeout;  /* seconds; 0 = no affinity (random) */
+};
+
+struct fg_backend_key {
+	__u32 set;
+	__u32 index;
+};
+
+struct fg_backend {
+	struct fg_addr addr;
+	__u16 port;
+	__u16 pad;
+};
+
+struct fg_affinity_key {
+	__u32 set;
+	struct fg_addr client;
+};
+
+struct fg_affinity {
+	__u64 last_used_ns;
+	struct fg_addr addr;     /* the backend chosen last, re-checked against the set */
+	__u16 port;
+	__u16 pad[3];
+};
+
+/* ---- flows -------------------------------------------------------------------------------- */
+
+struct fg_flow_key {
+	struct fg_addr src;
+	struct fg_addr dst;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+enum fg_verdict {
+	FG_VERDICT_ALLOW = 0,
+	FG_VERDICT_DROP = 1,
+	FG_VERDICT_REJECT = 2,
+};
+
+#define FG_FLOW_REWRITE_SRC 0x1
+#define FG_FLOW_REWRITE_DST 0x2
+#define FG_FLOW_REPLY 0x4
+
+/* A header transposition: what every later packet of this direction gets. */
+struct fg_flow {
+	struct fg_addr new_src;
+	struct fg_addr new_dst;
+	__u16 new_sport;
+	__u16 new_dport;
+	__u8 verdict;            /* enum fg_verdict */
+	__u8 reason;
+	__u8 flags;              /* FG_FLOW_* */
+	__u8 pad;
+	__u64 generation;        /* fg_config.generation when decided */
+	__u64 last_seen_ns;
+};
+
+/* ---- configuration, ports, counters -------------------------------------------------------- */
+
+struct fg_config {
+	__u64 generation;        /* bumped by every policy change; older flows are re-checked */
+	__u32 nodeport_set;      /* NodePort destinations */
+	__u32 node_local_set;    /* the node's own addresses (host port) */
+	struct fg_addr snat_v4;  /* masquerade source, IPv4 (mapped) */
+	struct fg_addr snat_v6;  /* masquerade source, IPv6 */
+	__u8 has_snat_v4;
+	__u8 has_snat_v6;
+	__u8 pad[6];
+};
+
+/* fg_ports: ifindex of a hooked interface -> what it is */
+struct fg_port {
+	__u32 port_id;           /* the switch policy's PortId */
+	__u8 ingress;            /* enum fg_ingress: the kind of port packets enter through */
+	__u8 pad[3];
+};
+
+/* fg_endpoint_addrs: (port id, address) of every endpoint; anti-spoofing and routing to pods */
+struct fg_endpoint_key {
+	__u32 port_id;
+	struct fg_addr addr;
+};
+
+/* Drop reasons: the same numbers as flowgate_switch::DropReason. */
+enum fg_drop_reason {
+	FG_REASON_NONE = 0,
+	FG_REASON_NO_ENDPOINTS = 1,
+	FG_REASON_NO_LOCAL_ENDPOINTS = 2,
+	FG_REASON_SOURCE_RANGE_DENIED = 3,
+	FG_REASON_UNDEFINED_SERVICE_PORT = 4,
+	FG_REASON_UNALLOCATED_SERVICE_IP = 5,
+	FG_REASON_SPOOFED = 6,
+	FG_REASON_POLICY_DENIED = 7,
+	FG_REASON_MALFORMED = 8,
+	FG_REASON_NAT_EXHAUSTED = 9,
+	FG_REASON_MAX = 16,
+};
+
+/* fg_counters: per-CPU array; index 0 = allowed packets, 1..FG_REASON_MAX-1 = drops by reason,
+ * FG_REASON_MAX + i = packets that hit flow-table entries (i = 0) or walked the layers (i = 1). */
+#define FG_COUNTER_FLOW_HIT (FG_REASON_MAX + 0)
+#define FG_COUNTER_FIRST_PACKET (FG_REASON_MAX + 1)
+#define FG_COUNTERS (FG_REASON_MAX + 2)
+
+/* fg_last: per-CPU, the outcome of the last packet (tests read it after BPF_PROG_TEST_RUN) */
+struct fg_last {
+	__u8 verdict;
+	__u8 reason;
+	__u8 cached;
+	__u8 pad[5];
+	__u32 backend_index;
+	__u32 backend_set;
+};
+
+#endif

@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Parsing a frame into the 5-tuple the switch decides on. Only Ethernet + IPv4/IPv6 + TCP/UDP/SCTP
+ * are handled; anything else is not the switch's business and passes. */
+#ifndef FLOWGATE_PARSE_H
+#define FLOWGATE_PARSE_H
+
+#include "common.h"
+
+struct fg_pkt {
+	struct fg_flow_key key;
+	__u32 l3_off;
+	__u32 l4_off;
+	__u8 v6;
+};
+
+enum fg_parse_result {
+	FG_PARSE_OK = 0,
+	FG_PARSE_PASS = 1,       /* not a packet the switch handles */
+	FG_PARSE_MALFORMED = 2,
+};
+
+static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return FG_PARSE_MALFORMED;
+	__builtin_memset(p, 0, sizeof(*p));
+	p->l3_off = sizeof(struct ethhdr);
+	__u8 proto;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		if ((void *)(ip + 1) > end)
+			return FG_PARSE_MALFORMED;
+		if (ip->ihl < 5)
+			return FG_PARSE_MALFORMED;
+		/* Non-first fragments carry no ports: not ours to translate. */
+		if (ip->frag_off & bpf_htons(0x1fff))
+			return FG_PARSE_PASS;
+		fg_addr_v4(&p->key.src, ip->saddr);
+		fg_addr_v4(&p->key.dst, ip->daddr);
+		proto = ip->protocol;
+		p->l4_off = p->l3_off + ip->ihl * 4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+		if ((void *)(ip6 + 1) > end)
+			return FG_PARSE_MALFORMED;
+		__builtin_memcpy(&p->key.src, &ip6->saddr, 16);
+		__builtin_memcpy(&p->key.dst, &ip6->daddr, 16);
+		proto = ip6->nexthdr;
+		p->l4_off = p->l3_off + sizeof(struct ipv6hdr);
+		p->v6 = 1;
+	} else {
+		return FG_PARSE_PASS;
+	}
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
+		return FG_PARSE_PASS;
+	p->key.proto = proto;
+	__u16 ports[2];
+	if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+		return FG_PARSE_MALFORMED;
+	p->key.sport = ports[0];
+	p->key.dport = ports[1];
+	return FG_PARSE_OK;
+}
+
+#endif

@@ -1,0 +1,308 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The switch: the flow table first; on a miss, the layer walk of a connection's first packet —
+ * the same walk as the model engine (crates/switch/src/walk.rs): the load-balancing layer, backend
+ * choice, the service filter on the translated destination, masquerade and outbound NAT — then
+ * the transposition is stored for both directions and applied.
+ */
+#ifndef FLOWGATE_SWITCH_H
+#define FLOWGATE_SWITCH_H
+
+#include "common.h"
+#include "nat.h"
+#include "parse.h"
+
+static __always_inline int fg_in_set(__u32 set, const struct fg_addr *a)
+{
+	struct fg_set_key k = { .prefixlen = 32 + 128, .set = set };
+	k.addr = *a;
+	return bpf_map_lookup_elem(&fg_sets, &k) != 0;
+}
+
+static __always_inline int fg_cond(__u8 match, __u32 set, const struct fg_addr *a)
+{
+	if (match == FG_MATCH_ANY)
+		return 1;
+	int in = fg_in_set(set, a);
+	return match == FG_MATCH_IN ? in : !in;
+}
+
+/* The first rule of `l` whose conditions hold, or 0. */
+static __always_inline const struct fg_rule *fg_eval(const struct fg_rule_list *l, const struct fg_addr *src,
+						     const struct fg_addr *dst, __u8 ingress)
+{
+#pragma unroll
+	for (int i = 0; i < FG_MAX_RULES; i++) {
+		if (i >= l->count)
+			return 0;
+		const struct fg_rule *r = &l->rules[i];
+		if (r->ingress != FG_INGRESS_ANY && r->ingress != ingress)
+			continue;
+		if (!fg_cond(r->src_match, r->src_set, src))
+			continue;
+		if (!fg_cond(r->dst_match, r->dst_set, dst))
+			continue;
+		return r;
+	}
+	return 0;
+}
+
+struct fg_decision {
+	__u8 verdict;
+	__u8 reason;
+	__u8 dnat;
+	__u8 masq;
+	struct fg_backend backend;
+};
+
+/* Chooses a backend of `set` for `client`; keeps `keep` when it is still a member. */
+static __always_inline int fg_choose(__u32 set, const struct fg_addr *client, const struct fg_flow *keep,
+				     struct fg_backend *out)
+{
+	struct fg_backend_set *bs = bpf_map_lookup_elem(&fg_backend_sets, &set);
+	if (!bs || bs->count == 0)
+		return -1;
+	if (keep && (keep->flags & FG_FLOW_REWRITE_DST)) {
+		struct fg_member_key mk = { .set = set, .port = keep->new_dport };
+		mk.addr = keep->new_dst;
+		if (bpf_map_lookup_elem(&fg_backend_members, &mk)) {
+			out->addr = keep->new_dst;
+			out->port = keep->new_dport;
+			return 0;
+		}
+	}
+	__u64 now = bpf_ktime_get_ns();
+	struct fg_affinity_key ak = { .set = set };
+	if (bs->affinity_timeout) {
+		ak.client = *client;
+		struct fg_affinity *a = bpf_map_lookup_elem(&fg_affinity, &ak);
+		if (a && now - a->last_used_ns <= (__u64)bs->affinity_timeout * 1000000000ull) {
+			struct fg_member_key mk = { .set = set, .port = a->port };
+			mk.addr = a->addr;
+			if (bpf_map_lookup_elem(&fg_backend_members, &mk)) {
+				a->last_used_ns = now;
+				out->addr = a->addr;
+				out->port = a->port;
+				return 0;
+			}
+		}
+	}
+	struct fg_backend_key bk = { .set = set, .index = bpf_get_prandom_u32() % bs->count };
+	struct fg_backend *b = bpf_map_lookup_elem(&fg_backends, &bk);
+	if (!b)
+		return -1;
+	*out = *b;
+	if (bs->affinity_timeout) {
+		struct fg_affinity na = { .last_used_ns = now, .port = b->port };
+		na.addr = b->addr;
+		bpf_map_update_elem(&fg_affinity, &ak, &na, BPF_ANY);
+	}
+	return 0;
+}
+
+static __always_inline void fg_stop(struct fg_decision *d, const struct fg_rule *r)
+{
+	d->verdict = r->action == FG_ACT_DROP ? FG_VERDICT_DROP : FG_VERDICT_REJECT;
+	d->reason = r->reason;
+}
+
+/* The walk for a connection's first packet (or a re-check of a stale flow, `keep`). */
+static __always_inline void fg_decide(const struct fg_pkt *p, __u8 ingress, const struct fg_config *cfg,
+				      const struct fg_flow *keep, struct fg_decision *d)
+{
+	__builtin_memset(d, 0, sizeof(*d));
+	const struct fg_addr *src = &p->key.src;
+	const struct fg_rule *r = 0;
+
+	/* Load-balancing layer: exact destination, then NodePorts on NodePort addresses. */
+	struct fg_lb_key lk = { .dport = p->key.dport, .proto = p->key.proto };
+	lk.dst = p->key.dst;
+	const struct fg_rule_list *l = bpf_map_lookup_elem(&fg_lb_dest, &lk);
+	if (l)
+		r = fg_eval(l, src, &p->key.dst, ingress);
+	if (!r && fg_in_set(cfg->nodeport_set, &p->key.dst)) {
+		struct fg_port_key pk = { .port = p->key.dport, .proto = p->key.proto };
+		l = bpf_map_lookup_elem(&fg_lb_nodeport, &pk);
+		if (l)
+			r = fg_eval(l, src, &p->key.dst, ingress);
+	}
+	__u8 flags = 0;
+	if (r) {
+		if (r->action == FG_ACT_DROP || r->action == FG_ACT_REJECT) {
+			fg_stop(d, r);
+			return;
+		}
+		if (r->action == FG_ACT_DNAT && fg_choose(r->backends, src, keep, &d->backend) == 0) {
+			d->dnat = 1;
+			flags = r->flags;
+		}
+	}
+	struct fg_addr dst = p->key.dst;
+	if (d->dnat)
+		dst = d->backend.addr;
+
+	/* Service filter, on the translated destination. */
+	__u32 slot = FG_GROUP_SERVICE_FILTER;
+	l = bpf_map_lookup_elem(&fg_groups, &slot);
+	if (l) {
+		r = fg_eval(l, src, &dst, ingress);
+		if (r && (r->action == FG_ACT_DROP || r->action == FG_ACT_REJECT)) {
+			fg_stop(d, r);
+			d->dnat = 0;
+			return;
+		}
+	}
+	d->masq = (flags & FG_F_MASQUERADE) || ((flags & FG_F_HAIRPIN) && d->dnat && fg_addr_eq(&d->backend.addr, src));
+	/* Outbound NAT on the endpoint. */
+	if (!d->masq && ingress == FG_INGRESS_ENDPOINT) {
+		slot = FG_GROUP_OUTBOUND_NAT;
+		l = bpf_map_lookup_elem(&fg_groups, &slot);
+		if (l) {
+			r = fg_eval(l, src, &dst, ingress);
+			if (r && r->action == FG_ACT_SNAT)
+				d->masq = 1;
+		}
+	}
+	d->verdict = FG_VERDICT_ALLOW;
+}
+
+static __always_inline void fg_reverse_key(struct fg_flow_key *rev, const struct fg_flow_key *k, const struct fg_flow *f)
+{
+	__builtin_memset(rev, 0, sizeof(*rev));
+	rev->proto = k->proto;
+	rev->src = (f->flags & FG_FLOW_REWRITE_DST) ? f->new_dst : k->dst;
+	rev->sport = (f->flags & FG_FLOW_REWRITE_DST) ? f->new_dport : k->dport;
+	rev->dst = (f->flags & FG_FLOW_REWRITE_SRC) ? f->new_src : k->src;
+	rev->dport = (f->flags & FG_FLOW_REWRITE_SRC) ? f->new_sport : k->sport;
+}
+
+/* Builds the forward transposition from a decision; picks the masquerade source port. */
+static __always_inline int fg_transposition(const struct fg_pkt *p, const struct fg_config *cfg, const struct fg_decision *d,
+					    struct fg_flow *f)
+{
+	__builtin_memset(f, 0, sizeof(*f));
+	f->verdict = d->verdict;
+	f->reason = d->reason;
+	f->generation = cfg->generation;
+	if (d->verdict != FG_VERDICT_ALLOW)
+		return 0;
+	if (d->dnat) {
+		f->flags |= FG_FLOW_REWRITE_DST;
+		f->new_dst = d->backend.addr;
+		f->new_dport = d->backend.port;
+	}
+	if (!d->masq)
+		return 0;
+	const struct fg_addr *dst = d->dnat ? &d->backend.addr : &p->key.dst;
+	int v4 = fg_addr_is_v4(dst);
+	if (v4 ? !cfg->has_snat_v4 : !cfg->has_snat_v6)
+		return 0;
+	f->flags |= FG_FLOW_REWRITE_SRC;
+	f->new_src = v4 ? cfg->snat_v4 : cfg->snat_v6;
+	__u16 port = p->key.sport;
+#pragma unroll
+	for (int i = 0; i < 8; i++) {
+		f->new_sport = port;
+		struct fg_flow_key rev;
+		fg_reverse_key(&rev, &p->key, f);
+		if (!bpf_map_lookup_elem(&fg_flows, &rev))
+			return 0;
+		port = bpf_htons(1024 + bpf_get_prandom_u32() % (65536 - 1024));
+	}
+	return -1;
+}
+
+static __always_inline void fg_last_set(__u8 verdict, __u8 reason, __u8 cached)
+{
+	__u32 zero = 0;
+	struct fg_last *last = bpf_map_lookup_elem(&fg_last, &zero);
+	if (last) {
+		last->verdict = verdict;
+		last->reason = reason;
+		last->cached = cached;
+	}
+}
+
+static __always_inline int fg_verdict_ret(__u8 verdict, __u8 reason, __u8 cached)
+{
+	fg_last_set(verdict, reason, cached);
+	if (verdict == FG_VERDICT_ALLOW) {
+		fg_count(0);
+		return FG_PASS;
+	}
+	fg_count(reason < FG_REASON_MAX ? reason : FG_REASON_MALFORMED);
+	/* Rejects are dropped here; answering them with a TCP reset or an ICMP unreachable is done by
+	 * the reject path (not yet: see README). */
+	return TC_ACT_SHOT;
+}
+
+/* The whole switch for one packet entering through a port of kind `ingress`. */
+static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
+{
+	struct fg_pkt p;
+	int pr = fg_parse(skb, &p);
+	if (pr == FG_PARSE_PASS)
+		return FG_PASS;
+	if (pr != FG_PARSE_OK)
+		return fg_verdict_ret(FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
+	__u32 zero = 0;
+	struct fg_config *cfg = bpf_map_lookup_elem(&fg_config, &zero);
+	if (!cfg)
+		return FG_PASS;
+
+	struct fg_flow *f = bpf_map_lookup_elem(&fg_flows, &p.key);
+	struct fg_flow keep;
+	int have_keep = 0;
+	if (f) {
+		if (f->generation == cfg->generation || (f->flags & FG_FLOW_REPLY)) {
+			fg_count(FG_COUNTER_FLOW_HIT);
+			f->last_seen_ns = bpf_ktime_get_ns();
+			if (f->verdict == FG_VERDICT_ALLOW && fg_apply(skb, &p, f) < 0)
+				return fg_verdict_ret(FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
+			return fg_verdict_ret(f->verdict, f->reason, 1);
+		}
+		/* Decided under an older policy: re-check, keeping the backend if it is still valid. */
+		keep = *f;
+		have_keep = 1;
+	}
+	fg_count(FG_COUNTER_FIRST_PACKET);
+	struct fg_decision d;
+	fg_decide(&p, ingress, cfg, have_keep ? &keep : 0, &d);
+	struct fg_flow fwd;
+	if (fg_transposition(&p, cfg, &d, &fwd) < 0)
+		return fg_verdict_ret(FG_VERDICT_DROP, FG_REASON_NAT_EXHAUSTED, 0);
+	if (have_keep && keep.verdict == FG_VERDICT_ALLOW) {
+		/* The old reply entry goes; a new one is written below. */
+		struct fg_flow_key old_rev;
+		fg_reverse_key(&old_rev, &p.key, &keep);
+		bpf_map_delete_elem(&fg_flows, &old_rev);
+	}
+	fwd.last_seen_ns = bpf_ktime_get_ns();
+	bpf_map_update_elem(&fg_flows, &p.key, &fwd, BPF_ANY);
+	if (fwd.verdict == FG_VERDICT_ALLOW) {
+		struct fg_flow_key rev;
+		fg_reverse_key(&rev, &p.key, &fwd);
+		struct fg_flow back;
+		__builtin_memset(&back, 0, sizeof(back));
+		back.verdict = FG_VERDICT_ALLOW;
+		back.generation = cfg->generation;
+		back.last_seen_ns = fwd.last_seen_ns;
+		back.flags = FG_FLOW_REPLY;
+		if (fwd.flags & FG_FLOW_REWRITE_DST) {
+			back.flags |= FG_FLOW_REWRITE_SRC;
+			back.new_src = p.key.dst;
+			back.new_sport = p.key.dport;
+		}
+		if (fwd.flags & FG_FLOW_REWRITE_SRC) {
+			back.flags |= FG_FLOW_REWRITE_DST;
+			back.new_dst = p.key.src;
+			back.new_dport = p.key.sport;
+		}
+		bpf_map_update_elem(&fg_flows, &rev, &back, BPF_ANY);
+		if (fg_apply(skb, &p, &fwd) < 0)
+			return fg_verdict_ret(FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
+	}
+	return fg_verdict_ret(fwd.verdict, fwd.reason, 0);
+}
+
+#endif
