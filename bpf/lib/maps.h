@@ -89,7 +89,9 @@ enum fg_group {
 /* ---- address sets ------------------------------------------------------------------------ */
 
 /* fg_sets: one LPM trie for every address set; prefixlen counts the 32 bits of `set` plus the
- * address prefix (IPv4 prefixes are mapped: /L becomes 96 + L). Value: 1. */
+ * address prefix (IPv4 prefixes are mapped: /L becomes 96 + L). IPv4 entries carry FG_SET_V4 in
+ * `set`, so that an IPv6 prefix such as ::/0 never matches an (IPv4-mapped) IPv4 address. Value: 1. */
+#define FG_SET_V4 0x80000000u
 struct fg_set_key {
 	__u32 prefixlen;
 	__u32 set;

@@ -14,7 +14,7 @@
 
 static __always_inline int fg_in_set(__u32 set, const struct fg_addr *a)
 {
-	struct fg_set_key k = { .prefixlen = 32 + 128, .set = set };
+	struct fg_set_key k = { .prefixlen = 32 + 128, .set = set | (fg_addr_is_v4(a) ? FG_SET_V4 : 0) };
 	k.addr = *a;
 	return bpf_map_lookup_elem(&fg_sets, &k) != 0;
 }

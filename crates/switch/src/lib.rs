@@ -39,5 +39,5 @@ pub use policy::{
 };
 pub use port::{Port, PortId, PortKind};
 pub use rule::{Action, AddrMatch, Conditions, Dnat, DropReason, IngressKind, PortRange, Rule};
-pub use trace::{trace, trace_from, Trace};
+pub use trace::{trace, trace_choice, trace_from, Trace};
 pub use walk::{Deliver, Verdict};

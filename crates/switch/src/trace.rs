@@ -85,3 +85,18 @@ fn aggregate(policy: &SwitchPolicy, paths: Vec<walk::Path>, steps: Vec<String>) 
     let deliver = if kinds.iter().all(|k| *k == kinds[0]) { kinds[0] } else { Deliver::External };
     Trace { verdict: Verdict::Allow, reason: None, dnat, masquerade, deliver: Some(deliver), steps }
 }
+
+/// Traces `key` entering on `ingress` as if the load balancer chose `backend` — what the model
+/// says for that one choice (tests compare a data plane's actual choice with it). `None` when the
+/// packet is not load-balanced or `backend` is not a candidate.
+pub fn trace_choice(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, backend: SocketAddr) -> Option<Trace> {
+    let mut steps: Vec<String> = Vec::new();
+    let Head::Dnat(d) = walk::head(policy, ingress, key, &mut steps) else {
+        return None;
+    };
+    if !policy.backend_set(d.backends)?.backends.contains(&backend) {
+        return None;
+    }
+    let path = walk::tail(policy, ingress, key, Some((d, backend)), &mut steps);
+    Some(aggregate(policy, vec![path], steps))
+}

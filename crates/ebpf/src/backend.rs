@@ -1,0 +1,245 @@
+//! The eBPF backend of the data plane: the switch policy programmed into kernel maps. It applies
+//! the *difference* named by a [`PolicyDelta`] as map updates (no reloads), remembers what it
+//! programmed so that removals are exact, and bumps the policy generation last, so that flows
+//! cached under the old policy are re-checked only once the new one is complete.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+use flowgate_dataplane::{ApplyStats, Dataplane, DataplaneError};
+use flowgate_switch::{BackendSetId, PolicyDelta, RuleRef, SetId, SwitchPolicy};
+
+use crate::compile::{self, IpNetOrd, KernelRuleKey};
+use crate::maps;
+
+/// The maps the backend writes, taken from a loaded object.
+pub struct KernelMaps {
+    lb_dest: BpfHashMap<MapData, maps::LbKey, maps::RuleList>,
+    lb_nodeport: BpfHashMap<MapData, maps::PortKey, maps::RuleList>,
+    groups: Array<MapData, maps::RuleList>,
+    sets: LpmTrie<MapData, maps::SetData, u8>,
+    backend_sets: BpfHashMap<MapData, u32, maps::BackendSet>,
+    backends: BpfHashMap<MapData, maps::BackendKey, maps::Backend>,
+    members: BpfHashMap<MapData, maps::MemberKey, u8>,
+    config: Array<MapData, maps::Config>,
+}
+
+fn err(op: impl Into<String>, message: impl std::fmt::Display) -> DataplaneError {
+    DataplaneError::Apply { backend: "ebpf", op: op.into(), message: message.to_string() }
+}
+
+impl std::fmt::Debug for KernelMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelMaps").finish_non_exhaustive()
+    }
+}
+
+impl KernelMaps {
+    /// Takes the switch's maps out of a loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<KernelMaps, DataplaneError> {
+        fn take(ebpf: &mut aya::Ebpf, name: &str) -> Result<Map, DataplaneError> {
+            ebpf.take_map(name).ok_or_else(|| err(format!("take map {name}"), "not in the object"))
+        }
+        macro_rules! conv {
+            ($name:literal) => {
+                take(ebpf, $name)?.try_into().map_err(|e| err(concat!("open map ", $name), e))?
+            };
+        }
+        Ok(KernelMaps {
+            lb_dest: conv!("fg_lb_dest"),
+            lb_nodeport: conv!("fg_lb_nodeport"),
+            groups: conv!("fg_groups"),
+            sets: conv!("fg_sets"),
+            backend_sets: conv!("fg_backend_sets"),
+            backends: conv!("fg_backends"),
+            members: conv!("fg_backend_members"),
+            config: conv!("fg_config"),
+        })
+    }
+}
+
+/// What the backend has programmed, to compute exact removals.
+#[derive(Debug, Default)]
+struct Programmed {
+    sets: HashMap<SetId, BTreeSet<IpNetOrd>>,
+    backend_sets: HashMap<BackendSetId, Vec<maps::Backend>>,
+    rules: BTreeSet<KernelRuleKey>,
+    generation: u64,
+}
+
+/// The kernel data plane.
+#[derive(Debug)]
+pub struct EbpfDataplane {
+    inner: Mutex<(KernelMaps, Programmed)>,
+}
+
+impl EbpfDataplane {
+    /// A backend writing into `maps`, which are assumed empty (freshly created).
+    pub fn new(maps: KernelMaps) -> EbpfDataplane {
+        EbpfDataplane { inner: Mutex::new((maps, Programmed::default())) }
+    }
+}
+
+impl Dataplane for EbpfDataplane {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn apply(&self, desired: &SwitchPolicy, delta: &PolicyDelta) -> Result<ApplyStats, DataplaneError> {
+        let mut guard = self.inner.lock().map_err(|_| err("lock", "poisoned"))?;
+        let (m, p) = &mut *guard;
+        // What to look at: everything (full) or what the delta names.
+        let (sets, backend_sets, rules): (Vec<SetId>, Vec<BackendSetId>, Vec<RuleRef>) = if delta.full {
+            let mut s: BTreeSet<u32> = desired.sets().map(|(id, _)| id.0).collect();
+            s.extend(p.sets.keys().map(|id| id.0));
+            let mut b: BTreeSet<u32> = desired.backend_sets().map(|(id, _)| id.0).collect();
+            b.extend(p.backend_sets.keys().map(|id| id.0));
+            (
+                s.into_iter().map(SetId).collect(),
+                b.into_iter().map(BackendSetId).collect(),
+                compile::all_rule_refs(desired),
+            )
+        } else {
+            (
+                delta.sets.iter().copied().collect(),
+                delta.backend_sets.iter().copied().collect(),
+                delta.rules.iter().cloned().collect(),
+            )
+        };
+        let mut entries = 0;
+
+        // 1. Address sets and backend sets first: rules written next may refer to them.
+        for id in &sets {
+            let want = compile::set_prefixes(desired, *id);
+            let have = p.sets.remove(id).unwrap_or_default();
+            for net in want.difference(&have) {
+                let k = compile::set_key(id.0, net.0);
+                m.sets
+                    .insert(&LpmKey::new(k.prefixlen, maps::SetData { set: k.set, addr: k.addr }), 1u8, 0)
+                    .map_err(|e| err(format!("set {} add {}", id.0, net.0), e))?;
+                entries += 1;
+            }
+            for net in have.difference(&want) {
+                let k = compile::set_key(id.0, net.0);
+                let _ = m.sets.remove(&LpmKey::new(k.prefixlen, maps::SetData { set: k.set, addr: k.addr }));
+                entries += 1;
+            }
+            if !want.is_empty() {
+                p.sets.insert(*id, want);
+            }
+        }
+        let mut removed_backend_sets = Vec::new();
+        for id in &backend_sets {
+            let old = p.backend_sets.remove(id).unwrap_or_default();
+            match desired.backend_set(*id) {
+                Some(set) => {
+                    let (header, backends) = compile::backend_set(set);
+                    for (i, b) in backends.iter().enumerate() {
+                        m.backends
+                            .insert(maps::BackendKey { set: id.0, index: i as u32 }, b, 0)
+                            .map_err(|e| err(format!("backend set {} backend {i}", id.0), e))?;
+                        m.members
+                            .insert(maps::MemberKey { set: id.0, addr: b.addr, port: b.port, pad: 0 }, 1u8, 0)
+                            .map_err(|e| err(format!("backend set {} member {i}", id.0), e))?;
+                    }
+                    m.backend_sets.insert(id.0, header, 0).map_err(|e| err(format!("backend set {}", id.0), e))?;
+                    for (i, b) in old.iter().enumerate().skip(backends.len()) {
+                        let _ = m.backends.remove(&maps::BackendKey { set: id.0, index: i as u32 });
+                        if !backends.contains(b) {
+                            let _ =
+                                m.members.remove(&maps::MemberKey { set: id.0, addr: b.addr, port: b.port, pad: 0 });
+                        }
+                    }
+                    for b in old.iter().take(backends.len()).filter(|b| !backends.contains(b)) {
+                        let _ = m.members.remove(&maps::MemberKey { set: id.0, addr: b.addr, port: b.port, pad: 0 });
+                    }
+                    entries += 1 + backends.len();
+                    p.backend_sets.insert(*id, backends);
+                }
+                None => removed_backend_sets.push((*id, old)),
+            }
+        }
+
+        // 2. Rules.
+        for r in &rules {
+            let Some(key) = compile::kernel_key(r) else { continue };
+            let list = desired
+                .rules_at(r)
+                .map(|rs| compile::rule_list(rs, r.layer.name()))
+                .transpose()
+                .map_err(|e| err("compile rule", e))?;
+            match (key, list) {
+                (KernelRuleKey::Dest(k), Some(l)) => m.lb_dest.insert(k.key(), l, 0).map_err(|e| err("lb rule", e))?,
+                (KernelRuleKey::Dest(k), None) => {
+                    let _ = m.lb_dest.remove(&k.key());
+                }
+                (KernelRuleKey::NodePort(port, proto), Some(l)) => m
+                    .lb_nodeport
+                    .insert(maps::PortKey { port, proto, pad: 0 }, l, 0)
+                    .map_err(|e| err("nodeport rule", e))?,
+                (KernelRuleKey::NodePort(port, proto), None) => {
+                    let _ = m.lb_nodeport.remove(&maps::PortKey { port, proto, pad: 0 });
+                }
+                (KernelRuleKey::Group(slot), l) => {
+                    m.groups.set(slot, l.unwrap_or_default(), 0).map_err(|e| err("group", e))?
+                }
+            }
+            if desired.rules_at(r).is_some() {
+                p.rules.insert(key);
+            } else {
+                p.rules.remove(&key);
+            }
+            entries += 1;
+        }
+        if delta.full {
+            // Rules programmed earlier that the desired policy no longer has.
+            let want: BTreeSet<KernelRuleKey> = rules.iter().filter_map(compile::kernel_key).collect();
+            for key in p.rules.difference(&want).copied().collect::<Vec<_>>() {
+                match key {
+                    KernelRuleKey::Dest(k) => {
+                        let _ = m.lb_dest.remove(&k.key());
+                    }
+                    KernelRuleKey::NodePort(port, proto) => {
+                        let _ = m.lb_nodeport.remove(&maps::PortKey { port, proto, pad: 0 });
+                    }
+                    KernelRuleKey::Group(slot) => {
+                        let _ = m.groups.set(slot, maps::RuleList::default(), 0);
+                    }
+                }
+                p.rules.remove(&key);
+                entries += 1;
+            }
+        }
+
+        // 3. Backend sets no rule refers to any more.
+        for (id, old) in removed_backend_sets {
+            let _ = m.backend_sets.remove(&id.0);
+            for (i, b) in old.iter().enumerate() {
+                let _ = m.backends.remove(&maps::BackendKey { set: id.0, index: i as u32 });
+                let _ = m.members.remove(&maps::MemberKey { set: id.0, addr: b.addr, port: b.port, pad: 0 });
+            }
+            entries += 1 + old.len();
+        }
+
+        // 4. Configuration, with the new generation: cached flows are re-checked from now on.
+        p.generation += 1;
+        let cfg = maps::Config {
+            generation: p.generation,
+            nodeport_set: compile::nodeport_set(desired),
+            node_local_set: desired
+                .sets()
+                .find(|(_, s)| s.name == "node-local")
+                .map(|(id, _)| id.0)
+                .unwrap_or(maps::NO_SET),
+            snat_v4: desired.snat_v4.map(maps::Addr::from_ip).unwrap_or_default(),
+            snat_v6: desired.snat_v6.map(maps::Addr::from_ip).unwrap_or_default(),
+            has_snat_v4: u8::from(desired.snat_v4.is_some()),
+            has_snat_v6: u8::from(desired.snat_v6.is_some()),
+            pad: [0; 6],
+        };
+        m.config.set(0, cfg, 0).map_err(|e| err("config", e))?;
+        Ok(ApplyStats { entries, full: delta.full })
+    }
+}
