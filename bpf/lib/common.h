@@ -26,11 +26,12 @@
 volatile const int FG_PASS = TC_ACT_OK;
 
 #define FG_MAX_ENTRIES_FLOWS 262144
-#define FG_MAX_ENTRIES_SERVICES 65536
-#define FG_MAX_ENTRIES_BACKENDS 524288
+#define FG_MAX_ENTRIES_SERVICES 262144
+#define FG_MAX_ENTRIES_BACKENDS 1048576
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* entries allocated on demand: maps sized for 100k Services */
 	__uint(max_entries, FG_MAX_ENTRIES_SERVICES);
 	__type(key, struct fg_lb_key);
 	__type(value, struct fg_rule_list);
@@ -39,6 +40,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* entries allocated on demand: maps sized for 100k Services */
 	__uint(max_entries, FG_MAX_ENTRIES_SERVICES);
 	__type(key, struct fg_port_key);
 	__type(value, struct fg_rule_list);
@@ -64,6 +66,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* entries allocated on demand: maps sized for 100k Services */
 	__uint(max_entries, FG_MAX_ENTRIES_SERVICES * 2);
 	__type(key, __u32);
 	__type(value, struct fg_backend_set);
@@ -72,6 +75,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* entries allocated on demand: maps sized for 100k Services */
 	__uint(max_entries, FG_MAX_ENTRIES_BACKENDS);
 	__type(key, struct fg_backend_key);
 	__type(value, struct fg_backend);
@@ -88,6 +92,7 @@ struct fg_member_key {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* entries allocated on demand: maps sized for 100k Services */
 	__uint(max_entries, FG_MAX_ENTRIES_BACKENDS);
 	__type(key, struct fg_member_key);
 	__type(value, __u8);

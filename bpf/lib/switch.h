@@ -11,6 +11,7 @@
 #include "common.h"
 #include "nat.h"
 #include "parse.h"
+#include "reject.h"
 
 static __always_inline int fg_in_set(__u32 set, const struct fg_addr *a)
 {
@@ -223,7 +224,8 @@ static __always_inline void fg_last_set(__u8 verdict, __u8 reason, __u8 cached)
 	}
 }
 
-static __always_inline int fg_verdict_ret(__u8 verdict, __u8 reason, __u8 cached)
+static __always_inline int fg_verdict_ret(struct __sk_buff *skb, const struct fg_pkt *p, __u8 verdict, __u8 reason,
+					  __u8 cached)
 {
 	fg_last_set(verdict, reason, cached);
 	if (verdict == FG_VERDICT_ALLOW) {
@@ -231,8 +233,8 @@ static __always_inline int fg_verdict_ret(__u8 verdict, __u8 reason, __u8 cached
 		return FG_PASS;
 	}
 	fg_count(reason < FG_REASON_MAX ? reason : FG_REASON_MALFORMED);
-	/* Rejects are dropped here; answering them with a TCP reset or an ICMP unreachable is done by
-	 * the reject path (not yet: see README). */
+	if (verdict == FG_VERDICT_REJECT && p)
+		return fg_reject(skb, p->l3_off, p->v6);
 	return TC_ACT_SHOT;
 }
 
@@ -244,7 +246,7 @@ static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 	if (pr == FG_PARSE_PASS)
 		return FG_PASS;
 	if (pr != FG_PARSE_OK)
-		return fg_verdict_ret(FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
+		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
 	__u32 zero = 0;
 	struct fg_config *cfg = bpf_map_lookup_elem(&fg_config, &zero);
 	if (!cfg)
@@ -258,8 +260,8 @@ static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 			fg_count(FG_COUNTER_FLOW_HIT);
 			f->last_seen_ns = bpf_ktime_get_ns();
 			if (f->verdict == FG_VERDICT_ALLOW && fg_apply(skb, &p, f) < 0)
-				return fg_verdict_ret(FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
-			return fg_verdict_ret(f->verdict, f->reason, 1);
+				return fg_verdict_ret(skb, &p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
+			return fg_verdict_ret(skb, &p, f->verdict, f->reason, 1);
 		}
 		/* Decided under an older policy: re-check, keeping the backend if it is still valid. */
 		keep = *f;
@@ -270,7 +272,7 @@ static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 	fg_decide(&p, ingress, cfg, have_keep ? &keep : 0, &d);
 	struct fg_flow fwd;
 	if (fg_transposition(&p, cfg, &d, &fwd) < 0)
-		return fg_verdict_ret(FG_VERDICT_DROP, FG_REASON_NAT_EXHAUSTED, 0);
+		return fg_verdict_ret(skb, &p, FG_VERDICT_DROP, FG_REASON_NAT_EXHAUSTED, 0);
 	if (have_keep && keep.verdict == FG_VERDICT_ALLOW) {
 		/* The old reply entry goes; a new one is written below. */
 		struct fg_flow_key old_rev;
@@ -300,9 +302,9 @@ static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 		}
 		bpf_map_update_elem(&fg_flows, &rev, &back, BPF_ANY);
 		if (fg_apply(skb, &p, &fwd) < 0)
-			return fg_verdict_ret(FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
+			return fg_verdict_ret(skb, &p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
 	}
-	return fg_verdict_ret(fwd.verdict, fwd.reason, 0);
+	return fg_verdict_ret(skb, &p, fwd.verdict, fwd.reason, 0);
 }
 
 #endif

@@ -5,9 +5,11 @@
 //! programmed by the eBPF data plane backend, scenario after scenario into the same maps, so
 //! removals and the re-checking of flows cached under an older policy are exercised too.
 //!
+//! A reject must come back as the ICMP/ICMPv6 port-unreachable error quoting the packet, sent back
+//! out of the interface it came in (TC_ACT_REDIRECT).
+//!
 //! Not compared yet (the kernel does not do them yet; see the README's status table): packets
-//! from the node's own stack (no host hook), reject answers (the kernel drops them; the verdict
-//! is still checked), SCTP checksums after a port rewrite.
+//! from the node's own stack (no host hook), SCTP checksums after a port rewrite.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -22,6 +24,49 @@ use flowgate_wire::{build_frame, tcp, FrameSpec, IpPair, L4Spec, Protocol};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// Checks that `out` is the ICMP/ICMPv6 port-unreachable error answering `input` (from its
+/// destination to its source, quoting its IP header), with valid checksums.
+fn is_port_unreachable(input: &[u8], out: &[u8], key: &FlowKey) -> Result<(), String> {
+    let l3 = out.get(14..).ok_or("truncated")?;
+    let quoted_ok = |quote: &[u8], n: usize| input.get(14..14 + n) == quote.get(..n);
+    match key.src {
+        std::net::IpAddr::V4(_) => {
+            let ip = flowgate_wire::ipv4::Packet::new_checked(l3).map_err(|e| e.to_string())?;
+            if !ip.verify_checksum() || ip.protocol() != Protocol::Icmp {
+                return Err("not a valid IPv4 ICMP packet".into());
+            }
+            if std::net::IpAddr::V4(ip.src_addr()) != key.dst || std::net::IpAddr::V4(ip.dst_addr()) != key.src {
+                return Err(format!("addressed {} -> {}", ip.src_addr(), ip.dst_addr()));
+            }
+            let icmp = flowgate_wire::icmpv4::Packet::new_checked(&l3[20..usize::from(ip.total_len())])
+                .map_err(|e| e.to_string())?;
+            if !icmp.verify_checksum() || icmp.checksum() == 0 {
+                return Err("bad ICMP checksum".into());
+            }
+            let body = &l3[28..usize::from(ip.total_len())];
+            if l3[20] != 3 || l3[21] != 3 || !quoted_ok(body, 28) {
+                return Err(format!("ICMP type {} code {}, or the quote is wrong", l3[20], l3[21]));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            let ip = flowgate_wire::ipv6::Packet::new_checked(l3).map_err(|e| e.to_string())?;
+            if std::net::IpAddr::V6(ip.src_addr()) != key.dst || std::net::IpAddr::V6(ip.dst_addr()) != key.src {
+                return Err(format!("addressed {} -> {}", ip.src_addr(), ip.dst_addr()));
+            }
+            let icmp = flowgate_wire::icmpv6::Packet::new_checked(&l3[40..40 + usize::from(ip.payload_len())])
+                .map_err(|e| e.to_string())?;
+            if !icmp.verify_checksum(ip.src_addr(), ip.dst_addr()) {
+                return Err("bad ICMPv6 checksum".into());
+            }
+            if l3[40] != 1 || l3[41] != 4 || !quoted_ok(&l3[48..], 48) {
+                return Err(format!("ICMPv6 type {} code {}, or the quote is wrong", l3[40], l3[41]));
+            }
+        }
+    }
+    Ok(())
+}
 
 fn pin_to_cpu0() {
     #[allow(unsafe_code)]
@@ -155,11 +200,22 @@ fn kernel_programs_agree_with_the_model_on_every_scenario() {
                         continue;
                     }
                 }
-                v => {
-                    let k = if v == Verdict::Drop { maps::verdict::DROP } else { maps::verdict::REJECT };
-                    if r.retval != TC_ACT_SHOT || last.verdict != k {
+                Verdict::Drop => {
+                    if r.retval != TC_ACT_SHOT || last.verdict != maps::verdict::DROP {
                         failures
-                            .push(format!("{what}: model {v:?}, kernel retval {} verdict {}", r.retval, last.verdict));
+                            .push(format!("{what}: model drops, kernel retval {} verdict {}", r.retval, last.verdict));
+                    }
+                    compared += 1;
+                    continue;
+                }
+                Verdict::Reject => {
+                    if r.retval != TC_ACT_REDIRECT || last.verdict != maps::verdict::REJECT {
+                        failures.push(format!(
+                            "{what}: model rejects, kernel retval {} verdict {}",
+                            r.retval, last.verdict
+                        ));
+                    } else if let Err(e) = is_port_unreachable(&input, &r.output, &key) {
+                        failures.push(format!("{what}: reject answer: {e}"));
                     }
                     compared += 1;
                     continue;
