@@ -66,6 +66,24 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, FG_MAX_ENTRIES_SERVICES * 4);
+	__type(key, struct fg_set_data);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fg_set_hosts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, FG_MAX_ENTRIES_SERVICES * 2);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fg_set_info SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC); /* entries allocated on demand: maps sized for 100k Services */
 	__uint(max_entries, FG_MAX_ENTRIES_SERVICES * 2);
 	__type(key, __u32);

@@ -92,6 +92,17 @@ enum fg_group {
  * address prefix (IPv4 prefixes are mapped: /L becomes 96 + L). IPv4 entries carry FG_SET_V4 in
  * `set`, so that an IPv6 prefix such as ::/0 never matches an (IPv4-mapped) IPv4 address. Value: 1. */
 #define FG_SET_V4 0x80000000u
+
+/* fg_set_hosts: the single addresses (/32, /128) of every set, looked up by hash first: most sets
+ * (ClusterIPs, node addresses) hold only those, and a hash lookup costs the same at any size.
+ * Key: struct fg_set_data; value: 1. fg_set_info: set -> FG_SET_HAS_PREFIXES_* (which families
+ * also have real prefixes in fg_sets). */
+struct fg_set_data {
+	__u32 set;
+	struct fg_addr addr;
+};
+#define FG_SET_HAS_PREFIXES_V4 0x1
+#define FG_SET_HAS_PREFIXES_V6 0x2
 struct fg_set_key {
 	__u32 prefixlen;
 	__u32 set;

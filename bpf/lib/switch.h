@@ -13,9 +13,19 @@
 #include "parse.h"
 #include "reject.h"
 
+/* Whether address `a` is in set `set`: one hash lookup for single addresses, then the LPM trie only
+ * for sets that also hold prefixes of a's family. */
 static __always_inline int fg_in_set(__u32 set, const struct fg_addr *a)
 {
-	struct fg_set_key k = { .prefixlen = 32 + 128, .set = set | (fg_addr_is_v4(a) ? FG_SET_V4 : 0) };
+	int v4 = fg_addr_is_v4(a);
+	struct fg_set_data h = { .set = set | (v4 ? FG_SET_V4 : 0) };
+	h.addr = *a;
+	if (bpf_map_lookup_elem(&fg_set_hosts, &h))
+		return 1;
+	__u8 *info = bpf_map_lookup_elem(&fg_set_info, &set);
+	if (!info || !(*info & (v4 ? FG_SET_HAS_PREFIXES_V4 : FG_SET_HAS_PREFIXES_V6)))
+		return 0;
+	struct fg_set_key k = { .prefixlen = 32 + 128, .set = h.set };
 	k.addr = *a;
 	return bpf_map_lookup_elem(&fg_sets, &k) != 0;
 }

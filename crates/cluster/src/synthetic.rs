@@ -29,7 +29,8 @@ pub fn endpoint_ip(i: usize, e: usize, per: usize) -> Ipv4Addr {
 
 /// The Service object `i`.
 pub fn service(i: usize) -> Service {
-    let node_port = i.is_multiple_of(4).then(|| 30000 + (i / 4 % 2768) as i32);
+    // NodePorts come from 30000-32767 (2,768 of them): the first 11,072 Services get one.
+    let node_port = (i.is_multiple_of(4) && i / 4 < 2768).then(|| 30000 + (i / 4) as i32);
     Service {
         metadata: meta(&format!("svc-{i}"), None),
         spec: Some(ServiceSpec {

@@ -20,6 +20,8 @@ pub struct KernelMaps {
     lb_nodeport: BpfHashMap<MapData, maps::PortKey, maps::RuleList>,
     groups: Array<MapData, maps::RuleList>,
     sets: LpmTrie<MapData, maps::SetData, u8>,
+    set_hosts: BpfHashMap<MapData, maps::SetData, u8>,
+    set_info: BpfHashMap<MapData, u32, u8>,
     backend_sets: BpfHashMap<MapData, u32, maps::BackendSet>,
     backends: BpfHashMap<MapData, maps::BackendKey, maps::Backend>,
     members: BpfHashMap<MapData, maps::MemberKey, u8>,
@@ -52,6 +54,8 @@ impl KernelMaps {
             lb_nodeport: conv!("fg_lb_nodeport"),
             groups: conv!("fg_groups"),
             sets: conv!("fg_sets"),
+            set_hosts: conv!("fg_set_hosts"),
+            set_info: conv!("fg_set_info"),
             backend_sets: conv!("fg_backend_sets"),
             backends: conv!("fg_backends"),
             members: conv!("fg_backend_members"),
@@ -114,17 +118,36 @@ impl Dataplane for EbpfDataplane {
         for id in &sets {
             let want = compile::set_prefixes(desired, *id);
             let have = p.sets.remove(id).unwrap_or_default();
+            // Single addresses go to the hash, real prefixes to the trie (see fg_in_set).
             for net in want.difference(&have) {
                 let k = compile::set_key(id.0, net.0);
-                m.sets
-                    .insert(&LpmKey::new(k.prefixlen, maps::SetData { set: k.set, addr: k.addr }), 1u8, 0)
-                    .map_err(|e| err(format!("set {} add {}", id.0, net.0), e))?;
+                let data = maps::SetData { set: k.set, addr: k.addr };
+                if compile::is_host(net.0) {
+                    m.set_hosts.insert(data, 1u8, 0).map_err(|e| err(format!("set {} add {}", id.0, net.0), e))?;
+                } else {
+                    m.sets
+                        .insert(&LpmKey::new(k.prefixlen, data), 1u8, 0)
+                        .map_err(|e| err(format!("set {} add {}", id.0, net.0), e))?;
+                }
                 entries += 1;
             }
             for net in have.difference(&want) {
                 let k = compile::set_key(id.0, net.0);
-                let _ = m.sets.remove(&LpmKey::new(k.prefixlen, maps::SetData { set: k.set, addr: k.addr }));
+                let data = maps::SetData { set: k.set, addr: k.addr };
+                if compile::is_host(net.0) {
+                    let _ = m.set_hosts.remove(&data);
+                } else {
+                    let _ = m.sets.remove(&LpmKey::new(k.prefixlen, data));
+                }
                 entries += 1;
+            }
+            let info = compile::prefix_families(&want);
+            if info != compile::prefix_families(&have) || delta.full {
+                if info == 0 {
+                    let _ = m.set_info.remove(&id.0);
+                } else {
+                    m.set_info.insert(id.0, info, 0).map_err(|e| err(format!("set {} info", id.0), e))?;
+                }
             }
             if !want.is_empty() {
                 p.sets.insert(*id, want);

@@ -99,6 +99,17 @@ pub fn set_key(set: u32, net: IpNet) -> maps::SetKey {
     maps::SetKey { prefixlen: 32 + len, set, addr: maps::Addr::from_ip(addr) }
 }
 
+/// Whether a prefix is a single address (stored in the hash, not the trie).
+pub fn is_host(net: IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len()
+}
+
+/// `FG_SET_HAS_PREFIXES_*` for a set's prefixes: which families have prefixes that are not single
+/// addresses.
+pub fn prefix_families(nets: &BTreeSet<IpNetOrd>) -> u8 {
+    nets.iter().filter(|n| !is_host(n.0)).fold(0, |acc, n| acc | if matches!(n.0, IpNet::V4(_)) { 0x1 } else { 0x2 })
+}
+
 /// Where a rule reference lives in the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KernelRuleKey {
