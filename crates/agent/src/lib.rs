@@ -24,7 +24,7 @@ use flowgate_dataplane::{Dataplane, ModelDataplane};
 use flowgate_switch::PolicyDelta;
 use tokio::sync::{mpsc, Notify};
 
-pub use settings::{AgentSettings, SourceSettings};
+pub use settings::{AgentSettings, DataplaneSettings, SourceSettings};
 
 use crate::api::AppState;
 use crate::metrics::Metrics;
@@ -55,6 +55,9 @@ pub enum AgentError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The kernel data plane could not be set up.
+    #[error("kernel data plane: {0}")]
+    Ebpf(String),
 }
 
 /// A running agent, for callers that embed it (tests, benchmarks).
@@ -67,6 +70,9 @@ pub struct RunningAgent {
     /// Where metrics are served, if enabled.
     pub metrics: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The loaded eBPF objects (their programs stay loaded while the agent runs; pinned links and
+    /// maps outlive it).
+    _kernel: Vec<flowgate_ebpf::Loaded>,
 }
 
 impl RunningAgent {
@@ -84,7 +90,13 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
     let metrics = Arc::new(Metrics::new()?);
     let model = ModelDataplane::new();
     let programmed = model.programmed();
-    let dataplane: Arc<dyn Dataplane> = Arc::new(model);
+    let (dataplane, kernel): (Arc<dyn Dataplane>, Vec<flowgate_ebpf::Loaded>) = match &settings.dataplane {
+        DataplaneSettings::Model => (Arc::new(model), Vec::new()),
+        DataplaneSettings::Ebpf { uplink } => {
+            let (ebpf, loaded) = kernel_dataplane(&settings.bpffs, uplink.as_deref())?;
+            (Arc::new(flowgate_dataplane::Tee { primary: Arc::new(ebpf), mirror: Arc::new(model) }), loaded)
+        }
+    };
     let (source, needed): (Box<dyn Source>, Vec<Kind>) = match &settings.source {
         SourceSettings::Manifests(dir) => (Box::new(ManifestSource::new(dir.clone())), Kind::ALL.to_vec()),
         SourceSettings::Kubernetes { kubeconfig } => {
@@ -158,7 +170,40 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
         }));
     }
     tasks.push(tokio::spawn(sync::run(Arc::clone(&core), settings.timing, Arc::clone(&metrics), wake)));
-    Ok(RunningAgent { socket: settings.socket.clone(), healthz, metrics: metrics_addr, tasks })
+    Ok(RunningAgent { socket: settings.socket.clone(), healthz, metrics: metrics_addr, tasks, _kernel: kernel })
+}
+
+/// Loads the eBPF programs with their maps pinned under `bpffs/maps` (adopting maps a previous
+/// agent left, so established flows survive a restart), and attaches the uplink program with a
+/// link pinned under `bpffs/links` (replacing the previous agent's program atomically).
+fn kernel_dataplane(
+    bpffs: &std::path::Path,
+    uplink: Option<&str>,
+) -> Result<(flowgate_ebpf::backend::EbpfDataplane, Vec<flowgate_ebpf::Loaded>), AgentError> {
+    let e = |what: &str, err: &dyn std::fmt::Display| AgentError::Ebpf(format!("{what}: {err}"));
+    let root = bpffs.parent().unwrap_or(bpffs);
+    flowgate_ebpf::bpffs::ensure_bpffs(root).map_err(|err| e("bpffs", &err))?;
+    let maps_dir = bpffs.join("maps");
+    let links_dir = bpffs.join("links");
+    for d in [&maps_dir, &links_dir] {
+        std::fs::create_dir_all(d).map_err(|err| e(&format!("create {}", d.display()), &err))?;
+    }
+    let mut loaded = flowgate_ebpf::load_all(
+        &[flowgate_ebpf::objects::UPLINK, flowgate_ebpf::objects::ENDPOINT],
+        Some(&maps_dir),
+        &[],
+    )
+    .map_err(|err| e("load", &err))?;
+    let maps = flowgate_ebpf::backend::KernelMaps::take(&mut loaded[0].ebpf).map_err(|err| e("maps", &err))?;
+    let dataplane = flowgate_ebpf::backend::EbpfDataplane::adopt(maps);
+    if let Some(iface) = uplink {
+        let pin = links_dir.join(format!("uplink-{iface}-ingress"));
+        let how = loaded[0]
+            .attach_pinned("fg_uplink_ingress", iface, flowgate_ebpf::Direction::Ingress, &pin)
+            .map_err(|err| e(&format!("attach to {iface}"), &err))?;
+        tracing::info!(interface = iface, ?how, "uplink program attached");
+    }
+    Ok((dataplane, loaded))
 }
 
 /// Runs the agent until SIGINT or SIGTERM.

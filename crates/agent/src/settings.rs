@@ -29,6 +29,19 @@ pub enum SourceSettings {
     Manifests(PathBuf),
 }
 
+/// Which data plane the agent programs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataplaneSettings {
+    /// The in-process model only (what `trace --live` reads); nothing touches the kernel.
+    Model,
+    /// The kernel: eBPF programs and maps pinned under the bpffs directory (the model is kept in
+    /// step for `trace --live`).
+    Ebpf {
+        /// The node's uplink interface, where NodePort, externalIP and LB traffic arrives.
+        uplink: Option<String>,
+    },
+}
+
 /// Everything the agent needs to start.
 #[derive(Clone, Debug)]
 pub struct AgentSettings {
@@ -52,6 +65,8 @@ pub struct AgentSettings {
     pub metrics_bind: Option<SocketAddr>,
     /// Sync timing.
     pub timing: SyncTiming,
+    /// The data plane.
+    pub dataplane: DataplaneSettings,
 }
 
 impl AgentSettings {
@@ -68,6 +83,7 @@ impl AgentSettings {
             healthz_bind: None,
             metrics_bind: None,
             timing: SyncTiming::default(),
+            dataplane: DataplaneSettings::Model,
         }
     }
 

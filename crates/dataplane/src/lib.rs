@@ -50,3 +50,31 @@ pub trait Dataplane: Send + Sync {
     /// whole change is in force afterwards, or (on error) none of it.
     fn apply(&self, desired: &SwitchPolicy, delta: &PolicyDelta) -> Result<ApplyStats, DataplaneError>;
 }
+
+/// Two data planes kept in step: `primary` (the kernel) first, then `mirror` (the model that
+/// `trace --live` reads). If the primary fails nothing is applied to the mirror, so the mirror
+/// never shows what the kernel does not hold.
+pub struct Tee {
+    /// Applied first.
+    pub primary: std::sync::Arc<dyn Dataplane>,
+    /// Applied after the primary succeeded.
+    pub mirror: std::sync::Arc<dyn Dataplane>,
+}
+
+impl std::fmt::Debug for Tee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tee({} + {})", self.primary.name(), self.mirror.name())
+    }
+}
+
+impl Dataplane for Tee {
+    fn name(&self) -> &'static str {
+        self.primary.name()
+    }
+
+    fn apply(&self, desired: &SwitchPolicy, delta: &PolicyDelta) -> Result<ApplyStats, DataplaneError> {
+        let stats = self.primary.apply(desired, delta)?;
+        self.mirror.apply(desired, delta)?;
+        Ok(stats)
+    }
+}

@@ -84,6 +84,53 @@ impl EbpfDataplane {
     pub fn new(maps: KernelMaps) -> EbpfDataplane {
         EbpfDataplane { inner: Mutex::new((maps, Programmed::default())) }
     }
+
+    /// A backend that adopts maps a previous agent left pinned: it reads what they hold, so that
+    /// the first (full) apply removes exactly what should no longer be there and rewrites nothing
+    /// that established flows depend on; the generation continues from the pinned configuration.
+    pub fn adopt(maps: KernelMaps) -> EbpfDataplane {
+        let mut p = Programmed::default();
+        for key in maps.lb_dest.keys().flatten() {
+            p.rules.insert(KernelRuleKey::Dest(key.ord()));
+        }
+        for key in maps.lb_nodeport.keys().flatten() {
+            p.rules.insert(KernelRuleKey::NodePort(key.port, key.proto));
+        }
+        let prefix = |set: u32, addr: maps::Addr, len: u32| -> Option<(SetId, IpNetOrd)> {
+            let v4 = set & maps::SET_V4 != 0;
+            let ip = addr.to_ip();
+            let net = match (v4, ip) {
+                (true, std::net::IpAddr::V4(a)) => {
+                    ipnet::IpNet::V4(ipnet::Ipv4Net::new(a, len.checked_sub(96)? as u8).ok()?)
+                }
+                (false, std::net::IpAddr::V6(a)) => ipnet::IpNet::V6(ipnet::Ipv6Net::new(a, len as u8).ok()?),
+                _ => return None,
+            };
+            Some((SetId(set & !maps::SET_V4), IpNetOrd(net)))
+        };
+        for data in maps.set_hosts.keys().flatten() {
+            if let Some((id, net)) = prefix(data.set, data.addr, 128) {
+                p.sets.entry(id).or_default().insert(net);
+            }
+        }
+        for key in maps.sets.keys().flatten() {
+            let data = key.data();
+            if let Some((id, net)) = prefix(data.set, data.addr, key.prefix_len().saturating_sub(32)) {
+                p.sets.entry(id).or_default().insert(net);
+            }
+        }
+        let mut backends: HashMap<u32, Vec<(u32, maps::Backend)>> = HashMap::new();
+        for (key, b) in maps.backends.iter().flatten() {
+            backends.entry(key.set).or_default().push((key.index, b));
+        }
+        for id in maps.backend_sets.keys().flatten() {
+            let mut list = backends.remove(&id).unwrap_or_default();
+            list.sort_by_key(|(i, _)| *i);
+            p.backend_sets.insert(BackendSetId(id), list.into_iter().map(|(_, b)| b).collect());
+        }
+        p.generation = maps.config.get(&0, 0).map(|c| c.generation).unwrap_or(0);
+        EbpfDataplane { inner: Mutex::new((maps, p)) }
+    }
 }
 
 impl Dataplane for EbpfDataplane {

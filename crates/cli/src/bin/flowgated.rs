@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use flowgate_agent::settings::{parse_bind, parse_duration, DEFAULT_BPFFS, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
-use flowgate_agent::{AgentSettings, SourceSettings};
+use flowgate_agent::{AgentSettings, DataplaneSettings, SourceSettings};
 
 #[derive(Parser, Debug)]
 #[command(name = "flowgated", version, about = "flowgate node agent: cluster state in, switch policy out")]
@@ -45,6 +45,13 @@ struct Args {
     /// Full resync interval (e.g. 1h).
     #[arg(long)]
     sync_period: Option<String>,
+    /// Data plane: `model` (in-process only, nothing touches the kernel) or `ebpf` (the kernel
+    /// programs, maps and links pinned under --bpffs).
+    #[arg(long, default_value = "model", value_parser = ["model", "ebpf"])]
+    dataplane: String,
+    /// The node's uplink interface (with --dataplane ebpf): NodePort, externalIP and LB traffic.
+    #[arg(long)]
+    uplink: Option<String>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -66,6 +73,10 @@ fn main() -> ExitCode {
     settings.source = source;
     settings.state_dir = args.state_dir.clone();
     settings.bpffs = args.bpffs.clone();
+    settings.dataplane = match args.dataplane.as_str() {
+        "ebpf" => DataplaneSettings::Ebpf { uplink: args.uplink.clone() },
+        _ => DataplaneSettings::Model,
+    };
     settings.healthz_bind = Some(SocketAddr::from(([0, 0, 0, 0], 10256)));
     settings.metrics_bind = Some(SocketAddr::from(([127, 0, 0, 1], 10249)));
     if let Some(path) = &args.config {

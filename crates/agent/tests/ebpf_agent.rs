@@ -1,0 +1,113 @@
+//! The agent with the kernel data plane: it programs pinned maps, and a restarted agent adopts
+//! them — established flows keep their backend, what changed while it was down is reconciled, and
+//! what no longer exists is removed. The kernel's answers are read by running the uplink program,
+//! loaded against the same pinned maps, on crafted packets (BPF_PROG_TEST_RUN).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flowgate_agent::{AgentSettings, DataplaneSettings};
+use flowgate_ebpf::bpffs::TempBpffs;
+use flowgate_ebpf::{objects, test_run};
+use flowgate_switch::frame;
+use flowgate_wire::{build_frame, tcp, FrameSpec, IpPair, L4Spec};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+async fn status(socket: &Path) -> Value {
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder().uri("/v1/status").header("host", "x").body(Full::new(Bytes::new())).unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
+async fn synced(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(socket).await;
+        if s["sync"]["syncs"].as_u64().unwrap_or(0) >= 1 && s["pending"] == Value::Bool(false) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "agent never synced: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn cluster(endpoint: &str, with_api: bool) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nstatus: {{addresses: [{{type: InternalIP, address: 192.168.0.2}}]}}\n---\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCIDR: 10.0.0.0/8\n---\napiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: k}}\nspec: {{cidrs: [172.30.0.0/16]}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  clusterIP: 172.30.0.10\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [{endpoint}]}}]\n"
+    );
+    if with_api {
+        s.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: api}\nspec:\n  clusterIP: 172.30.0.11\n  ports: [{port: 443}]\n");
+    }
+    s
+}
+
+/// Runs a SYN from `client` to `dst` through the uplink program over the pinned maps; returns
+/// (retval, destination after the switch).
+fn probe(maps: &Path, client: &str, dst: &str) -> (u32, String) {
+    let mut loaded = flowgate_ebpf::load(objects::UPLINK, Some(maps), &[]).unwrap();
+    let prog = loaded.classifier("fg_uplink_ingress").unwrap();
+    let (c, d): (std::net::SocketAddr, std::net::SocketAddr) = (client.parse().unwrap(), dst.parse().unwrap());
+    let f = build_frame(&FrameSpec::new(
+        IpPair::new(c.ip(), d.ip()).unwrap(),
+        L4Spec::tcp(c.port(), d.port(), tcp::Flags::SYN),
+    ));
+    let r = test_run(prog, &f).unwrap();
+    let out = frame::key_of(&r.output).map(|(k, _)| k.dst_socket().to_string()).unwrap_or_default();
+    (r.retval, out)
+}
+
+async fn run_agent(dir: &Path, bpffs: &Path) -> flowgate_agent::RunningAgent {
+    let mut settings = AgentSettings::for_manifests(dir.join("m"), dir.join("api.sock"));
+    settings.bpffs = bpffs.to_path_buf();
+    settings.dataplane = DataplaneSettings::Ebpf { uplink: None };
+    settings.timing.min_interval = Duration::from_millis(10);
+    let agent = flowgate_agent::start(settings).await.unwrap();
+    synced(&dir.join("api.sock")).await;
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_adopts_pinned_maps() {
+    if !flowgate_ebpf::privileged_test("restart_adopts_pinned_maps") {
+        return;
+    }
+    let fs = TempBpffs::new().unwrap();
+    let bpffs = fs.path().join("flowgate");
+    let maps = bpffs.join("maps");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("m")).unwrap();
+    std::fs::write(dir.path().join("m/cluster.yaml"), cluster("10.0.2.1", true)).unwrap();
+
+    let agent = run_agent(dir.path(), &bpffs).await;
+    assert!(maps.join("fg_flows").exists() && maps.join("fg_lb_dest").exists(), "maps are pinned");
+    assert_eq!(probe(&maps, "203.0.113.7:40000", "172.30.0.10:80"), (0, "10.0.2.1:8080".into()));
+    assert_eq!(probe(&maps, "203.0.113.7:40001", "172.30.0.11:443").0, 7, "no endpoints: rejected");
+    agent.stop();
+
+    // While no agent runs, the established connection keeps working from the pinned flow table.
+    assert_eq!(probe(&maps, "203.0.113.7:40000", "172.30.0.10:80"), (0, "10.0.2.1:8080".into()));
+
+    // A restart with nothing changed: the connection keeps its backend.
+    let agent = run_agent(dir.path(), &bpffs).await;
+    assert_eq!(probe(&maps, "203.0.113.7:40000", "172.30.0.10:80"), (0, "10.0.2.1:8080".into()));
+    agent.stop();
+
+    // Changes while the agent is down: the endpoint moved, Service api was deleted.
+    std::fs::write(dir.path().join("m/cluster.yaml"), cluster("10.0.2.2", false)).unwrap();
+    let agent = run_agent(dir.path(), &bpffs).await;
+    assert_eq!(probe(&maps, "203.0.113.7:40002", "172.30.0.10:80"), (0, "10.0.2.2:8080".into()), "new connections");
+    assert_eq!(
+        probe(&maps, "203.0.113.7:40000", "172.30.0.10:80"),
+        (0, "10.0.2.2:8080".into()),
+        "a flow to a gone backend moves"
+    );
+    assert_eq!(probe(&maps, "203.0.113.7:40003", "172.30.0.11:443").0, 2, "the deleted Service's address is dropped");
+    agent.stop();
+}
