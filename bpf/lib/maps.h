@@ -187,11 +187,14 @@ struct fg_config {
 	__u8 pad[6];
 };
 
-/* fg_ports: ifindex of a hooked interface -> what it is */
+/* fg_ports: ifindex of an endpoint's host-side interface -> the endpoint. Packets entering through
+ * a bound interface must carry the endpoint's MAC (when known) and one of its addresses
+ * (fg_endpoint_addrs), or they are dropped as spoofed. */
 struct fg_port {
 	__u32 port_id;           /* the switch policy's PortId */
 	__u8 ingress;            /* enum fg_ingress: the kind of port packets enter through */
-	__u8 pad[3];
+	__u8 has_mac;
+	__u8 mac[6];             /* the pod interface's MAC */
 };
 
 /* fg_endpoint_addrs: (port id, address) of every endpoint; anti-spoofing and routing to pods */

@@ -248,6 +248,12 @@ static __always_inline int fg_verdict_ret(struct __sk_buff *skb, const struct fg
 	return TC_ACT_SHOT;
 }
 
+static __always_inline int fg_mac_eq(const __u8 *a, const __u8 *b)
+{
+	/* (memcmp would become a call the loader cannot resolve) */
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
+}
+
 /* The whole switch for one packet entering through a port of kind `ingress`. */
 static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 {
@@ -261,6 +267,22 @@ static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 	struct fg_config *cfg = bpf_map_lookup_elem(&fg_config, &zero);
 	if (!cfg)
 		return FG_PASS;
+
+	/* Anti-spoofing: an endpoint sends only with its own MAC and addresses. */
+	if (ingress == FG_INGRESS_ENDPOINT) {
+		__u32 ifindex = skb->ifindex;
+		struct fg_port *port = bpf_map_lookup_elem(&fg_ports, &ifindex);
+		if (port) {
+			struct ethhdr eth;
+			if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+				return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
+			struct fg_endpoint_key ek = { .port_id = port->port_id };
+			ek.addr = p.key.src;
+			if ((port->has_mac && !fg_mac_eq(eth.h_source, port->mac)) ||
+			    !bpf_map_lookup_elem(&fg_endpoint_addrs, &ek))
+				return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_SPOOFED, 0);
+		}
+	}
 
 	struct fg_flow *f = bpf_map_lookup_elem(&fg_flows, &p.key);
 	struct fg_flow keep;

@@ -26,6 +26,8 @@ pub struct KernelMaps {
     backends: BpfHashMap<MapData, maps::BackendKey, maps::Backend>,
     members: BpfHashMap<MapData, maps::MemberKey, u8>,
     config: Array<MapData, maps::Config>,
+    ports: BpfHashMap<MapData, u32, maps::Port>,
+    endpoint_addrs: BpfHashMap<MapData, maps::EndpointKey, u8>,
 }
 
 fn err(op: impl Into<String>, message: impl std::fmt::Display) -> DataplaneError {
@@ -60,6 +62,8 @@ impl KernelMaps {
             backends: conv!("fg_backends"),
             members: conv!("fg_backend_members"),
             config: conv!("fg_config"),
+            ports: conv!("fg_ports"),
+            endpoint_addrs: conv!("fg_endpoint_addrs"),
         })
     }
 }
@@ -70,6 +74,7 @@ struct Programmed {
     sets: HashMap<SetId, BTreeSet<IpNetOrd>>,
     backend_sets: HashMap<BackendSetId, Vec<maps::Backend>>,
     rules: BTreeSet<KernelRuleKey>,
+    endpoints: HashMap<flowgate_switch::PortId, Vec<maps::Addr>>,
     generation: u64,
 }
 
@@ -80,6 +85,32 @@ pub struct EbpfDataplane {
 }
 
 impl EbpfDataplane {
+    /// Binds an endpoint's host-side interface to its port: from now on packets entering through
+    /// `ifindex` must carry the endpoint's addresses (and `mac`, when given) or are dropped as
+    /// spoofed.
+    pub fn bind_endpoint(
+        &self,
+        ifindex: u32,
+        port: flowgate_switch::PortId,
+        mac: Option<[u8; 6]>,
+    ) -> Result<(), DataplaneError> {
+        let mut guard = self.inner.lock().map_err(|_| err("lock", "poisoned"))?;
+        let value = maps::Port {
+            port_id: port.0,
+            ingress: maps::ingress::ENDPOINT,
+            has_mac: u8::from(mac.is_some()),
+            mac: mac.unwrap_or_default(),
+        };
+        guard.0.ports.insert(ifindex, value, 0).map_err(|e| err(format!("bind interface {ifindex}"), e))
+    }
+
+    /// Forgets an interface's binding.
+    pub fn unbind_endpoint(&self, ifindex: u32) -> Result<(), DataplaneError> {
+        let mut guard = self.inner.lock().map_err(|_| err("lock", "poisoned"))?;
+        let _ = guard.0.ports.remove(&ifindex);
+        Ok(())
+    }
+
     /// A backend writing into `maps`, which are assumed empty (freshly created).
     pub fn new(maps: KernelMaps) -> EbpfDataplane {
         EbpfDataplane { inner: Mutex::new((maps, Programmed::default())) }
@@ -127,6 +158,9 @@ impl EbpfDataplane {
             let mut list = backends.remove(&id).unwrap_or_default();
             list.sort_by_key(|(i, _)| *i);
             p.backend_sets.insert(BackendSetId(id), list.into_iter().map(|(_, b)| b).collect());
+        }
+        for key in maps.endpoint_addrs.keys().flatten() {
+            p.endpoints.entry(flowgate_switch::PortId(key.port_id)).or_default().push(key.addr);
         }
         p.generation = maps.config.get(&0, 0).map(|c| c.generation).unwrap_or(0);
         EbpfDataplane { inner: Mutex::new((maps, p)) }
@@ -293,7 +327,38 @@ impl Dataplane for EbpfDataplane {
             entries += 1 + old.len();
         }
 
-        // 4. Configuration, with the new generation: cached flows are re-checked from now on.
+        // 4. Endpoint addresses (anti-spoofing).
+        let ports: Vec<flowgate_switch::PortId> = if delta.full {
+            let mut all: BTreeSet<u32> = desired.ports().map(|(id, _)| id.0).collect();
+            all.extend(p.endpoints.keys().map(|id| id.0));
+            all.into_iter().map(flowgate_switch::PortId).collect()
+        } else {
+            delta.ports.iter().copied().collect()
+        };
+        for id in ports {
+            let want: Vec<maps::Addr> = match desired.port(id) {
+                Some(port) if matches!(port.kind, flowgate_switch::PortKind::Endpoint { .. }) => {
+                    port.addresses.iter().map(|a| maps::Addr::from_ip(*a)).collect()
+                }
+                _ => Vec::new(),
+            };
+            let have = p.endpoints.remove(&id).unwrap_or_default();
+            for a in want.iter().filter(|a| !have.contains(a)) {
+                m.endpoint_addrs
+                    .insert(maps::EndpointKey { port_id: id.0, addr: *a }, 1u8, 0)
+                    .map_err(|e| err(format!("endpoint {} address", id.0), e))?;
+                entries += 1;
+            }
+            for a in have.iter().filter(|a| !want.contains(a)) {
+                let _ = m.endpoint_addrs.remove(&maps::EndpointKey { port_id: id.0, addr: *a });
+                entries += 1;
+            }
+            if !want.is_empty() {
+                p.endpoints.insert(id, want);
+            }
+        }
+
+        // 5. Configuration, with the new generation: cached flows are re-checked from now on.
         p.generation += 1;
         let cfg = maps::Config {
             generation: p.generation,

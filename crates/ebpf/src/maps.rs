@@ -315,6 +315,30 @@ pub struct Config {
     pub pad: [u8; 6],
 }
 
+/// `struct fg_port`: an endpoint's host-side interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Port {
+    /// The switch policy's port id.
+    pub port_id: u32,
+    /// `enum fg_ingress`.
+    pub ingress: u8,
+    /// Whether `mac` is set.
+    pub has_mac: u8,
+    /// The pod interface's MAC.
+    pub mac: [u8; 6],
+}
+
+/// `struct fg_endpoint_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// The endpoint's port id.
+    pub port_id: u32,
+    /// One of its addresses.
+    pub addr: Addr,
+}
+
 /// `struct fg_last`: the outcome of the last packet on this CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -357,8 +381,23 @@ macro_rules! pod {
     )*};
 }
 pod!(
-    Addr, Rule, RuleList, LbKey, PortKey, SetKey, SetData, BackendSet, BackendKey, Backend, MemberKey, FlowKey, Flow,
-    Config, Last
+    Addr,
+    Rule,
+    RuleList,
+    LbKey,
+    PortKey,
+    SetKey,
+    SetData,
+    BackendSet,
+    BackendKey,
+    Backend,
+    MemberKey,
+    FlowKey,
+    Flow,
+    Config,
+    Last,
+    Port,
+    EndpointKey
 );
 
 #[cfg(test)]
@@ -381,6 +420,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<Flow>(), 56);
         assert_eq!(std::mem::size_of::<Config>(), 56);
         assert_eq!(std::mem::size_of::<Last>(), 16);
+        assert_eq!(std::mem::size_of::<Port>(), 12);
+        assert_eq!(std::mem::size_of::<EndpointKey>(), 20);
     }
 
     #[test]

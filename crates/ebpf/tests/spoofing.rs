@@ -1,0 +1,74 @@
+//! Anti-spoofing on endpoints: once a pod's host-side interface is bound to its port, packets
+//! entering through it must carry the pod's MAC and one of its addresses; anything else is dropped
+//! (reason "spoofed") before any translation. Run on a real veth's ifindex (the program reads
+//! `skb->ifindex`), inside a throw-away network namespace.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use aya::maps::PerCpuArray;
+use flowgate_dataplane::Dataplane;
+use flowgate_ebpf::backend::{EbpfDataplane, KernelMaps};
+use flowgate_ebpf::netns::Netns;
+use flowgate_ebpf::{maps, objects, test_run_with, SkbContext};
+use flowgate_switch::PolicyDelta;
+use flowgate_wire::{build_frame, tcp, FrameSpec, IpPair, L4Spec};
+
+const MANIFESTS: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nstatus: {addresses: [{type: InternalIP, address: 192.168.0.2}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {nodeName: node-a, containers: [{name: c, image: i}]}\nstatus: {podIP: 10.0.1.5}\n";
+
+fn frame(src: &str, mac: [u8; 6]) -> Vec<u8> {
+    let ips = IpPair::new(src.parse().unwrap(), "10.0.2.7".parse().unwrap()).unwrap();
+    let mut f = build_frame(&FrameSpec::new(ips, L4Spec::tcp(40000, 8080, tcp::Flags::SYN)));
+    f[6..12].copy_from_slice(&mac);
+    f
+}
+
+#[test]
+fn endpoints_cannot_send_as_someone_else() {
+    if !flowgate_ebpf::privileged_test("endpoints_cannot_send_as_someone_else") {
+        return;
+    }
+    let state = flowgate_cluster::load_str(Path::new("m.yaml"), MANIFESTS).unwrap().state;
+    let policy = flowgate_compiler::compile(&state, Some("node-a")).unwrap().policy;
+    let pod_port = policy.endpoint_for("10.0.1.5".parse().unwrap()).unwrap();
+
+    let ns = Netns::new().unwrap();
+    ns.add_veth_pair("fgh0", "fgp0").unwrap();
+    let host_ifindex = ns.ifindex("fgh0").unwrap();
+    let pod_mac = ns.mac("fgp0").unwrap();
+    ns.run(|| {
+        let mut loaded = flowgate_ebpf::load(objects::ENDPOINT, None, &[]).unwrap();
+        let dp = EbpfDataplane::new(KernelMaps::take(&mut loaded.ebpf).unwrap());
+        dp.apply(&policy, &PolicyDelta::full()).unwrap();
+        let last: PerCpuArray<_, maps::Last> = PerCpuArray::try_from(loaded.ebpf.take_map("fg_last").unwrap()).unwrap();
+        let prog = loaded.classifier("fg_from_endpoint").unwrap();
+        let ctx = SkbContext { ifindex: host_ifindex, ..SkbContext::default() };
+        let run = |f: &[u8]| {
+            let r = test_run_with(prog, f, Some(&ctx), 1).unwrap();
+            let l =
+                last.get(&0, 0).unwrap().iter().find(|l| l.verdict != 0 || l.reason != 0).copied().unwrap_or_default();
+            (r.retval, l.reason)
+        };
+
+        // Not bound yet: the program does not know whose interface this is.
+        assert_eq!(run(&frame("10.0.1.99", pod_mac)).0, 0);
+
+        dp.bind_endpoint(host_ifindex, pod_port, Some(pod_mac)).unwrap();
+        assert_eq!(run(&frame("10.0.1.5", pod_mac)).0, 0, "the pod itself passes");
+        assert_eq!(run(&frame("10.0.1.99", pod_mac)), (2, 6), "another address: dropped as spoofed");
+        assert_eq!(run(&frame("10.0.1.5", [2, 0, 0, 0, 0, 1])), (2, 6), "another MAC: dropped as spoofed");
+
+        // The pod goes away: its address is no longer accepted on that interface either.
+        let empty = flowgate_compiler::compile(
+            &flowgate_cluster::load_str(Path::new("m.yaml"), MANIFESTS.split("---").next().unwrap()).unwrap().state,
+            Some("node-a"),
+        )
+        .unwrap()
+        .policy;
+        dp.apply(&empty, &PolicyDelta::full()).unwrap();
+        assert_eq!(run(&frame("10.0.1.5", pod_mac)), (2, 6));
+        dp.unbind_endpoint(host_ifindex).unwrap();
+        assert_eq!(run(&frame("10.0.1.5", pod_mac)).0, 0);
+    })
+    .unwrap();
+}
