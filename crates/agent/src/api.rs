@@ -111,7 +111,23 @@ pub async fn serve_healthz(addr: SocketAddr, state: AppState) -> std::io::Result
 /// Serves `/metrics` on TCP; returns the bound address.
 pub async fn serve_metrics(addr: SocketAddr, state: AppState) -> std::io::Result<SocketAddr> {
     let app = Router::new()
-        .route("/metrics", get(|State(s): State<AppState>| async move { s.metrics.render() }))
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>| async move {
+                let counters = s.core.lock().map(|c| c.dataplane.counters()).unwrap_or_default();
+                let mut text = s.metrics.render();
+                if !counters.is_empty() {
+                    text.push_str(
+                        "# HELP flowgate_dataplane_packets_total Packets seen by the kernel data plane, by outcome.\n",
+                    );
+                    text.push_str("# TYPE flowgate_dataplane_packets_total counter\n");
+                    for (name, value) in counters {
+                        text.push_str(&format!("flowgate_dataplane_packets_total{{outcome=\"{name}\"}} {value}\n"));
+                    }
+                }
+                text
+            }),
+        )
         .with_state(state);
     serve_tcp(addr, app).await
 }
@@ -173,6 +189,7 @@ async fn status(State(s): State<AppState>) -> Json<Value> {
         "dataplane": core.dataplane.name(),
         "sync": core.status,
         "sourceError": core.tracker.last_error,
+        "packets": core.dataplane.counters().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         "objects": {
             "nodes": st.nodes.len(), "pods": st.pods.len(), "services": st.services.len(),
             "endpointSlices": st.endpoint_slices.len(), "networkPolicies": st.network_policies.len(),

@@ -109,5 +109,10 @@ async fn restart_adopts_pinned_maps() {
         "a flow to a gone backend moves"
     );
     assert_eq!(probe(&maps, "203.0.113.7:40003", "172.30.0.11:443").0, 2, "the deleted Service's address is dropped");
+    // The kernel's counters (pinned, so they count across restarts) reach the agent's status.
+    let packets = status(&dir.path().join("api.sock")).await["packets"].clone();
+    assert!(packets["first_packets"].as_u64().unwrap() >= 4, "{packets}");
+    assert!(packets["flow_hits"].as_u64().unwrap() >= 1, "{packets}");
+    assert!(packets["dropped_unallocated_service_ip"].as_u64().unwrap() >= 1, "{packets}");
     agent.stop();
 }

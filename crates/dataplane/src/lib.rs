@@ -49,6 +49,12 @@ pub trait Dataplane: Send + Sync {
     /// Programs the parts of `desired` that `delta` marks (everything when `delta.full`). Either the
     /// whole change is in force afterwards, or (on error) none of it.
     fn apply(&self, desired: &SwitchPolicy, delta: &PolicyDelta) -> Result<ApplyStats, DataplaneError>;
+
+    /// Packet counters, by name (`allowed`, `dropped_<reason>`, `flow_hits`, `first_packets`); empty
+    /// for a data plane that forwards no packets (the model).
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// Two data planes kept in step: `primary` (the kernel) first, then `mirror` (the model that
@@ -76,5 +82,9 @@ impl Dataplane for Tee {
         let stats = self.primary.apply(desired, delta)?;
         self.mirror.apply(desired, delta)?;
         Ok(stats)
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.primary.counters()
     }
 }

@@ -28,6 +28,7 @@ pub struct KernelMaps {
     config: Array<MapData, maps::Config>,
     ports: BpfHashMap<MapData, u32, maps::Port>,
     endpoint_addrs: BpfHashMap<MapData, maps::EndpointKey, u8>,
+    counters: aya::maps::PerCpuArray<MapData, u64>,
 }
 
 fn err(op: impl Into<String>, message: impl std::fmt::Display) -> DataplaneError {
@@ -64,6 +65,7 @@ impl KernelMaps {
             config: conv!("fg_config"),
             ports: conv!("fg_ports"),
             endpoint_addrs: conv!("fg_endpoint_addrs"),
+            counters: conv!("fg_counters"),
         })
     }
 }
@@ -170,6 +172,20 @@ impl EbpfDataplane {
 impl Dataplane for EbpfDataplane {
     fn name(&self) -> &'static str {
         "ebpf"
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        let Ok(guard) = self.inner.lock() else { return Vec::new() };
+        let read = |i: u32| guard.0.counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        let mut out = vec![
+            ("allowed".to_string(), read(0)),
+            ("flow_hits".to_string(), read(maps::COUNTER_FLOW_HIT)),
+            ("first_packets".to_string(), read(maps::COUNTER_FIRST_PACKET)),
+        ];
+        for (i, name) in maps::DROP_REASONS.iter().enumerate().skip(1) {
+            out.push((format!("dropped_{name}"), read(i as u32)));
+        }
+        out
     }
 
     fn apply(&self, desired: &SwitchPolicy, delta: &PolicyDelta) -> Result<ApplyStats, DataplaneError> {
