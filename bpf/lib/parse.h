@@ -17,6 +17,7 @@ enum fg_parse_result {
 	FG_PARSE_OK = 0,
 	FG_PARSE_PASS = 1,       /* not a packet the switch handles */
 	FG_PARSE_MALFORMED = 2,
+	FG_PARSE_ICMP = 3,       /* ICMP or ICMPv6: l3_off, l4_off, v6 and the outer addresses are set */
 };
 
 static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_pkt *p)
@@ -53,6 +54,10 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_pkt *p)
 		p->v6 = 1;
 	} else {
 		return FG_PARSE_PASS;
+	}
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		p->key.proto = proto;
+		return FG_PARSE_ICMP;
 	}
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
 		return FG_PARSE_PASS;

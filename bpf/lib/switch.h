@@ -12,6 +12,7 @@
 #include "nat.h"
 #include "parse.h"
 #include "reject.h"
+#include "icmp.h"
 
 /* Whether address `a` is in set `set`: one hash lookup for single addresses, then the LPM trie only
  * for sets that also hold prefixes of a's family. */
@@ -254,13 +255,15 @@ static __always_inline int fg_mac_eq(const __u8 *a, const __u8 *b)
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
 }
 
-/* The whole switch for one packet entering through a port of kind `ingress`. */
-static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
+/* The switch for a TCP, UDP or SCTP packet (a subprogram with its own stack frame). */
+static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u32 ingress)
 {
 	struct fg_pkt p;
 	int pr = fg_parse(skb, &p);
 	if (pr == FG_PARSE_PASS)
 		return FG_PASS;
+	if (pr == FG_PARSE_ICMP)
+		return FG_PASS; /* handled before, by fg_icmp_entry */
 	if (pr != FG_PARSE_OK)
 		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
 	__u32 zero = 0;
@@ -337,6 +340,28 @@ static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 			return fg_verdict_ret(skb, &p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
 	}
 	return fg_verdict_ret(skb, &p, fwd.verdict, fwd.reason, 0);
+}
+
+/* Not a TC action: "this was not an ICMP packet". */
+#define FG_NOT_ICMP (-2)
+
+/* ICMP errors first (their own subprogram), then everything else: the two never share a stack
+ * frame, which keeps the deepest call chain inside the verifier's 512 bytes. */
+static __attribute__((noinline)) int fg_icmp_entry(struct __sk_buff *skb)
+{
+	struct fg_pkt p;
+	if (fg_parse(skb, &p) != FG_PARSE_ICMP)
+		return FG_NOT_ICMP;
+	return fg_icmp_error(skb, p.l3_off, p.l4_off, p.v6);
+}
+
+/* The whole switch for one packet entering through a port of kind `ingress`. */
+static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
+{
+	int r = fg_icmp_entry(skb);
+	if (r != FG_NOT_ICMP)
+		return r;
+	return fg_switch_packet(skb, ingress);
 }
 
 #endif
