@@ -19,7 +19,7 @@ use aya::maps::PerCpuArray;
 use flowgate_dataplane::Dataplane;
 use flowgate_ebpf::backend::{EbpfDataplane, KernelMaps};
 use flowgate_ebpf::{maps, objects, test_run};
-use flowgate_switch::{frame, trace, trace_choice, FlowKey, PolicyDelta, PortId, Proto, Verdict};
+use flowgate_switch::{frame, trace, trace_choice, FlowKey, PolicyDelta, PortId, Proto, SwitchPolicy, Verdict};
 use flowgate_wire::{build_frame, tcp, FrameSpec, IpPair, L4Spec, Protocol};
 
 const TC_ACT_OK: u32 = 0;
@@ -132,21 +132,151 @@ fn parse_probe(from: &str, to: &str) -> FlowKey {
     FlowKey { src, dst, proto, sport, dport }
 }
 
+/// Both programs loaded with shared private maps, programmed by the eBPF backend.
+struct Kernel {
+    loaded: Vec<flowgate_ebpf::Loaded>,
+    dataplane: EbpfDataplane,
+    lasts: Vec<PerCpuArray<aya::maps::MapData, maps::Last>>,
+}
+
+/// The outcome of checking one probe.
+enum Checked {
+    Compared,
+    FromHost,
+    Failed(String),
+}
+
+impl Kernel {
+    fn new() -> Kernel {
+        pin_to_cpu0();
+        let mut loaded = flowgate_ebpf::load_all(&[objects::UPLINK, objects::ENDPOINT], None, &[]).unwrap();
+        let maps = KernelMaps::take(&mut loaded[0].ebpf).unwrap();
+        let dataplane = EbpfDataplane::new(maps);
+        let lasts =
+            loaded.iter_mut().map(|l| PerCpuArray::try_from(l.ebpf.take_map("fg_last").unwrap()).unwrap()).collect();
+        for (l, name) in loaded.iter_mut().zip(["fg_uplink_ingress", "fg_from_endpoint"]) {
+            l.classifier(name).unwrap();
+        }
+        Kernel { loaded, dataplane, lasts }
+    }
+
+    fn program(&self, policy: &SwitchPolicy) {
+        self.dataplane.apply(policy, &PolicyDelta::full()).unwrap();
+    }
+
+    fn run(&mut self, prog: usize, frame: &[u8]) -> (flowgate_ebpf::TestRunResult, maps::Last) {
+        let name = ["fg_uplink_ingress", "fg_from_endpoint"][prog];
+        let r = test_run(self.loaded[prog].classifier(name).unwrap(), frame).unwrap();
+        let last = self.lasts[prog].get(&0, 0).unwrap()[0];
+        (r, last)
+    }
+
+    /// Runs `key`'s first packet, the same packet again and the reply through the kernel and
+    /// compares everything with the model.
+    fn check(&mut self, policy: &SwitchPolicy, key: FlowKey, what: &str) -> Checked {
+        let ingress = policy.ingress_port_for(key.src);
+        let prog = match ingress {
+            PortId::HOST => return Checked::FromHost,
+            PortId::UPLINK => 0,
+            _ => 1,
+        };
+        let want = trace(policy, &key);
+        let what = format!("{what} ({key})");
+        let input = frame_of(&key);
+        let (r, last) = self.run(prog, &input);
+        match want.verdict {
+            Verdict::Allow => {
+                if r.retval != TC_ACT_OK {
+                    return Checked::Failed(format!(
+                        "{what}: model allows, kernel returned {} (reason {})",
+                        r.retval, last.reason
+                    ));
+                }
+            }
+            Verdict::Drop => {
+                if r.retval != TC_ACT_SHOT || last.verdict != maps::verdict::DROP {
+                    return Checked::Failed(format!(
+                        "{what}: model drops, kernel retval {} verdict {}",
+                        r.retval, last.verdict
+                    ));
+                }
+                return Checked::Compared;
+            }
+            Verdict::Reject => {
+                if r.retval != TC_ACT_REDIRECT || last.verdict != maps::verdict::REJECT {
+                    return Checked::Failed(format!(
+                        "{what}: model rejects, kernel retval {} verdict {}",
+                        r.retval, last.verdict
+                    ));
+                } else if let Err(e) = is_port_unreachable(&input, &r.output, &key) {
+                    return Checked::Failed(format!("{what}: reject answer: {e}"));
+                }
+                return Checked::Compared;
+            }
+        }
+        let (out, _) = frame::key_of(&r.output).unwrap();
+        // Destination: one of the model's candidates, or untouched.
+        let expect = if want.dnat.is_empty() {
+            if out.dst_socket() != key.dst_socket() {
+                return Checked::Failed(format!("{what}: kernel rewrote the destination to {}", out.dst_socket()));
+            }
+            want.clone()
+        } else {
+            match trace_choice(policy, ingress, &key, out.dst_socket()) {
+                Some(t) => t,
+                None => {
+                    return Checked::Failed(format!(
+                        "{what}: kernel chose {}, not among {:?}",
+                        out.dst_socket(),
+                        want.dnat
+                    ));
+                }
+            }
+        };
+        let snat = policy.snat_address(out.dst).unwrap();
+        let masqueraded = out.src == snat && key.src != snat;
+        if masqueraded != expect.masquerade {
+            return Checked::Failed(format!(
+                "{what}: masquerade: model {}, kernel source {}",
+                expect.masquerade,
+                out.src_socket()
+            ));
+        }
+        if !masqueraded && out.src_socket() != key.src_socket() {
+            return Checked::Failed(format!("{what}: kernel rewrote the source to {}", out.src_socket()));
+        }
+        if key.proto != Proto::SCTP && !checksums_ok(&r.output) {
+            return Checked::Failed(format!("{what}: bad checksums after the rewrite"));
+        }
+        // The same packet again: a flow-table hit with the same rewrite.
+        let (again, last) = self.run(prog, &input);
+        if again.output != r.output || last.cached != 1 {
+            return Checked::Failed(format!(
+                "{what}: second packet differs or was not a flow hit (cached {})",
+                last.cached
+            ));
+        }
+        // The reply, from where the packet went, comes back as if from the original destination.
+        let reply = FlowKey { src: out.dst, dst: out.src, proto: key.proto, sport: out.dport, dport: out.sport };
+        let back_prog = if policy.endpoint_for(reply.src).is_some() { 1 } else { 0 };
+        let (rr, _) = self.run(back_prog, &frame_of(&reply));
+        let (back, _) = frame::key_of(&rr.output).unwrap();
+        if rr.retval != TC_ACT_OK || back.src_socket() != key.dst_socket() || back.dst_socket() != key.src_socket() {
+            return Checked::Failed(format!("{what}: reply came back as {back} (retval {})", rr.retval));
+        }
+        if key.proto != Proto::SCTP && !checksums_ok(&rr.output) {
+            return Checked::Failed(format!("{what}: bad checksums on the reply"));
+        }
+        Checked::Compared
+    }
+}
+
 #[test]
 fn kernel_programs_agree_with_the_model_on_every_scenario() {
     if !flowgate_ebpf::privileged_test("kernel_programs_agree_with_the_model_on_every_scenario") {
         return;
     }
-    pin_to_cpu0();
-    let mut loaded = flowgate_ebpf::load_all(&[objects::UPLINK, objects::ENDPOINT], None, &[]).unwrap();
-    let maps = KernelMaps::take(&mut loaded[0].ebpf).unwrap();
-    let dataplane = EbpfDataplane::new(maps);
-    let lasts: Vec<PerCpuArray<_, maps::Last>> =
-        loaded.iter_mut().map(|l| PerCpuArray::try_from(l.ebpf.take_map("fg_last").unwrap()).unwrap()).collect();
-    for (l, name) in loaded.iter_mut().zip(["fg_uplink_ingress", "fg_from_endpoint"]) {
-        l.classifier(name).unwrap();
-    }
-
+    let mut kernel = Kernel::new();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.retain(|p| p.extension().and_then(|e| e.to_str()) == Some("yaml"));
@@ -167,116 +297,15 @@ fn kernel_programs_agree_with_the_model_on_every_scenario() {
         let state = flowgate_cluster::load_str(Path::new(&name), &text).unwrap().state;
         let node = doc.get("node").and_then(|n| n.as_str());
         let policy = flowgate_compiler::compile(&state, node).unwrap().policy;
-        dataplane.apply(&policy, &PolicyDelta::full()).unwrap();
-
+        kernel.program(&policy);
         for p in doc.get("probes").and_then(|p| p.as_sequence()).into_iter().flatten() {
             let key = parse_probe(p["from"].as_str().unwrap(), p["to"].as_str().unwrap());
-            let ingress = policy.ingress_port_for(key.src);
-            let prog = match ingress {
-                PortId::HOST => {
-                    from_host += 1;
-                    continue;
-                }
-                PortId::UPLINK => 0,
-                _ => 1,
-            };
-            let want = trace(&policy, &key);
-            let what = format!("{name}: {} ({key})", p["name"].as_str().unwrap_or(""));
-            let mut run = |prog: usize, frame: &[u8]| {
-                let name = ["fg_uplink_ingress", "fg_from_endpoint"][prog];
-                let r = test_run(loaded[prog].classifier(name).unwrap(), frame).unwrap();
-                let last = lasts[prog].get(&0, 0).unwrap()[0];
-                (r, last)
-            };
-            let input = frame_of(&key);
-            let (r, last) = run(prog, &input);
-            match want.verdict {
-                Verdict::Allow => {
-                    if r.retval != TC_ACT_OK {
-                        failures.push(format!(
-                            "{what}: model allows, kernel returned {} (reason {})",
-                            r.retval, last.reason
-                        ));
-                        continue;
-                    }
-                }
-                Verdict::Drop => {
-                    if r.retval != TC_ACT_SHOT || last.verdict != maps::verdict::DROP {
-                        failures
-                            .push(format!("{what}: model drops, kernel retval {} verdict {}", r.retval, last.verdict));
-                    }
-                    compared += 1;
-                    continue;
-                }
-                Verdict::Reject => {
-                    if r.retval != TC_ACT_REDIRECT || last.verdict != maps::verdict::REJECT {
-                        failures.push(format!(
-                            "{what}: model rejects, kernel retval {} verdict {}",
-                            r.retval, last.verdict
-                        ));
-                    } else if let Err(e) = is_port_unreachable(&input, &r.output, &key) {
-                        failures.push(format!("{what}: reject answer: {e}"));
-                    }
-                    compared += 1;
-                    continue;
-                }
+            let what = format!("{name}: {}", p["name"].as_str().unwrap_or(""));
+            match kernel.check(&policy, key, &what) {
+                Checked::Compared => compared += 1,
+                Checked::FromHost => from_host += 1,
+                Checked::Failed(f) => failures.push(f),
             }
-            let (out, _) = frame::key_of(&r.output).unwrap();
-            // Destination: one of the model's candidates, or untouched.
-            let expect = if want.dnat.is_empty() {
-                if out.dst_socket() != key.dst_socket() {
-                    failures.push(format!("{what}: kernel rewrote the destination to {}", out.dst_socket()));
-                    continue;
-                }
-                want.clone()
-            } else {
-                match trace_choice(&policy, ingress, &key, out.dst_socket()) {
-                    Some(t) => t,
-                    None => {
-                        failures.push(format!("{what}: kernel chose {}, not among {:?}", out.dst_socket(), want.dnat));
-                        continue;
-                    }
-                }
-            };
-            let snat = policy.snat_address(out.dst).unwrap();
-            let masqueraded = out.src == snat && key.src != snat;
-            if masqueraded != expect.masquerade {
-                failures.push(format!(
-                    "{what}: masquerade: model {}, kernel source {}",
-                    expect.masquerade,
-                    out.src_socket()
-                ));
-                continue;
-            }
-            if !masqueraded && out.src_socket() != key.src_socket() {
-                failures.push(format!("{what}: kernel rewrote the source to {}", out.src_socket()));
-                continue;
-            }
-            if key.proto != Proto::SCTP && !checksums_ok(&r.output) {
-                failures.push(format!("{what}: bad checksums after the rewrite"));
-                continue;
-            }
-            // The same packet again: a flow-table hit with the same rewrite.
-            let (again, last) = run(prog, &input);
-            if again.output != r.output || last.cached != 1 {
-                failures.push(format!("{what}: second packet differs or was not a flow hit (cached {})", last.cached));
-                continue;
-            }
-            // The reply, from where the packet went, comes back as if from the original destination.
-            let reply = FlowKey { src: out.dst, dst: out.src, proto: key.proto, sport: out.dport, dport: out.sport };
-            let back_prog = if policy.endpoint_for(reply.src).is_some() { 1 } else { 0 };
-            let (rr, _) = run(back_prog, &frame_of(&reply));
-            let (back, _) = frame::key_of(&rr.output).unwrap();
-            if rr.retval != TC_ACT_OK || back.src_socket() != key.dst_socket() || back.dst_socket() != key.src_socket()
-            {
-                failures.push(format!("{what}: reply came back as {back} (retval {})", rr.retval));
-                continue;
-            }
-            if key.proto != Proto::SCTP && !checksums_ok(&rr.output) {
-                failures.push(format!("{what}: bad checksums on the reply"));
-                continue;
-            }
-            compared += 1;
         }
     }
     eprintln!(
@@ -285,4 +314,189 @@ fn kernel_programs_agree_with_the_model_on_every_scenario() {
     );
     assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
     assert!(compared >= 250, "only {compared} probes compared");
+}
+
+/// A small deterministic generator (xorshift64*), so that a failing state can be reproduced from
+/// its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A random but valid cluster: Services of every type with random policies, endpoints in every
+/// state, here and elsewhere; and probes aimed at every address and port they expose.
+fn random_state(seed: u64) -> (String, Vec<FlowKey>) {
+    use serde_json::json;
+    let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut items = vec![
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "z1"}},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.2"}, {"type": "InternalIP", "address": "192.168.1.2"}]}}),
+    ];
+    let mut kp =
+        json!({"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": "nftables"});
+    if r.chance(80) {
+        kp["clusterCIDR"] = json!("10.0.0.0/8");
+    }
+    if r.chance(15) {
+        kp["nftables"] = json!({"masqueradeAll": true});
+    }
+    match r.below(3) {
+        0 => kp["nodePortAddresses"] = json!(["0.0.0.0/0"]),
+        1 => kp["nodePortAddresses"] = json!(["192.168.1.0/24"]),
+        _ => {}
+    }
+    items.push(kp);
+    if r.chance(80) {
+        items.push(json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "k"}, "spec": {"cidrs": ["172.30.0.0/16"]}}));
+    }
+    for i in 2..5 {
+        items.push(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p{i}")},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "i"}]}, "status": {"podIP": format!("10.0.1.{i}")}}));
+    }
+    let mut probes = Vec::new();
+    let sources = ["10.0.1.2", "10.0.1.3", "203.0.113.7", "203.0.113.200", "10.0.2.9"];
+    let services = 1 + r.below(5);
+    for s in 0..services {
+        let ty = ["ClusterIP", "NodePort", "LoadBalancer"][r.below(3) as usize];
+        let cip = format!("172.30.0.{}", 10 + s);
+        let protos: Vec<&str> =
+            if r.chance(30) { vec!["TCP", "UDP"] } else { vec![["TCP", "UDP", "TCP"][r.below(3) as usize]] };
+        let mut ports = Vec::new();
+        for (j, proto) in protos.iter().enumerate() {
+            let mut p = json!({"name": format!("p{j}"), "port": 80 + j as u16, "targetPort": 8080 + j as u16, "protocol": proto});
+            if ty != "ClusterIP" {
+                p["nodePort"] = json!(30000 + s * 10 + j as u64);
+            }
+            ports.push(p);
+        }
+        let mut spec = json!({"type": ty, "clusterIP": cip, "ports": ports});
+        let mut external = Vec::new();
+        if r.chance(30) {
+            let e = format!("192.168.99.{}", s + 1);
+            spec["externalIPs"] = json!([e]);
+            external.push(e);
+        }
+        let accessible = ty != "ClusterIP" || !external.is_empty();
+        if accessible && r.chance(50) {
+            spec["externalTrafficPolicy"] = json!("Local");
+        }
+        if r.chance(25) {
+            spec["internalTrafficPolicy"] = json!("Local");
+        }
+        if r.chance(25) {
+            spec["sessionAffinity"] = json!("ClientIP");
+        }
+        let mut status = json!({});
+        if ty == "LoadBalancer" {
+            let lb = format!("198.51.100.{}", s + 1);
+            let mode = if r.chance(20) { "Proxy" } else { "VIP" };
+            status = json!({"loadBalancer": {"ingress": [{"ip": lb, "ipMode": mode}]}});
+            if r.chance(40) {
+                spec["loadBalancerSourceRanges"] = json!(["203.0.113.0/25"]);
+            }
+            external.push(lb);
+        }
+        let name = format!("s{s}");
+        items.push(
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec, "status": status}),
+        );
+        let mut eps = Vec::new();
+        for _ in 0..r.below(5) {
+            let local = r.chance(50);
+            let addr = if local { format!("10.0.1.{}", 2 + r.below(3)) } else { format!("10.0.2.{}", 1 + r.below(4)) };
+            let (ready, serving, terminating) = match r.below(4) {
+                0 => (false, false, false),
+                1 => (false, true, true),
+                _ => (true, true, false),
+            };
+            eps.push(json!({"addresses": [addr], "nodeName": if local { "node-a" } else { "node-b" },
+                "conditions": {"ready": ready, "serving": serving, "terminating": terminating}}));
+        }
+        eps.dedup_by(|a, b| a["addresses"] == b["addresses"]);
+        let slice_ports: Vec<_> = protos
+            .iter()
+            .enumerate()
+            .map(|(j, proto)| json!({"name": format!("p{j}"), "port": 8080 + j as u16, "protocol": proto}))
+            .collect();
+        items.push(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-x"), "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4", "ports": slice_ports, "endpoints": eps}));
+        for (j, proto) in protos.iter().enumerate() {
+            let p = if *proto == "UDP" { Proto::UDP } else { Proto::TCP };
+            let mut dsts = vec![(cip.clone(), 80 + j as u16), (cip.clone(), 443)];
+            dsts.extend(external.iter().map(|e| (e.clone(), 80 + j as u16)));
+            if ty != "ClusterIP" {
+                for node_ip in ["192.168.0.2", "192.168.1.2"] {
+                    dsts.push((node_ip.to_string(), 30000 + s as u16 * 10 + j as u16));
+                }
+            }
+            for (dst, port) in dsts {
+                let src = sources[r.below(sources.len() as u64) as usize];
+                let sport = 40000 + r.below(1000) as u16;
+                probes.push(FlowKey {
+                    src: src.parse().unwrap(),
+                    dst: dst.parse().unwrap(),
+                    proto: p,
+                    sport,
+                    dport: port,
+                });
+            }
+        }
+    }
+    probes.push(FlowKey {
+        src: "10.0.1.2".parse().unwrap(),
+        dst: "172.30.0.99".parse().unwrap(),
+        proto: Proto::TCP,
+        sport: 40001,
+        dport: 80,
+    });
+    (json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(), probes)
+}
+
+#[test]
+fn kernel_programs_agree_with_the_model_on_random_states() {
+    if !flowgate_ebpf::privileged_test("kernel_programs_agree_with_the_model_on_random_states") {
+        return;
+    }
+    let mut kernel = Kernel::new();
+    let seeds: Vec<u64> = match std::env::var("FLOWGATE_SEED") {
+        Ok(s) => vec![s.parse().unwrap()],
+        Err(_) => (1..=60).collect(),
+    };
+    let (mut compared, mut failures) = (0, Vec::new());
+    for seed in seeds {
+        let (text, probes) = random_state(seed);
+        let state = flowgate_cluster::load_str(Path::new("random.json"), &text)
+            .unwrap_or_else(|e| panic!("seed {seed}: the generated state is invalid: {e}"))
+            .state;
+        let policy = flowgate_compiler::compile(&state, Some("node-a")).unwrap().policy;
+        kernel.program(&policy);
+        for key in probes {
+            match kernel.check(&policy, key, &format!("seed {seed}")) {
+                Checked::Compared => compared += 1,
+                Checked::FromHost => {}
+                Checked::Failed(f) => failures.push(f),
+            }
+        }
+    }
+    eprintln!("{compared} random probes compared, {} failures", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} disagreements (FLOWGATE_SEED=N reruns one):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(compared >= 300, "only {compared} random probes compared");
 }
