@@ -267,6 +267,35 @@ impl Kernel {
         if key.proto != Proto::SCTP && !checksums_ok(&rr.output) {
             return Checked::Failed(format!("{what}: bad checksums on the reply"));
         }
+        // An ICMP error from the destination about the translated packet comes back translated:
+        // to the original source, from the original destination, quoting the original packet.
+        if let (std::net::IpAddr::V4(backend), true) = (out.dst, key.src.is_ipv4()) {
+            let mut err = icmp_unreachable(backend, &r.output);
+            let (er, _) = self.run(back_prog, &err);
+            err = er.output;
+            let ip = flowgate_wire::ipv4::Packet::new_checked(&err[14..]).unwrap();
+            let quoted = flowgate_wire::parse_embedded_flow_key(&err[42..]).unwrap();
+            let ok = er.retval == TC_ACT_OK
+                && std::net::IpAddr::V4(ip.src_addr()) == key.dst
+                && std::net::IpAddr::V4(ip.dst_addr()) == key.src
+                && ip.verify_checksum()
+                && flowgate_wire::icmpv4::Packet::new_checked(&err[34..]).unwrap().verify_checksum()
+                && flowgate_wire::ipv4::Packet::new_checked_header(&err[42..]).unwrap().verify_checksum()
+                && (quoted.src, quoted.src_port, quoted.dst, quoted.dst_port)
+                    == (key.src, key.sport, key.dst, key.dport);
+            if !ok {
+                return Checked::Failed(format!(
+                    "{what}: ICMP error came back as {} -> {} quoting {}:{} -> {}:{} (retval {})",
+                    ip.src_addr(),
+                    ip.dst_addr(),
+                    quoted.src,
+                    quoted.src_port,
+                    quoted.dst,
+                    quoted.dst_port,
+                    er.retval
+                ));
+            }
+        }
         Checked::Compared
     }
 }
@@ -314,6 +343,31 @@ fn kernel_programs_agree_with_the_model_on_every_scenario() {
     );
     assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
     assert!(compared >= 250, "only {compared} probes compared");
+}
+
+/// An ICMPv4 port-unreachable from `from` about `about` (a frame), quoting its IP header and the
+/// first 8 bytes after it.
+fn icmp_unreachable(from: std::net::Ipv4Addr, about: &[u8]) -> Vec<u8> {
+    let (_, w) = frame::key_of(about).unwrap();
+    let quote = &about[w.l3_offset..w.l4_offset + 8];
+    let total = 20 + 8 + quote.len();
+    let mut f = vec![0u8; 14 + total];
+    f[..6].copy_from_slice(&about[6..12]);
+    f[6..12].copy_from_slice(&about[..6]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let std::net::IpAddr::V4(to) = w.src else { unreachable!("IPv4 only") };
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+    f[22] = 64;
+    f[23] = 1;
+    f[26..30].copy_from_slice(&from.octets());
+    f[30..34].copy_from_slice(&to.octets());
+    flowgate_wire::ipv4::Packet::new_checked(&mut f[14..]).unwrap().fill_checksum();
+    f[34] = 3;
+    f[35] = 3;
+    f[42..].copy_from_slice(quote);
+    flowgate_wire::icmpv4::Packet::new_checked(&mut f[34..]).unwrap().fill_checksum();
+    f
 }
 
 /// A small deterministic generator (xorshift64*), so that a failing state can be reproduced from

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use flowgate_wire::{checksum, ipv4, ipv6, sctp, tcp, udp, Protocol};
 
 use crate::engine::{Outcome, Switch};
+use crate::flow::Transposition;
 use crate::packet::{FlowKey, Proto};
 use crate::port::PortId;
 use crate::walk::Verdict;
@@ -32,11 +33,119 @@ impl Switch {
     /// frame in place to the outcome's addresses and ports with correct checksums.
     pub fn process_frame(&mut self, ingress: PortId, frame: &mut [u8], now: u64) -> Result<Outcome, FrameError> {
         let (key, w) = key_of(frame)?;
+        if let Some(outcome) = self.icmp_error(frame, &key, &w)? {
+            return Ok(outcome);
+        }
         let outcome = self.process(ingress, key, now);
         if outcome.verdict == Verdict::Allow && outcome.packet != key {
             rewrite(frame, &w, &outcome.packet)?;
         }
         Ok(outcome)
+    }
+}
+
+/// Whether an ICMP/ICMPv6 message type is an error that quotes the packet it is about.
+fn is_icmp_error(proto: Protocol, ty: u8) -> bool {
+    match proto {
+        Protocol::Icmp => matches!(ty, 3 | 11 | 12),
+        Protocol::Icmpv6 => (1..=4).contains(&ty),
+        _ => false,
+    }
+}
+
+impl Switch {
+    /// ICMP errors about a flow the switch translated are translated back, as conntrack does: the
+    /// quoted packet's 5-tuple, reversed, finds the flow; the outer destination and the quoted
+    /// header get its transposition, and the outer source too when the error comes from the peer
+    /// itself. `None` when the frame is not such an error (or the flow is unknown).
+    fn icmp_error(
+        &mut self,
+        frame: &mut [u8],
+        key: &FlowKey,
+        w: &flowgate_wire::FlowKey,
+    ) -> Result<Option<Outcome>, FrameError> {
+        let ty = frame.get(w.l4_offset).copied().unwrap_or(0);
+        if !is_icmp_error(w.protocol, ty) {
+            return Ok(None);
+        }
+        let quote_at = w.l4_offset + 8;
+        let Ok(inner) = flowgate_wire::parse_embedded_flow_key(frame.get(quote_at..).unwrap_or_default()) else {
+            return Ok(None);
+        };
+        let rev = FlowKey {
+            src: inner.dst,
+            dst: inner.src,
+            proto: Proto(u8::from(inner.protocol)),
+            sport: inner.dst_port,
+            dport: inner.src_port,
+        };
+        let Some(Transposition::Forward { src, dst, egress }) = self.flows().get(&rev).map(|e| e.transposition) else {
+            return Ok(None);
+        };
+        let mut outer_src = w.src;
+        let mut outer_dst = w.dst;
+        if let Some(d) = dst {
+            outer_dst = d.ip();
+        }
+        if let Some(s) = src {
+            if w.src == inner.dst {
+                outer_src = s.ip();
+            }
+        }
+        // The quoted header: its source becomes the transposition's destination and vice versa.
+        let (q_l3, q_l4) = (quote_at + inner.l3_offset, quote_at + inner.l4_offset);
+        let set_port = |frame: &mut [u8], at: usize, port: u16| {
+            if let Some(b) = frame.get_mut(at..at + 2) {
+                b.copy_from_slice(&port.to_be_bytes());
+            }
+        };
+        if let Some(d) = dst {
+            set_port(frame, q_l4, d.port());
+        }
+        if let Some(s) = src {
+            set_port(frame, q_l4 + 2, s.port());
+        }
+        match (outer_src, outer_dst) {
+            (IpAddr::V4(os), IpAddr::V4(od)) => {
+                let mut q = ipv4::Packet::new_checked_header(frame.get_mut(q_l3..).unwrap_or_default())?;
+                if let Some(IpAddr::V4(d)) = dst.map(|d| d.ip()) {
+                    q.set_src_addr(d);
+                }
+                if let Some(IpAddr::V4(s)) = src.map(|s| s.ip()) {
+                    q.set_dst_addr(s);
+                }
+                q.fill_checksum();
+                let mut o = ipv4::Packet::new_checked(frame.get_mut(w.l3_offset..).unwrap_or_default())?;
+                o.set_src_addr(os);
+                o.set_dst_addr(od);
+                o.fill_checksum();
+                let end = (w.l3_offset + usize::from(o.total_len())).min(frame.len());
+                let mut icmp =
+                    flowgate_wire::icmpv4::Packet::new_checked(frame.get_mut(w.l4_offset..end).unwrap_or_default())?;
+                icmp.fill_checksum();
+            }
+            (IpAddr::V6(os), IpAddr::V6(od)) => {
+                let mut q = ipv6::Packet::new_checked_header(frame.get_mut(q_l3..).unwrap_or_default())?;
+                if let Some(IpAddr::V6(d)) = dst.map(|d| d.ip()) {
+                    q.set_src_addr(d);
+                }
+                if let Some(IpAddr::V6(s)) = src.map(|s| s.ip()) {
+                    q.set_dst_addr(s);
+                }
+                let mut o = ipv6::Packet::new_checked(frame.get_mut(w.l3_offset..).unwrap_or_default())?;
+                o.set_src_addr(os);
+                o.set_dst_addr(od);
+                let end = (w.l3_offset + 40 + usize::from(o.payload_len())).min(frame.len());
+                let mut icmp =
+                    flowgate_wire::icmpv6::Packet::new_checked(frame.get_mut(w.l4_offset..end).unwrap_or_default())?;
+                icmp.fill_checksum(os, od);
+            }
+            _ => return Ok(None),
+        }
+        let mut packet = *key;
+        packet.src = outer_src;
+        packet.dst = outer_dst;
+        Ok(Some(Outcome { verdict: Verdict::Allow, reason: None, packet, egress: Some(egress), cached: true }))
     }
 }
 
