@@ -10,6 +10,7 @@ struct fg_pkt {
 	struct fg_flow_key key;
 	__u32 l3_off;
 	__u32 l4_off;
+	__u32 l4_len;            /* bytes from l4_off to the end of the IP packet */
 	__u8 v6;
 };
 
@@ -43,6 +44,7 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_pkt *p)
 		fg_addr_v4(&p->key.dst, ip->daddr);
 		proto = ip->protocol;
 		p->l4_off = p->l3_off + ip->ihl * 4;
+		p->l4_len = bpf_ntohs(ip->tot_len) - ip->ihl * 4;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
 		if ((void *)(ip6 + 1) > end)
@@ -51,6 +53,7 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_pkt *p)
 		__builtin_memcpy(&p->key.dst, &ip6->daddr, 16);
 		proto = ip6->nexthdr;
 		p->l4_off = p->l3_off + sizeof(struct ipv6hdr);
+		p->l4_len = bpf_ntohs(ip6->payload_len);
 		p->v6 = 1;
 	} else {
 		return FG_PARSE_PASS;

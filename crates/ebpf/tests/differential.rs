@@ -8,8 +8,8 @@
 //! A reject must come back as the ICMP/ICMPv6 port-unreachable error quoting the packet, sent back
 //! out of the interface it came in (TC_ACT_REDIRECT).
 //!
-//! Not compared yet (the kernel does not do them yet; see the README's status table): packets
-//! from the node's own stack (no host hook), SCTP checksums after a port rewrite.
+//! Not compared yet (the kernel does not do it yet; see the README's status table): packets from
+//! the node's own stack (no host hook).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -109,6 +109,7 @@ fn checksums_ok(f: &[u8]) -> bool {
     match w.protocol {
         Protocol::Tcp => tcp::Packet::new_checked(l4).unwrap().verify_checksum(&ips),
         Protocol::Udp => flowgate_wire::udp::Packet::new_checked(l4).unwrap().verify_checksum(&ips),
+        Protocol::Sctp => flowgate_wire::sctp::Packet::new_checked(l4).unwrap().verify_checksum(),
         _ => true,
     }
 }
@@ -245,7 +246,7 @@ impl Kernel {
         if !masqueraded && out.src_socket() != key.src_socket() {
             return Checked::Failed(format!("{what}: kernel rewrote the source to {}", out.src_socket()));
         }
-        if key.proto != Proto::SCTP && !checksums_ok(&r.output) {
+        if !checksums_ok(&r.output) {
             return Checked::Failed(format!("{what}: bad checksums after the rewrite"));
         }
         // The same packet again: a flow-table hit with the same rewrite.
@@ -264,7 +265,7 @@ impl Kernel {
         if rr.retval != TC_ACT_OK || back.src_socket() != key.dst_socket() || back.dst_socket() != key.src_socket() {
             return Checked::Failed(format!("{what}: reply came back as {back} (retval {})", rr.retval));
         }
-        if key.proto != Proto::SCTP && !checksums_ok(&rr.output) {
+        if !checksums_ok(&rr.output) {
             return Checked::Failed(format!("{what}: bad checksums on the reply"));
         }
         // An ICMP error from the destination about the translated packet comes back translated:
