@@ -190,7 +190,7 @@ static __always_inline void fg_reverse_key(struct fg_flow_key *rev, const struct
 
 /* Builds the forward transposition from a decision; picks the masquerade source port. */
 static __always_inline int fg_transposition(const struct fg_pkt *p, const struct fg_config *cfg, const struct fg_decision *d,
-					    struct fg_flow *f)
+					    const struct fg_flow *keep, struct fg_flow *f)
 {
 	__builtin_memset(f, 0, sizeof(*f));
 	f->verdict = d->verdict;
@@ -211,6 +211,11 @@ static __always_inline int fg_transposition(const struct fg_pkt *p, const struct
 		return 0;
 	f->flags |= FG_FLOW_REWRITE_SRC;
 	f->new_src = v4 ? cfg->snat_v4 : cfg->snat_v6;
+	/* A re-checked flow keeps its masquerade port: its reply entry is its own, not a collision. */
+	if (keep && (keep->flags & FG_FLOW_REWRITE_SRC) && fg_addr_eq(&keep->new_src, &f->new_src)) {
+		f->new_sport = keep->new_sport;
+		return 0;
+	}
 	__u16 port = p->key.sport;
 #pragma unroll
 	for (int i = 0; i < 8; i++) {
@@ -256,17 +261,37 @@ static __always_inline int fg_mac_eq(const __u8 *a, const __u8 *b)
 }
 
 /* The switch for a TCP, UDP or SCTP packet (a subprogram with its own stack frame). */
+/* The switch's working state for one packet, per CPU: too large for the BPF stack. */
+struct fg_work {
+	struct fg_pkt p;
+	struct fg_flow keep;
+	struct fg_flow fwd;
+	struct fg_flow back;
+	struct fg_flow_key rev;
+	struct fg_decision d;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fg_work);
+} fg_work SEC(".maps");
+
 static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u32 ingress)
 {
-	struct fg_pkt p;
-	int pr = fg_parse(skb, &p);
+	__u32 zero = 0;
+	struct fg_work *w = bpf_map_lookup_elem(&fg_work, &zero);
+	if (!w)
+		return FG_PASS;
+	struct fg_pkt *p = &w->p;
+	int pr = fg_parse(skb, p);
 	if (pr == FG_PARSE_PASS)
 		return FG_PASS;
 	if (pr == FG_PARSE_ICMP)
 		return FG_PASS; /* handled before, by fg_icmp_entry */
 	if (pr != FG_PARSE_OK)
 		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
-	__u32 zero = 0;
 	struct fg_config *cfg = bpf_map_lookup_elem(&fg_config, &zero);
 	if (!cfg)
 		return FG_PASS;
@@ -280,66 +305,61 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 			if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
 				return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
 			struct fg_endpoint_key ek = { .port_id = port->port_id };
-			ek.addr = p.key.src;
+			ek.addr = p->key.src;
 			if ((port->has_mac && !fg_mac_eq(eth.h_source, port->mac)) ||
 			    !bpf_map_lookup_elem(&fg_endpoint_addrs, &ek))
 				return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_SPOOFED, 0);
 		}
 	}
 
-	struct fg_flow *f = bpf_map_lookup_elem(&fg_flows, &p.key);
-	struct fg_flow keep;
+	struct fg_flow *f = bpf_map_lookup_elem(&fg_flows, &p->key);
 	int have_keep = 0;
 	if (f) {
 		if (f->generation == cfg->generation || (f->flags & FG_FLOW_REPLY)) {
 			fg_count(FG_COUNTER_FLOW_HIT);
 			f->last_seen_ns = bpf_ktime_get_ns();
-			if (f->verdict == FG_VERDICT_ALLOW && fg_apply(skb, &p, f) < 0)
-				return fg_verdict_ret(skb, &p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
-			return fg_verdict_ret(skb, &p, f->verdict, f->reason, 1);
+			if (f->verdict == FG_VERDICT_ALLOW && fg_apply(skb, p, f) < 0)
+				return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
+			return fg_verdict_ret(skb, p, f->verdict, f->reason, 1);
 		}
 		/* Decided under an older policy: re-check, keeping the backend if it is still valid. */
-		keep = *f;
+		w->keep = *f;
 		have_keep = 1;
 	}
 	fg_count(FG_COUNTER_FIRST_PACKET);
-	struct fg_decision d;
-	fg_decide(&p, ingress, cfg, have_keep ? &keep : 0, &d);
-	struct fg_flow fwd;
-	if (fg_transposition(&p, cfg, &d, &fwd) < 0)
-		return fg_verdict_ret(skb, &p, FG_VERDICT_DROP, FG_REASON_NAT_EXHAUSTED, 0);
-	if (have_keep && keep.verdict == FG_VERDICT_ALLOW) {
+	fg_decide(p, ingress, cfg, have_keep ? &w->keep : 0, &w->d);
+	if (fg_transposition(p, cfg, &w->d, have_keep ? &w->keep : 0, &w->fwd) < 0)
+		return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_NAT_EXHAUSTED, 0);
+	if (have_keep && w->keep.verdict == FG_VERDICT_ALLOW) {
 		/* The old reply entry goes; a new one is written below. */
-		struct fg_flow_key old_rev;
-		fg_reverse_key(&old_rev, &p.key, &keep);
-		bpf_map_delete_elem(&fg_flows, &old_rev);
+		fg_reverse_key(&w->rev, &p->key, &w->keep);
+		bpf_map_delete_elem(&fg_flows, &w->rev);
 	}
-	fwd.last_seen_ns = bpf_ktime_get_ns();
-	bpf_map_update_elem(&fg_flows, &p.key, &fwd, BPF_ANY);
-	if (fwd.verdict == FG_VERDICT_ALLOW) {
-		struct fg_flow_key rev;
-		fg_reverse_key(&rev, &p.key, &fwd);
-		struct fg_flow back;
-		__builtin_memset(&back, 0, sizeof(back));
-		back.verdict = FG_VERDICT_ALLOW;
-		back.generation = cfg->generation;
-		back.last_seen_ns = fwd.last_seen_ns;
-		back.flags = FG_FLOW_REPLY;
-		if (fwd.flags & FG_FLOW_REWRITE_DST) {
-			back.flags |= FG_FLOW_REWRITE_SRC;
-			back.new_src = p.key.dst;
-			back.new_sport = p.key.dport;
+	w->fwd.last_seen_ns = bpf_ktime_get_ns();
+	bpf_map_update_elem(&fg_flows, &p->key, &w->fwd, BPF_ANY);
+	if (w->fwd.verdict == FG_VERDICT_ALLOW) {
+		fg_reverse_key(&w->rev, &p->key, &w->fwd);
+		struct fg_flow *back = &w->back;
+		__builtin_memset(back, 0, sizeof(*back));
+		back->verdict = FG_VERDICT_ALLOW;
+		back->generation = cfg->generation;
+		back->last_seen_ns = w->fwd.last_seen_ns;
+		back->flags = FG_FLOW_REPLY;
+		if (w->fwd.flags & FG_FLOW_REWRITE_DST) {
+			back->flags |= FG_FLOW_REWRITE_SRC;
+			back->new_src = p->key.dst;
+			back->new_sport = p->key.dport;
 		}
-		if (fwd.flags & FG_FLOW_REWRITE_SRC) {
-			back.flags |= FG_FLOW_REWRITE_DST;
-			back.new_dst = p.key.src;
-			back.new_dport = p.key.sport;
+		if (w->fwd.flags & FG_FLOW_REWRITE_SRC) {
+			back->flags |= FG_FLOW_REWRITE_DST;
+			back->new_dst = p->key.src;
+			back->new_dport = p->key.sport;
 		}
-		bpf_map_update_elem(&fg_flows, &rev, &back, BPF_ANY);
-		if (fg_apply(skb, &p, &fwd) < 0)
-			return fg_verdict_ret(skb, &p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
+		bpf_map_update_elem(&fg_flows, &w->rev, back, BPF_ANY);
+		if (fg_apply(skb, p, &w->fwd) < 0)
+			return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
 	}
-	return fg_verdict_ret(skb, &p, fwd.verdict, fwd.reason, 0);
+	return fg_verdict_ret(skb, p, w->fwd.verdict, w->fwd.reason, 0);
 }
 
 /* Not a TC action: "this was not an ICMP packet". */
