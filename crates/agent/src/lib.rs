@@ -174,8 +174,9 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
 }
 
 /// Loads the eBPF programs with their maps pinned under `bpffs/maps` (adopting maps a previous
-/// agent left, so established flows survive a restart), and attaches the uplink program with a
-/// link pinned under `bpffs/links` (replacing the previous agent's program atomically).
+/// agent left, so established flows survive a restart), and attaches the uplink programs (ingress:
+/// traffic arriving; egress: the node's own traffic to Services) with links pinned under
+/// `bpffs/links` (replacing the previous agent's programs atomically).
 fn kernel_dataplane(
     bpffs: &std::path::Path,
     uplink: Option<&str>,
@@ -197,11 +198,16 @@ fn kernel_dataplane(
     let maps = flowgate_ebpf::backend::KernelMaps::take(&mut loaded[0].ebpf).map_err(|err| e("maps", &err))?;
     let dataplane = flowgate_ebpf::backend::EbpfDataplane::adopt(maps);
     if let Some(iface) = uplink {
-        let pin = links_dir.join(format!("uplink-{iface}-ingress"));
-        let how = loaded[0]
-            .attach_pinned("fg_uplink_ingress", iface, flowgate_ebpf::Direction::Ingress, &pin)
-            .map_err(|err| e(&format!("attach to {iface}"), &err))?;
-        tracing::info!(interface = iface, ?how, "uplink program attached");
+        for (program, direction, hook) in [
+            ("fg_uplink_ingress", flowgate_ebpf::Direction::Ingress, "ingress"),
+            ("fg_uplink_egress", flowgate_ebpf::Direction::Egress, "egress"),
+        ] {
+            let pin = links_dir.join(format!("uplink-{iface}-{hook}"));
+            let how = loaded[0]
+                .attach_pinned(program, iface, direction, &pin)
+                .map_err(|err| e(&format!("attach {program} to {iface}"), &err))?;
+            tracing::info!(interface = iface, hook, ?how, "uplink program attached");
+        }
     }
     Ok((dataplane, loaded))
 }
