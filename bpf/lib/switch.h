@@ -211,8 +211,12 @@ static __always_inline int fg_transposition(const struct fg_pkt *p, const struct
 		return 0;
 	f->flags |= FG_FLOW_REWRITE_SRC;
 	f->new_src = v4 ? cfg->snat_v4 : cfg->snat_v6;
-	/* A re-checked flow keeps its masquerade port: its reply entry is its own, not a collision. */
-	if (keep && (keep->flags & FG_FLOW_REWRITE_SRC) && fg_addr_eq(&keep->new_src, &f->new_src)) {
+	/* A re-checked flow that still goes to the same place keeps its masquerade port: its reply
+	 * entry is its own, not a collision. (With another backend, the port is checked again.) */
+	int same_dst = d->dnat ? ((keep && (keep->flags & FG_FLOW_REWRITE_DST)) && fg_addr_eq(&keep->new_dst, &f->new_dst) &&
+				  keep->new_dport == f->new_dport)
+			       : (keep && !(keep->flags & FG_FLOW_REWRITE_DST));
+	if (keep && same_dst && (keep->flags & FG_FLOW_REWRITE_SRC) && fg_addr_eq(&keep->new_src, &f->new_src)) {
 		f->new_sport = keep->new_sport;
 		return 0;
 	}
@@ -268,6 +272,7 @@ struct fg_work {
 	struct fg_flow fwd;
 	struct fg_flow back;
 	struct fg_flow_key rev;
+	struct fg_flow_key old_rev;
 	struct fg_decision d;
 };
 
@@ -330,15 +335,20 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 	fg_decide(p, ingress, cfg, have_keep ? &w->keep : 0, &w->d);
 	if (fg_transposition(p, cfg, &w->d, have_keep ? &w->keep : 0, &w->fwd) < 0)
 		return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_NAT_EXHAUSTED, 0);
+	if (w->fwd.verdict == FG_VERDICT_ALLOW)
+		fg_reverse_key(&w->rev, &p->key, &w->fwd);
 	if (have_keep && w->keep.verdict == FG_VERDICT_ALLOW) {
-		/* The old reply entry goes; a new one is written below. */
-		fg_reverse_key(&w->rev, &p->key, &w->keep);
-		bpf_map_delete_elem(&fg_flows, &w->rev);
+		/* The old reply entry goes when its key changes; under the same key it is overwritten
+		 * below, never deleted first (a reply on another CPU must never miss it). */
+		fg_reverse_key(&w->old_rev, &p->key, &w->keep);
+		if (w->fwd.verdict != FG_VERDICT_ALLOW || !fg_addr_eq(&w->old_rev.src, &w->rev.src) ||
+		    !fg_addr_eq(&w->old_rev.dst, &w->rev.dst) || w->old_rev.sport != w->rev.sport ||
+		    w->old_rev.dport != w->rev.dport)
+			bpf_map_delete_elem(&fg_flows, &w->old_rev);
 	}
 	w->fwd.last_seen_ns = bpf_ktime_get_ns();
 	bpf_map_update_elem(&fg_flows, &p->key, &w->fwd, BPF_ANY);
 	if (w->fwd.verdict == FG_VERDICT_ALLOW) {
-		fg_reverse_key(&w->rev, &p->key, &w->fwd);
 		struct fg_flow *back = &w->back;
 		__builtin_memset(back, 0, sizeof(*back));
 		back->verdict = FG_VERDICT_ALLOW;

@@ -181,7 +181,16 @@ fn kernel_dataplane(
     bpffs: &std::path::Path,
     uplink: Option<&str>,
 ) -> Result<(flowgate_ebpf::backend::EbpfDataplane, Vec<flowgate_ebpf::Loaded>), AgentError> {
-    let e = |what: &str, err: &dyn std::fmt::Display| AgentError::Ebpf(format!("{what}: {err}"));
+    // The whole error chain: the verifier's log is in a source, and it is what a person needs.
+    let e = |what: &str, err: &dyn std::error::Error| {
+        let mut msg = format!("{what}: {err}");
+        let mut cause = err.source();
+        while let Some(c) = cause {
+            msg.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        AgentError::Ebpf(msg)
+    };
     let root = bpffs.parent().unwrap_or(bpffs);
     flowgate_ebpf::bpffs::ensure_bpffs(root).map_err(|err| e("bpffs", &err))?;
     let maps_dir = bpffs.join("maps");
