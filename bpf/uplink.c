@@ -60,7 +60,9 @@ int fg_uplink_egress(struct __sk_buff *skb)
 		__builtin_memcpy(fib->ipv6_src, after_p->key.src.w, 16);
 		__builtin_memcpy(fib->ipv6_dst, after_p->key.dst.w, 16);
 	}
-	long rc = bpf_fib_lookup(skb, fib, sizeof(*fib), BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH);
+	/* (From an ingress perspective: with BPF_FIB_LOOKUP_OUTPUT the interface would be taken as the
+	 * output device, and no route to the new destination leaves through it.) */
+	long rc = bpf_fib_lookup(skb, fib, sizeof(*fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return r;
 	return bpf_redirect_neigh(fib->ifindex, 0, 0, 0);

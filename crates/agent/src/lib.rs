@@ -207,15 +207,18 @@ fn kernel_dataplane(
     let maps = flowgate_ebpf::backend::KernelMaps::take(&mut loaded[0].ebpf).map_err(|err| e("maps", &err))?;
     let dataplane = flowgate_ebpf::backend::EbpfDataplane::adopt(maps);
     if let Some(iface) = uplink {
-        for (program, direction, hook) in [
-            ("fg_uplink_ingress", flowgate_ebpf::Direction::Ingress, "ingress"),
-            ("fg_uplink_egress", flowgate_ebpf::Direction::Egress, "egress"),
+        // The uplink's ingress (traffic arriving) and egress (the node's own traffic to Services),
+        // and lo's egress (the node's own traffic to its own NodePorts and other local addresses).
+        for (program, dev, direction, hook) in [
+            ("fg_uplink_ingress", iface, flowgate_ebpf::Direction::Ingress, "ingress"),
+            ("fg_uplink_egress", iface, flowgate_ebpf::Direction::Egress, "egress"),
+            ("fg_uplink_egress", "lo", flowgate_ebpf::Direction::Egress, "egress"),
         ] {
-            let pin = links_dir.join(format!("uplink-{iface}-{hook}"));
+            let pin = links_dir.join(format!("uplink-{dev}-{hook}"));
             let how = loaded[0]
-                .attach_pinned(program, iface, direction, &pin)
-                .map_err(|err| e(&format!("attach {program} to {iface}"), &err))?;
-            tracing::info!(interface = iface, hook, ?how, "uplink program attached");
+                .attach_pinned(program, dev, direction, &pin)
+                .map_err(|err| e(&format!("attach {program} to {dev}"), &err))?;
+            tracing::info!(interface = dev, hook, ?how, "uplink program attached");
         }
     }
     Ok((dataplane, loaded))

@@ -484,11 +484,11 @@ fn generation(config: &Array<MapData, maps::Config>) -> u64 {
     config.get(&0, 0).map(|c| c.generation).unwrap_or(0)
 }
 
-/// The programs on every TCX hook of the node's uplink and the pods' host-side interfaces:
-/// ("uplink0 ingress", [program ids in chain order]).
+/// The programs on every TCX hook of the node's uplink, its loopback (the agent's program for the
+/// node's own traffic) and the pods' host-side interfaces: ("uplink0 ingress", [program ids]).
 fn hook_programs(node: &Netns) -> std::collections::BTreeMap<String, Vec<u32>> {
     let mut out = std::collections::BTreeMap::new();
-    for dev in std::iter::once(UPLINK).chain(PODS.iter().map(|p| p.2)) {
+    for dev in [UPLINK, "lo"].into_iter().chain(PODS.iter().map(|p| p.2)) {
         for (direction, name) in [(Direction::Ingress, "ingress"), (Direction::Egress, "egress")] {
             let ids = node
                 .run(|| loader::tcx_program_ids(dev, direction))
@@ -659,14 +659,15 @@ fn kill_9_of_the_agent_during_a_tcp_stream_then_restart_loses_no_connection() {
     }
     for (hook, before) in &hooks1 {
         let after = &hooks2[hook];
-        let ok = if hook.starts_with(UPLINK) {
+        // The agent's hooks (uplink, lo) hold the new agent's program; the pods' are the test's.
+        let agents = hook.starts_with(UPLINK) || hook.starts_with("lo ");
+        let ok = if agents {
             after.len() == before.len() && after.len() <= 1 && (before.is_empty() || after != before)
         } else {
             after == before
         };
         if !ok {
-            let want =
-                if hook.starts_with(UPLINK) { "the same number (at most one), the new agent's" } else { "unchanged" };
+            let want = if agents { "the same number (at most one), the new agent's" } else { "unchanged" };
             failures.push(format!("{hook}: programs {before:?} before the restart, {after:?} after; want {want}"));
         }
     }
@@ -712,7 +713,7 @@ fn kill_9_of_the_agent_during_a_tcp_stream_then_restart_loses_no_connection() {
         .filter(|(_, ids)| !ids.is_empty())
         .map(|(hook, _)| {
             let (dev, direction) = hook.split_once(' ').unwrap();
-            let owner = if dev == UPLINK { "uplink" } else { "endpoint" };
+            let owner = if dev == UPLINK || dev == "lo" { "uplink" } else { "endpoint" };
             format!("{owner}-{dev}-{direction}")
         })
         .collect();

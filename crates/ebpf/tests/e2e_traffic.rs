@@ -250,6 +250,10 @@ fn build_topology() -> Topology {
     client.ip(&["route", "add", "default", "via", NODE_IP]).unwrap();
     // The externalIP is in the client's on-link range: send it to the node.
     client.ip(&["route", "add", &format!("{EXTERNAL_IP}/32"), "via", NODE_IP]).unwrap();
+    // The node's own traffic to the Service range leaves through the uplink towards a gateway (as
+    // with a default route), where the egress program translates it. (The kernel resolves the
+    // next hop before the egress hook runs, so the gateway must answer ARP: the client does.)
+    node.ip(&["route", "add", "10.96.0.0/16", "via", CLIENT_IP, "dev", UPLINK]).unwrap();
 
     // Pods: a /32 each behind a veth pair, the node side holding the gateway address.
     for ((_, ip, host_if), pod) in PODS.iter().zip(&pods) {
@@ -593,6 +597,21 @@ fn run_checks(round: &str, topo: &Topology, failures: &mut Vec<String>) {
         |_| NODE_IP,
     );
 
+    // (6) The node itself, to a ClusterIP (out of the uplink, then routed again to the pod) and to
+    // its own NodePort (over lo): every backend, the source the node's address.
+    reach_every_pod(
+        &format!("{round}: node -> ClusterIP 10.96.0.10:80/tcp"),
+        failures,
+        || tcp_ask(&topo.node, sock(CLUSTER_IP, 80)),
+        |_| NODE_IP,
+    );
+    reach_every_pod(
+        &format!("{round}: node -> its own NodePort 192.168.77.1:30080/tcp"),
+        failures,
+        || tcp_ask(&topo.node, sock(NODE_IP, 30080)),
+        |_| NODE_IP,
+    );
+
     // (4) A Service without endpoints is refused at once: ICMP port unreachable from the program.
     let t = Instant::now();
     match tcp_ask(pod_a, sock(EMPTY_IP, 80)) {
@@ -652,6 +671,9 @@ impl Harness {
             .run(|| {
                 let (uplink, endpoint) = loaded.split_at_mut(1);
                 links.push(uplink[0].attach_tcx("fg_uplink_ingress", UPLINK, Direction::Ingress).unwrap());
+                // The node's own traffic: to Services out of the uplink, to its own NodePorts over lo.
+                links.push(uplink[0].attach_tcx("fg_uplink_egress", UPLINK, Direction::Egress).unwrap());
+                links.push(uplink[0].attach_tcx("fg_uplink_egress", "lo", Direction::Egress).unwrap());
                 for (_, _, host_if) in PODS {
                     links.push(endpoint[0].attach_tcx("fg_from_endpoint", host_if, Direction::Ingress).unwrap());
                 }
