@@ -73,18 +73,7 @@ impl Tracker {
             }
             SourceEvent::Replace(kind, objects) => {
                 self.last_error = None;
-                self.listed.insert(kind);
-                let mut changed = false;
-                let mut keep: BTreeSet<ObjectName> = BTreeSet::new();
-                for o in objects {
-                    keep.insert(o.name());
-                    changed |= self.put(kind, o.name(), Some(o));
-                }
-                for name in self.names(kind) {
-                    if !keep.contains(&name) {
-                        changed |= self.put(kind, name, None);
-                    }
-                }
+                let changed = self.replace_kind(kind, objects);
                 // The first list makes a kind ready: that alone is worth a sync.
                 changed || self.ready()
             }
@@ -93,18 +82,7 @@ impl Tracker {
                 let mut new = *new;
                 let mut changed = false;
                 for kind in Kind::ALL {
-                    self.listed.insert(kind);
-                    let objects = take_objects(&mut new, kind);
-                    let mut keep = BTreeSet::new();
-                    for o in objects {
-                        keep.insert(o.name());
-                        changed |= self.put(kind, o.name(), Some(o));
-                    }
-                    for name in self.names(kind) {
-                        if !keep.contains(&name) {
-                            changed |= self.put(kind, name, None);
-                        }
-                    }
+                    changed |= self.replace_kind(kind, take_objects(&mut new, kind));
                 }
                 if new.kube_proxy != self.state.kube_proxy || new.flowgate != self.state.flowgate {
                     self.state.kube_proxy = new.kube_proxy;
@@ -154,6 +132,24 @@ impl Tracker {
             }
         }
         (c, std::mem::take(&mut self.trigger_times))
+    }
+
+    /// Makes `objects` the whole of `kind` (a list): puts each, deletes the ones not among them, and
+    /// marks the kind listed. Returns whether any object changed.
+    fn replace_kind(&mut self, kind: Kind, objects: Vec<Object>) -> bool {
+        self.listed.insert(kind);
+        let mut changed = false;
+        let mut keep: BTreeSet<ObjectName> = BTreeSet::new();
+        for o in objects {
+            keep.insert(o.name());
+            changed |= self.put(kind, o.name(), Some(o));
+        }
+        for name in self.names(kind) {
+            if !keep.contains(&name) {
+                changed |= self.put(kind, name, None);
+            }
+        }
+        changed
     }
 
     /// Records the value of one object; remembers its value at the last sync on its first change.

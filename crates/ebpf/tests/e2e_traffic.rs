@@ -24,27 +24,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod e2e;
+
 use std::collections::BTreeMap;
 use std::io::{self, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use e2e::{
+    checksum_errors, snmp, sock, tx_checksum_off, udp_ask, udp_ask_within, Evidence, Servers, Topology, CLIENT_IP,
+    CONNECT_TIMEOUT, GATEWAY, IO_TIMEOUT, NODE_IP, PODS, UPLINK,
+};
 use flowgate_dataplane::Dataplane;
 use flowgate_ebpf::backend::{EbpfDataplane, KernelMaps};
 use flowgate_ebpf::netns::Netns;
-use flowgate_ebpf::{maps, objects, Direction};
+use flowgate_ebpf::{objects, Direction};
 use flowgate_switch::PolicyDelta;
 
-const NODE_IP: &str = "192.168.77.1";
-const CLIENT_IP: &str = "192.168.77.2";
 const EXTERNAL_IP: &str = "192.168.77.100";
-const GATEWAY: &str = "10.244.1.1";
-const UPLINK: &str = "uplink0";
 const CLUSTER_IP: &str = "10.96.0.10";
 const EMPTY_IP: &str = "10.96.0.20";
 /// Service `deaf`: UDP 53 -> 5999 (NodePort 30054) on both pods, where nothing listens.
@@ -54,11 +53,6 @@ const SPOOFED_IP: &str = "10.244.1.99";
 /// How long a spoofed request waits for an answer that must not come.
 const SPOOF_WAIT: Duration = Duration::from_millis(300);
 
-/// (name, address, host-side interface in the node namespace)
-const PODS: [(&str, &str, &str); 2] = [("pod-a", "10.244.1.2", "veth-a"), ("pod-b", "10.244.1.3", "veth-b")];
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts to reach every backend of a Service (random choice: two backends are both reached
 /// within 24 attempts except with probability 2^-23).
 const ATTEMPTS: usize = 24;
@@ -207,161 +201,22 @@ ports:
 - {name: dns, port: 5999, protocol: UDP}
 "#;
 
-fn sock(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap(), port)
-}
-
-/// Writes `/proc/sys/<key>` with the calling thread inside `ns` (`/proc/sys/net` is the
-/// namespace of the thread that opens it).
-fn sysctl(ns: &Netns, key: &str, value: &str) {
-    let path = Path::new("/proc/sys").join(key);
-    ns.run(|| std::fs::write(&path, value))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("sysctl {} = {value} in {}: {e}", path.display(), ns.name()));
-}
-
-/// The namespaces; dropped (deleted) last.
-struct Topology {
-    node: Netns,
-    client: Netns,
-    pods: Vec<Netns>,
-}
-
+/// The shared topology of `e2e/mod.rs`, and the routes this file's checks need besides.
 fn build_topology() -> Topology {
-    let node = Netns::new().unwrap();
-    let client = Netns::new().unwrap();
-    let pods: Vec<Netns> = PODS.iter().map(|_| Netns::new().unwrap()).collect();
-
-    // The node forwards, and accepts packets whose source is one of its own addresses: the
-    // switch masquerades on ingress, before routing.
-    sysctl(&node, "net/ipv4/ip_forward", "1");
-    for conf in ["all", "default"] {
-        sysctl(&node, &format!("net/ipv4/conf/{conf}/rp_filter"), "0");
-        sysctl(&node, &format!("net/ipv4/conf/{conf}/accept_local"), "1");
-        sysctl(&node, &format!("net/ipv4/conf/{conf}/send_redirects"), "0");
-    }
-    node.ip(&["link", "set", "lo", "up"]).unwrap();
-
-    // Uplink: node 192.168.77.1/24 <-> client 192.168.77.2/24.
-    node.add_veth_to(UPLINK, &client, "eth0").unwrap();
-    node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", UPLINK]).unwrap();
-    client.ip(&["link", "set", "lo", "up"]).unwrap();
-    client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]).unwrap();
-    client.ip(&["route", "add", "default", "via", NODE_IP]).unwrap();
+    let topo = e2e::build_topology();
     // The externalIP is in the client's on-link range: send it to the node.
-    client.ip(&["route", "add", &format!("{EXTERNAL_IP}/32"), "via", NODE_IP]).unwrap();
+    topo.client.ip(&["route", "add", &format!("{EXTERNAL_IP}/32"), "via", NODE_IP]).unwrap();
     // The node's own traffic to the Service range leaves through the uplink towards a gateway (as
     // with a default route), where the egress program translates it. (The kernel resolves the
     // next hop before the egress hook runs, so the gateway must answer ARP: the client does.)
-    node.ip(&["route", "add", "10.96.0.0/16", "via", CLIENT_IP, "dev", UPLINK]).unwrap();
-
-    // Pods: a /32 each behind a veth pair, the node side holding the gateway address.
-    for ((_, ip, host_if), pod) in PODS.iter().zip(&pods) {
-        node.add_veth_to(host_if, pod, "eth0").unwrap();
-        node.ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", host_if]).unwrap();
-        node.ip(&["route", "add", &format!("{ip}/32"), "dev", host_if, "scope", "link"]).unwrap();
-        pod.ip(&["link", "set", "lo", "up"]).unwrap();
-        pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]).unwrap();
-        pod.ip(&["route", "add", &format!("{GATEWAY}/32"), "dev", "eth0", "scope", "link"]).unwrap();
-        pod.ip(&["route", "add", "default", "via", GATEWAY, "dev", "eth0"]).unwrap();
-    }
-    for dev in std::iter::once(UPLINK).chain(PODS.iter().map(|p| p.2)) {
-        sysctl(&node, &format!("net/ipv4/conf/{dev}/rp_filter"), "0");
-        sysctl(&node, &format!("net/ipv4/conf/{dev}/accept_local"), "1");
-    }
-    Topology { node, client, pods }
-}
-
-/// Turns transmit checksum offload on `dev` in `ns` off (`ethtool -K dev tx off`; ethtool is not
-/// installed here), then reads it back. With it off, senders compute full checksums and the
-/// receivers verify them, so a wrong incremental update by a program loses the packet; with it
-/// on (veth's default), packets carry CHECKSUM_PARTIAL and nobody checks.
-fn tx_checksum_off(ns: &Netns, dev: &str) {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_GTXCSUM: u32 = 0x16;
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut EthtoolValue,
-        pad: [u8; 16],
-    }
-    #[allow(unsafe_code)]
-    fn ethtool(fd: libc::c_int, dev: &str, cmd: u32, data: u32) -> io::Result<u32> {
-        let mut value = EthtoolValue { cmd, data };
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut value, pad: [0; 16] };
-        req.name[..dev.len()].copy_from_slice(dev.as_bytes());
-        // SAFETY: `req` is a valid struct ifreq whose ifr_data points to a live ethtool_value;
-        // the kernel reads and writes only those two, and both outlive the call.
-        let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut req as *mut IfReq) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(value.data)
-    }
-    assert!(dev.len() < libc::IFNAMSIZ);
-    let after = ns
-        .run(|| -> io::Result<u32> {
-            // Any socket of the namespace names its interfaces for the ioctl.
-            let sock = UdpSocket::bind("127.0.0.1:0")?;
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-            ethtool(fd, dev, ETHTOOL_STXCSUM, 0)?;
-            ethtool(fd, dev, ETHTOOL_GTXCSUM, 0)
-        })
-        .unwrap()
-        .unwrap_or_else(|e| panic!("tx checksum offload off on {dev} in {}: {e}", ns.name()));
-    assert_eq!(after, 0, "tx checksum offload still on for {dev} in {}", ns.name());
-}
-
-/// The counters of a namespace's /proc/net/snmp: ("Udp", "InCsumErrors") -> value.
-fn snmp(ns: &Netns) -> BTreeMap<(String, String), u64> {
-    let text = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp")).unwrap().unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = BTreeMap::new();
-    for pair in lines.chunks(2) {
-        let [names, values] = pair else { continue };
-        let proto = names.split(':').next().unwrap_or("").to_owned();
-        for (name, value) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
-            out.insert((proto.clone(), name.to_owned()), value.parse().unwrap_or(0));
-        }
-    }
-    out
-}
-
-/// The checksum-error counters of a namespace (`InCsumErrors` of Ip, Icmp, Tcp, Udp), the ones
-/// that are not zero.
-fn checksum_errors(ns: &Netns) -> Vec<String> {
-    snmp(ns)
-        .into_iter()
-        .filter(|((_, name), value)| name == "InCsumErrors" && *value != 0)
-        .map(|((proto, name), value)| format!("{proto} {name} {value}"))
-        .collect()
-}
-
-/// The servers: threads serving sockets opened inside the pods. Dropping stops and joins them.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
+    topo.node.ip(&["route", "add", "10.96.0.0/16", "via", CLIENT_IP, "dev", UPLINK]).unwrap();
+    topo
 }
 
 /// In every pod: TCP on 8080 and UDP on 5353, each answering "<pod name> <peer address>".
 fn start_servers(topo: &Topology) -> Servers {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut servers = Servers { stop: stop.clone(), threads: Vec::new() };
+    let mut servers = Servers::default();
+    let stop = servers.stop.clone();
     for ((name, _, _), pod) in PODS.iter().zip(&topo.pods) {
         let (tcp, udp) = pod
             .run(|| -> io::Result<(TcpListener, UdpSocket)> {
@@ -435,25 +290,6 @@ fn tcp_ask(ns: &Netns, to: SocketAddr) -> io::Result<String> {
     .unwrap()
 }
 
-/// One UDP request/reply from inside `ns` on a new (connected) socket, so a new flow each time.
-fn udp_ask(ns: &Netns, to: SocketAddr) -> io::Result<String> {
-    udp_ask_within(ns, to, IO_TIMEOUT)
-}
-
-/// [`udp_ask`] waiting at most `wait` for the answer.
-fn udp_ask_within(ns: &Netns, to: SocketAddr, wait: Duration) -> io::Result<String> {
-    ns.run(|| {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
-        s.connect(to)?;
-        s.set_read_timeout(Some(wait))?;
-        s.send(b"?")?;
-        let mut buf = [0u8; 512];
-        let n = s.recv(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
-    .unwrap()
-}
-
 /// Asks up to `ATTEMPTS` times (new connections) until every pod has answered; checks each
 /// answer's peer address with `peer_of(pod that answered)`. Failures are pushed to `failures`.
 fn reach_every_pod(
@@ -492,69 +328,6 @@ fn reach_every_pod(
         failures.push(format!("{what}: after {attempts} requests only {seen:?} answered"));
     }
     eprintln!("{what}: {attempts} requests, answers {seen:?}, {:?}", started.elapsed());
-}
-
-/// The kernel's view, for failure messages: counters (summed over CPUs) and the flow table.
-struct Evidence {
-    counters: PerCpuArray<MapData, u64>,
-    flows: BpfHashMap<MapData, maps::FlowKey, maps::Flow>,
-}
-
-impl Evidence {
-    fn counters(&self) -> BTreeMap<&'static str, u64> {
-        let names: [(u32, &'static str); 12] = [
-            (0, "allowed"),
-            (1, "no-endpoints"),
-            (2, "no-local-endpoints"),
-            (3, "source-range-denied"),
-            (4, "undefined-service-port"),
-            (5, "unallocated-service-ip"),
-            (6, "spoofed"),
-            (7, "policy-denied"),
-            (8, "malformed"),
-            (9, "nat-exhausted"),
-            (maps::COUNTER_FLOW_HIT, "flow-hit"),
-            (maps::COUNTER_FIRST_PACKET, "first-packet"),
-        ];
-        names
-            .iter()
-            .map(|(i, name)| (*name, self.counters.get(i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0)))
-            .filter(|(_, v)| *v != 0)
-            .collect()
-    }
-
-    fn report(&self) -> String {
-        let mut out = format!("counters: {:?}\nflow table:\n", self.counters());
-        let mut n = 0;
-        for entry in self.flows.iter() {
-            let Ok((k, f)) = entry else { continue };
-            n += 1;
-            if n > 60 {
-                continue;
-            }
-            let proto = match k.proto {
-                6 => "tcp",
-                17 => "udp",
-                _ => "?",
-            };
-            out.push_str(&format!(
-                "  {proto} {}:{} -> {}:{}  verdict {} reason {} flags {:#x}: src {}:{} dst {}:{}\n",
-                k.src.to_ip(),
-                u16::from_be(k.sport),
-                k.dst.to_ip(),
-                u16::from_be(k.dport),
-                f.verdict,
-                f.reason,
-                f.flags,
-                f.new_src.to_ip(),
-                u16::from_be(f.new_sport),
-                f.new_dst.to_ip(),
-                u16::from_be(f.new_dport),
-            ));
-        }
-        out.push_str(&format!("  ({n} entries)\n"));
-        out
-    }
 }
 
 /// Every check, once; failures are pushed to `failures`, prefixed with `round`.
@@ -662,10 +435,7 @@ impl Harness {
         }
         // The same (pinned-by-name, shared) maps through the endpoint object's handles, whatever the
         // backend took from the uplink object's.
-        let evidence = Evidence {
-            counters: PerCpuArray::try_from(loaded[1].ebpf.take_map("fg_counters").unwrap()).unwrap(),
-            flows: BpfHashMap::try_from(loaded[1].ebpf.take_map("fg_flows").unwrap()).unwrap(),
-        };
+        let evidence = Evidence::take(&mut loaded[1]);
         let mut links = Vec::new();
         topo.node
             .run(|| {

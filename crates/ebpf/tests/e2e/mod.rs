@@ -1,5 +1,5 @@
-//! Shared setup of the end-to-end tests with real traffic (`e2e_restart.rs`, `e2e_outbound.rs`),
-//! in the way of `e2e_traffic.rs`: a "node" namespace standing for the host (programs attached
+//! Shared setup of the end-to-end tests with real traffic (`e2e_traffic.rs`, `e2e_restart.rs`,
+//! `e2e_outbound.rs`): a "node" namespace standing for the host (programs attached
 //! there with TCX, nothing in the machine's root namespace), pods as namespaces behind veth pairs,
 //! a client outside behind the node's uplink. Addresses: pods 10.244.1.0/24 (gateway 10.244.1.1
 //! on every host-side veth), uplink 192.168.77.0/24, Services 10.96.0.0/16; no namespace has a
@@ -302,12 +302,17 @@ pub fn tcp_echo(ns: &Netns, to: SocketAddr, len: usize) -> io::Result<String> {
     .unwrap()
 }
 
-/// One UDP request/reply from inside `ns` on a new (connected) socket.
+/// One UDP request/reply from inside `ns` on a new (connected) socket, so a new flow each time.
 pub fn udp_ask(ns: &Netns, to: SocketAddr) -> io::Result<String> {
+    udp_ask_within(ns, to, IO_TIMEOUT)
+}
+
+/// [`udp_ask`] waiting at most `wait` for the answer.
+pub fn udp_ask_within(ns: &Netns, to: SocketAddr, wait: Duration) -> io::Result<String> {
     ns.run(|| {
         let s = UdpSocket::bind("0.0.0.0:0")?;
         s.connect(to)?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_read_timeout(Some(wait))?;
         s.send(b"?")?;
         let mut buf = [0u8; 512];
         let n = s.recv(&mut buf)?;
@@ -332,15 +337,16 @@ impl Evidence {
         }
     }
 
-    pub fn counters(&self) -> BTreeMap<&'static str, u64> {
-        let mut names: Vec<(u32, &'static str)> =
-            maps::DROP_REASONS.iter().enumerate().map(|(i, n)| (i as u32, *n)).collect();
-        names[0].1 = "allowed";
-        names.push((maps::COUNTER_FLOW_HIT, "flow-hit"));
-        names.push((maps::COUNTER_FIRST_PACKET, "first-packet"));
+    /// Non-zero counters by name, spelled as `flowgate trace` spells reasons ("no-endpoints").
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        let mut names: Vec<(u32, String)> =
+            maps::DROP_REASONS.iter().enumerate().map(|(i, n)| (i as u32, n.replace('_', "-"))).collect();
+        names[0].1 = "allowed".to_owned();
+        names.push((maps::COUNTER_FLOW_HIT, "flow-hit".to_owned()));
+        names.push((maps::COUNTER_FIRST_PACKET, "first-packet".to_owned()));
         names
-            .iter()
-            .map(|(i, name)| (*name, self.counters.get(i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0)))
+            .into_iter()
+            .map(|(i, name)| (name, self.counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0)))
             .filter(|(_, v)| *v != 0)
             .collect()
     }
