@@ -3,7 +3,7 @@
 //! programmed so that removals are exact, and bumps the policy generation last, so that flows
 //! cached under the old policy are re-checked only once the new one is complete.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
@@ -68,6 +68,11 @@ impl KernelMaps {
             counters: conv!("fg_counters"),
         })
     }
+}
+
+/// The `fg_backend_members` key of backend `b` of set `set`.
+fn member_key(set: BackendSetId, b: &maps::Backend) -> maps::MemberKey {
+    maps::MemberKey { set: set.0, addr: b.addr, port: b.port, pad: 0 }
 }
 
 /// What the backend has programmed, to compute exact removals.
@@ -256,26 +261,32 @@ impl Dataplane for EbpfDataplane {
             match desired.backend_set(*id) {
                 Some(set) => {
                     let (header, backends) = compile::backend_set(set);
+                    // A change writes what changed: backends at the same index as before and
+                    // members that stay are already in the kernel (a full sync rewrites them).
+                    let kept: HashSet<&maps::Backend> = if delta.full { HashSet::new() } else { old.iter().collect() };
+                    let wanted: HashSet<&maps::Backend> = backends.iter().collect();
                     for (i, b) in backends.iter().enumerate() {
-                        m.backends
-                            .insert(maps::BackendKey { set: id.0, index: i as u32 }, b, 0)
-                            .map_err(|e| err(format!("backend set {} backend {i}", id.0), e))?;
-                        m.members
-                            .insert(maps::MemberKey { set: id.0, addr: b.addr, port: b.port, pad: 0 }, 1u8, 0)
-                            .map_err(|e| err(format!("backend set {} member {i}", id.0), e))?;
-                    }
-                    m.backend_sets.insert(id.0, header, 0).map_err(|e| err(format!("backend set {}", id.0), e))?;
-                    for (i, b) in old.iter().enumerate().skip(backends.len()) {
-                        let _ = m.backends.remove(&maps::BackendKey { set: id.0, index: i as u32 });
-                        if !backends.contains(b) {
-                            let _ =
-                                m.members.remove(&maps::MemberKey { set: id.0, addr: b.addr, port: b.port, pad: 0 });
+                        if delta.full || old.get(i) != Some(b) {
+                            m.backends
+                                .insert(maps::BackendKey { set: id.0, index: i as u32 }, b, 0)
+                                .map_err(|e| err(format!("backend set {} backend {i}", id.0), e))?;
+                            entries += 1;
+                        }
+                        if !kept.contains(b) {
+                            m.members
+                                .insert(member_key(*id, b), 1u8, 0)
+                                .map_err(|e| err(format!("backend set {} member {i}", id.0), e))?;
                         }
                     }
-                    for b in old.iter().take(backends.len()).filter(|b| !backends.contains(b)) {
-                        let _ = m.members.remove(&maps::MemberKey { set: id.0, addr: b.addr, port: b.port, pad: 0 });
+                    m.backend_sets.insert(id.0, header, 0).map_err(|e| err(format!("backend set {}", id.0), e))?;
+                    entries += 1;
+                    for i in backends.len()..old.len() {
+                        let _ = m.backends.remove(&maps::BackendKey { set: id.0, index: i as u32 });
+                        entries += 1;
                     }
-                    entries += 1 + backends.len();
+                    for b in old.iter().filter(|b| !wanted.contains(b)) {
+                        let _ = m.members.remove(&member_key(*id, b));
+                    }
                     p.backend_sets.insert(*id, backends);
                 }
                 None => removed_backend_sets.push((*id, old)),
@@ -338,7 +349,7 @@ impl Dataplane for EbpfDataplane {
             let _ = m.backend_sets.remove(&id.0);
             for (i, b) in old.iter().enumerate() {
                 let _ = m.backends.remove(&maps::BackendKey { set: id.0, index: i as u32 });
-                let _ = m.members.remove(&maps::MemberKey { set: id.0, addr: b.addr, port: b.port, pad: 0 });
+                let _ = m.members.remove(&member_key(id, b));
             }
             entries += 1 + old.len();
         }

@@ -558,3 +558,53 @@ fn kernel_programs_agree_with_the_model_on_random_states() {
     );
     assert!(compared >= 300, "only {compared} random probes compared");
 }
+
+/// Endpoint changes programmed as deltas (as the agent syncs them) leave the kernel agreeing with
+/// the model: for each EndpointSlice of a random state, its first endpoint goes, its endpoints
+/// come back in reverse order, then as they were; after each step every probe is compared.
+#[test]
+fn kernel_programs_agree_with_the_model_after_incremental_endpoint_changes() {
+    if !flowgate_ebpf::privileged_test("kernel_programs_agree_with_the_model_after_incremental_endpoint_changes") {
+        return;
+    }
+    let mut kernel = Kernel::new();
+    let (mut compared, mut steps, mut failures) = (0, 0, Vec::new());
+    for seed in 1..=12u64 {
+        let (text, probes) = random_state(seed);
+        let mut state = flowgate_cluster::load_str(Path::new("random.json"), &text).unwrap().state;
+        let mut compiler = flowgate_compiler::Compiler::new(Some("node-a".to_owned()));
+        let delta = compiler.compile_full(&state).unwrap();
+        kernel.dataplane.apply(compiler.policy().unwrap(), &delta).unwrap();
+        for key in state.endpoint_slices.keys().cloned().collect::<Vec<_>>() {
+            let original = state.endpoint_slices[&key].clone();
+            let mut without_first = original.clone();
+            if !without_first.endpoints.is_empty() {
+                without_first.endpoints.remove(0);
+            }
+            let mut reversed = original.clone();
+            reversed.endpoints.reverse();
+            for (step, slice) in
+                [("first endpoint removed", without_first), ("reversed", reversed), ("restored", original)]
+            {
+                state.endpoint_slices.insert(key.clone(), slice);
+                let changes = flowgate_compiler::Changes {
+                    endpoint_slices: [key.clone()].into_iter().collect(),
+                    ..flowgate_compiler::Changes::default()
+                };
+                let delta = compiler.update(&state, &changes).unwrap();
+                let policy = compiler.policy().unwrap();
+                kernel.dataplane.apply(policy, &delta).unwrap();
+                steps += 1;
+                for probe in &probes {
+                    match kernel.check(policy, *probe, &format!("seed {seed}, slice {key:?} {step}")) {
+                        Checked::Compared => compared += 1,
+                        Checked::Failed(f) => failures.push(f),
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{steps} incremental steps, {compared} probes compared, {} failures", failures.len());
+    assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
+    assert!(steps >= 30, "only {steps} incremental steps");
+}
