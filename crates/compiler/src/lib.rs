@@ -236,12 +236,8 @@ impl Inner {
         for a in &self.node.addresses {
             exceptions.insert_addr(*a);
         }
-        for sc in state.service_cidrs.values() {
-            for c in sc.spec.as_ref().and_then(|s| s.cidrs.as_ref()).into_iter().flatten() {
-                if let Some(n) = parse_cidr_sloppy(c) {
-                    exceptions.insert(n.trunc());
-                }
-            }
+        for n in proxy::service_cidrs(state) {
+            exceptions.insert(n);
         }
         for e in &cfg.exceptions {
             if let Some(n) = parse_cidr_sloppy(e) {

@@ -178,12 +178,8 @@ impl ServiceProxy {
     /// Re-reads the ServiceCIDRs (addresses in them that no Service holds are dropped).
     pub fn sync_service_cidrs(&mut self, state: &ClusterState, policy: &mut SwitchPolicy, delta: &mut PolicyDelta) {
         let mut cidrs = PrefixSet::new();
-        for sc in state.service_cidrs.values() {
-            for c in sc.spec.as_ref().and_then(|s| s.cidrs.as_ref()).into_iter().flatten() {
-                if let Some(n) = flowgate_cluster::parse_cidr_sloppy(c) {
-                    cidrs.insert(n.trunc());
-                }
-            }
+        for n in service_cidrs(state) {
+            cidrs.insert(n);
         }
         if let Some(set) = policy.set_mut(self.service_cidrs_set) {
             set.prefixes = cidrs;
@@ -489,4 +485,15 @@ fn fmt_ip(ip: IpAddr) -> String {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
     }
+}
+
+/// The prefixes of every ServiceCIDR (host bits cleared; unreadable ones skipped, as validation
+/// reported them).
+pub(crate) fn service_cidrs(state: &ClusterState) -> impl Iterator<Item = IpNet> + '_ {
+    state
+        .service_cidrs
+        .values()
+        .flat_map(|sc| sc.spec.as_ref().and_then(|s| s.cidrs.as_ref()).into_iter().flatten())
+        .filter_map(|c| flowgate_cluster::parse_cidr_sloppy(c))
+        .map(|n| n.trunc())
 }
