@@ -278,15 +278,20 @@ impl ServiceProxy {
         }
         if !touched_ips.is_empty() {
             if let Some(set) = policy.set_mut(self.cluster_ips_set) {
+                // Only a ClusterIP that came or went changes the set (an endpoint change touches
+                // its Service's addresses without changing them).
+                let mut changed = false;
                 for ip in touched_ips {
                     if self.cluster_ips.get(&ip).is_some_and(|owners| !owners.is_empty()) {
-                        set.prefixes.insert_addr(ip);
+                        changed |= set.prefixes.insert_addr(ip);
                     } else {
                         self.cluster_ips.remove(&ip);
-                        set.prefixes.remove_addr(ip);
+                        changed |= set.prefixes.remove_addr(ip);
                     }
                 }
-                delta.sets.insert(self.cluster_ips_set);
+                if changed {
+                    delta.sets.insert(self.cluster_ips_set);
+                }
             }
         }
     }

@@ -4,19 +4,27 @@
 //! two flow inserts, DNAT and masquerade with checksum updates) and a packet of an established
 //! connection (flow-table hit and rewrite). Each figure is the kernel's own run time, averaged
 //! over 20,000 distinct packets; ratios are against 100 Services, measured in the same run.
+//! Programming: the whole policy into empty maps, and one endpoint change (a Service's last
+//! endpoint goes, then comes back: 200 deltas) into the full maps, as the agent syncs it.
 //!
 //! Run as root: `cargo bench -p flowgate-ebpf --bench testrun`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use flowgate_cluster::synthetic;
+use flowgate_cluster::ObjectKey;
+use flowgate_compiler::{Changes, Compiler};
 use flowgate_dataplane::Dataplane;
 use flowgate_ebpf::backend::{EbpfDataplane, KernelMaps};
 use flowgate_ebpf::{objects, test_run};
-use flowgate_switch::PolicyDelta;
 use flowgate_wire::{build_frame, tcp, FrameSpec, IpPair, L4Spec};
 
 const PACKETS: u32 = 20_000;
+/// Endpoints per synthetic Service.
+const ENDPOINTS: usize = 4;
+/// Endpoint changes measured per size.
+const CHANGES: usize = 200;
 
 fn frame(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     build_frame(&FrameSpec::new(
@@ -31,13 +39,31 @@ fn main() {
     }
     let mut rows = Vec::new();
     for services in [100usize, 1_000, 10_000, 100_000] {
-        let state = flowgate_cluster::synthetic::cluster(services, 4);
-        let policy = flowgate_compiler::compile(&state, Some("node-a")).unwrap().policy;
+        let mut state = synthetic::cluster(services, ENDPOINTS);
+        let mut compiler = Compiler::new(Some("node-a".to_owned()));
+        let full = compiler.compile_full(&state).unwrap();
         let mut loaded = flowgate_ebpf::load(objects::UPLINK, None, &[]).unwrap();
         let dp = EbpfDataplane::new(KernelMaps::take(&mut loaded.ebpf).unwrap());
         let t = std::time::Instant::now();
-        dp.apply(&policy, &PolicyDelta::full()).unwrap();
+        dp.apply(compiler.policy().unwrap(), &full).unwrap();
         let program_time = t.elapsed();
+        // One endpoint change into the full maps: the data plane's part of a sync.
+        let changed = services / 2;
+        let key = ObjectKey::new(synthetic::NAMESPACE, format!("svc-{changed}-abcde"));
+        let changes = Changes { endpoint_slices: [key.clone()].into_iter().collect(), ..Changes::default() };
+        let mut change_times = Vec::with_capacity(CHANGES);
+        let mut change_entries = 0;
+        for n in 0..CHANGES {
+            let count = if n % 2 == 0 { ENDPOINTS - 1 } else { ENDPOINTS };
+            state.endpoint_slices.insert(key.clone(), synthetic::endpoint_slice(changed, count, ENDPOINTS));
+            let delta = compiler.update(&state, &changes).unwrap();
+            let t = std::time::Instant::now();
+            change_entries += dp.apply(compiler.policy().unwrap(), &delta).unwrap().entries;
+            change_times.push(t.elapsed());
+        }
+        change_times.sort();
+        let change =
+            (change_times[CHANGES / 2], change_times[CHANGES * 99 / 100], change_entries as f64 / CHANGES as f64);
         let prog = loaded.classifier("fg_uplink_ingress").unwrap();
         let frames: Vec<Vec<u8>> = (0..PACKETS)
             .map(|n| {
@@ -73,13 +99,15 @@ fn main() {
             other += u64::from(test_run(prog, &miss).unwrap().duration_ns);
         }
         let per = |total: u64| total as f64 / f64::from(PACKETS);
-        rows.push((services, per(first), per(one), per(cached), per(other), program_time));
+        rows.push((services, per(first), per(one), per(cached), per(other), program_time, change));
     }
-    let (_, f0, o0, c0, _, _) = rows[0];
-    println!("services  first packet, spread   first packet, one svc   established        not for a service  programming (full)");
-    for (s, f, one, c, o, p) in &rows {
+    let (_, f0, o0, c0, _, _, _) = rows[0];
+    println!(
+        "services  first packet, spread   first packet, one svc   established        not for a service  programming (full)   one endpoint change: p50, p99, entries written"
+    );
+    for (s, f, one, c, o, p, (p50, p99, entries)) in &rows {
         println!(
-            "{s:>8}  {f:>7.0} ns ({:.2}x)      {one:>7.0} ns ({:.2}x)      {c:>6.0} ns ({:.2}x)   {o:>6.0} ns          {p:?}",
+            "{s:>8}  {f:>7.0} ns ({:.2}x)      {one:>7.0} ns ({:.2}x)      {c:>6.0} ns ({:.2}x)   {o:>6.0} ns          {p:<18?}   {p50:?}, {p99:?}, {entries:.1}",
             f / f0,
             one / o0,
             c / c0

@@ -31,40 +31,12 @@ impl PrefixSet {
         set
     }
 
-    /// Adds a prefix (host bits are ignored).
-    pub fn insert(&mut self, net: IpNet) {
+    /// Adds a prefix (host bits are ignored). Returns whether it was new.
+    pub fn insert(&mut self, net: IpNet) -> bool {
         let net = net.trunc();
         match net {
-            IpNet::V4(n) => {
-                let len = n.prefix_len();
-                let key = u32::from(n.network());
-                match self.v4.iter_mut().find(|(l, _)| *l == len) {
-                    Some((_, s)) => {
-                        s.insert(key);
-                    }
-                    None => {
-                        let mut s = FxHashSet::default();
-                        s.insert(key);
-                        self.v4.push((len, s));
-                        self.v4.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
-                    }
-                }
-            }
-            IpNet::V6(n) => {
-                let len = n.prefix_len();
-                let key = u128::from(n.network());
-                match self.v6.iter_mut().find(|(l, _)| *l == len) {
-                    Some((_, s)) => {
-                        s.insert(key);
-                    }
-                    None => {
-                        let mut s = FxHashSet::default();
-                        s.insert(key);
-                        self.v6.push((len, s));
-                        self.v6.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
-                    }
-                }
-            }
+            IpNet::V4(n) => insert_at(&mut self.v4, n.prefix_len(), u32::from(n.network())),
+            IpNet::V6(n) => insert_at(&mut self.v6, n.prefix_len(), u128::from(n.network())),
         }
     }
 
@@ -90,9 +62,9 @@ impl PrefixSet {
         }
     }
 
-    /// Adds a single address (a /32 or /128).
-    pub fn insert_addr(&mut self, ip: IpAddr) {
-        self.insert(IpNet::from(ip));
+    /// Adds a single address (a /32 or /128). Returns whether it was new.
+    pub fn insert_addr(&mut self, ip: IpAddr) -> bool {
+        self.insert(IpNet::from(ip))
     }
 
     /// Whether `ip` falls in any prefix of the set.
@@ -128,6 +100,21 @@ impl PrefixSet {
             s.iter().filter_map(move |a| ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(*a), *len).ok().map(IpNet::V6))
         });
         v4.chain(v6).collect()
+    }
+}
+
+/// Adds `key` to the set of prefix length `len` in `by_len` (kept longest first). Returns whether
+/// it was new.
+fn insert_at<K: std::hash::Hash + Eq>(by_len: &mut Vec<(u8, FxHashSet<K>)>, len: u8, key: K) -> bool {
+    match by_len.iter_mut().find(|(l, _)| *l == len) {
+        Some((_, s)) => s.insert(key),
+        None => {
+            let mut s = FxHashSet::default();
+            s.insert(key);
+            by_len.push((len, s));
+            by_len.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+            true
+        }
     }
 }
 
