@@ -30,7 +30,7 @@ cargo build -q --release -j2 -p flowgate-cli
 mkdir -p "$dir/m"
 python3 bench/gen_cluster.py "$dir/m" "$services" 10 1 && rm "$dir/m/probes.jsonl"
 start=$(date +%s.%N)
-target/release/flowgated --manifests "$dir/m" --node node-a --socket "$dir/api.sock" \
+target/release/flowgated --manifests "$dir/m" --node node-a --socket "$dir/api.sock" --state-dir "$dir/state" \
     --healthz-bind-address "" --metrics-bind-address "" 2>/dev/null &
 pid=$!
 until target/release/flowgate status --socket "$dir/api.sock" 2>/dev/null | grep -q '"syncs": [1-9]'; do sleep 0.05; done

@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod hostnet;
 pub mod metrics;
 pub mod settings;
 pub mod sources;
@@ -52,6 +53,9 @@ pub enum AgentError {
     /// The Kubernetes client could not be configured.
     #[error("kubernetes source: {0}")]
     Kube(String),
+    /// The host networking service could not start.
+    #[error("host networking: {0}")]
+    HostNetworking(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -90,11 +94,19 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
     let metrics = Arc::new(Metrics::new()?);
     let model = ModelDataplane::new();
     let programmed = model.programmed();
-    let (dataplane, kernel): (Arc<dyn Dataplane>, Vec<flowgate_ebpf::Loaded>) = match &settings.dataplane {
-        DataplaneSettings::Model => (Arc::new(model), Vec::new()),
+    let (dataplane, kernel, hooks): (Arc<dyn Dataplane>, Vec<flowgate_ebpf::Loaded>, _) = match &settings.dataplane {
+        DataplaneSettings::Model => (Arc::new(model), Vec::new(), None),
         DataplaneSettings::Ebpf { uplink } => {
-            let (ebpf, loaded) = kernel_dataplane(&settings.bpffs, uplink.as_deref())?;
-            (Arc::new(flowgate_dataplane::Tee { primary: Arc::new(ebpf), mirror: Arc::new(model) }), loaded)
+            let (ebpf, mut loaded) = kernel_dataplane(&settings.bpffs, uplink.as_deref())?;
+            let ebpf = Arc::new(ebpf);
+            let endpoint = loaded.pop().ok_or_else(|| AgentError::Ebpf("the endpoint object is missing".into()))?;
+            let hooks = Arc::new(hostnet::KernelHooks {
+                dataplane: Arc::clone(&ebpf),
+                endpoint: Mutex::new(endpoint),
+                links_dir: settings.bpffs.join("links"),
+            });
+            let tee = flowgate_dataplane::Tee { primary: ebpf, mirror: Arc::new(model) };
+            (Arc::new(tee), loaded, Some(hooks))
         }
     };
     let (source, needed): (Box<dyn Source>, Vec<Kind>) = match &settings.source {
@@ -126,7 +138,15 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
         started: SystemTime::now(),
     };
     let mut tasks = Vec::new();
-    tasks.push(api::serve_unix(&settings.socket, api::router(state.clone())).await?);
+    let mut app = api::router(state.clone());
+    let hns = if settings.host_networking {
+        let hns = host_networking(&settings, Arc::clone(&core), Arc::clone(&metrics), hooks.clone())?;
+        app = app.merge(hostnet::router(Arc::clone(&hns)));
+        Some(hns)
+    } else {
+        None
+    };
+    tasks.push(api::serve_unix(&settings.socket, app).await?);
     let healthz = match settings.healthz_bind {
         Some(addr) => Some(api::serve_healthz(addr, state.clone()).await.map_err(|source| AgentError::Bind {
             what: "healthz",
@@ -170,7 +190,54 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
         }));
     }
     tasks.push(tokio::spawn(sync::run(Arc::clone(&core), settings.timing, Arc::clone(&metrics), wake)));
+    if let Some(hns) = hns {
+        tasks.push(tokio::spawn(reconcile_when_compiled(hns, Arc::clone(&core))));
+    }
     Ok(RunningAgent { socket: settings.socket.clone(), healthz, metrics: metrics_addr, tasks, _kernel: kernel })
+}
+
+/// Opens the host networking service's store and its netlink connection (in the agent's
+/// namespace).
+fn host_networking(
+    settings: &AgentSettings,
+    core: Arc<Mutex<Core>>,
+    metrics: Arc<Metrics>,
+    kernel: Option<Arc<hostnet::KernelHooks>>,
+) -> Result<Arc<flowgate_hostnet::HostNetworking>, AgentError> {
+    let e = |err: &dyn std::fmt::Display| AgentError::HostNetworking(err.to_string());
+    std::fs::create_dir_all(&settings.state_dir).map_err(|err| e(&err))?;
+    let store =
+        flowgate_hostnet::store::Store::open(&settings.state_dir.join("hostnet.redb")).map_err(|err| e(&err))?;
+    let netlink = flowgate_hostnet::links::Netlink::connect().map_err(|err| e(&err))?;
+    let switch = Arc::new(hostnet::AgentSwitch { core, metrics, kernel });
+    Ok(Arc::new(flowgate_hostnet::HostNetworking::new(store, netlink, switch)))
+}
+
+/// Reconciles the recorded endpoints with the kernel once the switch is compiled (their ports
+/// must exist before their interfaces are bound), retrying while it fails.
+async fn reconcile_when_compiled(hns: Arc<flowgate_hostnet::HostNetworking>, core: Arc<Mutex<Core>>) {
+    let mut delay = std::time::Duration::from_millis(50);
+    loop {
+        let compiled = core.lock().map(|c| c.compiler.policy().is_some()).unwrap_or(false);
+        if compiled {
+            match hns.reconcile().await {
+                Ok(r) => {
+                    tracing::info!(
+                        kept = r.kept.len(),
+                        repaired = r.repaired.len(),
+                        removed = r.removed.len(),
+                        stray_interfaces = r.stray_interfaces.len(),
+                        orphan_addresses = r.orphan_addresses,
+                        "host networking reconciled"
+                    );
+                    return;
+                }
+                Err(err) => tracing::warn!(error = %err, "host networking reconcile failed; will retry"),
+            }
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        }
+        tokio::time::sleep(delay).await;
+    }
 }
 
 /// Loads the eBPF programs with their maps pinned under `bpffs/maps` (adopting maps a previous

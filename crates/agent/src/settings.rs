@@ -55,8 +55,11 @@ pub struct AgentSettings {
     pub flowgate: Option<FlowgateConfiguration>,
     /// The API socket.
     pub socket: PathBuf,
-    /// State directory (host networking service records, later).
+    /// State directory: the host networking service's store (`hostnet.redb`).
     pub state_dir: PathBuf,
+    /// Whether to run the host networking service (networks, endpoints; what the CNI plugin asks
+    /// for). It owns the `fgv*` interfaces of the agent's namespace.
+    pub host_networking: bool,
     /// bpffs directory for pinned maps and links (kernel data plane, later).
     pub bpffs: PathBuf,
     /// healthz address (kube-proxy's `healthzBindAddress`), or none.
@@ -79,6 +82,7 @@ impl AgentSettings {
             flowgate: None,
             socket: socket.into(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            host_networking: false,
             bpffs: PathBuf::from(DEFAULT_BPFFS),
             healthz_bind: None,
             metrics_bind: None,

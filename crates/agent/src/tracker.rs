@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use flowgate_cluster::{ClusterState, ObjectKey};
+use flowgate_cluster::{ClusterState, LocalEndpoint, ObjectKey};
 use flowgate_compiler::Changes;
 
 use crate::sources::{Kind, Object, ObjectName, SourceEvent};
@@ -25,6 +25,8 @@ pub struct Tracker {
     previous: BTreeMap<(Kind, ObjectName), Option<Object>>,
     /// The configuration documents changed since the last sync.
     config_changed: bool,
+    /// Local endpoints (host networking service) changed since the last sync.
+    local_changed: BTreeSet<ObjectKey>,
     /// Trigger times of EndpointSlice changes not yet programmed.
     trigger_times: Vec<SystemTime>,
     /// The last source error, if the source has not recovered since.
@@ -40,6 +42,7 @@ impl Tracker {
             listed: BTreeSet::new(),
             previous: BTreeMap::new(),
             config_changed: false,
+            local_changed: BTreeSet::new(),
             trigger_times: Vec::new(),
             last_error: None,
         }
@@ -57,7 +60,20 @@ impl Tracker {
 
     /// Whether anything changed since the last [`Tracker::take_changes`] (before no-op filtering).
     pub fn pending(&self) -> bool {
-        !self.previous.is_empty() || self.config_changed
+        !self.previous.is_empty() || self.config_changed || !self.local_changed.is_empty()
+    }
+
+    /// Records an endpoint the host networking service made (`Some`) or removed (`None`).
+    /// Returns whether it changed anything.
+    pub fn set_local_endpoint(&mut self, key: ObjectKey, endpoint: Option<LocalEndpoint>) -> bool {
+        let changed = match endpoint {
+            Some(e) => self.state.local_endpoints.insert(key.clone(), e.clone()).as_ref() != Some(&e),
+            None => self.state.local_endpoints.remove(&key).is_some(),
+        };
+        if changed {
+            self.local_changed.insert(key);
+        }
+        changed
     }
 
     /// Applies one event. Returns whether it may have changed anything.
@@ -102,7 +118,11 @@ impl Tracker {
     /// Takes what changed since the last call, dropping objects that are back to where they were,
     /// and the trigger times of the EndpointSlice changes among them.
     pub fn take_changes(&mut self) -> (Changes, Vec<SystemTime>) {
-        let mut c = Changes { config: std::mem::take(&mut self.config_changed), ..Changes::default() };
+        let mut c = Changes {
+            config: std::mem::take(&mut self.config_changed),
+            local_endpoints: std::mem::take(&mut self.local_changed),
+            ..Changes::default()
+        };
         for ((kind, name), previous) in std::mem::take(&mut self.previous) {
             let current = self.get(kind, &name);
             if same(previous.as_ref(), current.as_ref()) {

@@ -3,7 +3,6 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-mod live;
 mod probe;
 mod trace_cmd;
 
@@ -83,7 +82,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Trace(args) => trace_cmd::run(args),
-        Command::Status { socket } => match live::request(&socket, "GET", "/v1/status", None) {
+        Command::Status { socket } => match flowgate_hostnet::client::request(&socket, "GET", "/v1/status", None) {
             Ok(v) => {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 ExitCode::SUCCESS

@@ -34,7 +34,8 @@ impl Tracer {
             Tracer::Live(socket) => {
                 let body =
                     json!({"probes": probes.iter().map(|(id, k)| json!({"id": id, "key": k})).collect::<Vec<_>>()});
-                let answer = crate::live::request(socket, "POST", "/v1/trace", Some(body))?;
+                let answer = flowgate_hostnet::client::request(socket, "POST", "/v1/trace", Some(body))
+                    .map_err(|e| e.to_string())?;
                 let results = answer.get("results").and_then(|r| r.as_array()).cloned().unwrap_or_default();
                 if results.len() != probes.len() {
                     return Err(format!("agent answered {} results for {} probes", results.len(), probes.len()));

@@ -39,6 +39,7 @@ fn start_agent(tag: &str, node: &str) -> Agent {
     let socket = dir.join("run/flowgate.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_flowgated"))
         .args(["--manifests", manifests.to_str().unwrap(), "--socket", socket.to_str().unwrap(), "--node", node])
+        .args(["--state-dir", dir.join("state").to_str().unwrap()])
         .args(["--healthz-bind-address", "", "--metrics-bind-address", "", "--min-sync-period", "20ms"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

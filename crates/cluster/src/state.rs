@@ -52,6 +52,19 @@ pub struct ClusterState {
     pub kube_proxy: Option<KubeProxyConfiguration>,
     /// flowgate's own configuration, if given.
     pub flowgate: Option<FlowgateConfiguration>,
+    /// Endpoints the node's host networking service made (pods attached through CNI), keyed by
+    /// pod (or, without one, by `""` and the attachment id). Not a cluster object: node-local.
+    pub local_endpoints: BTreeMap<ObjectKey, LocalEndpoint>,
+}
+
+/// An endpoint made on this node by its host networking service: the addresses it was given are
+/// what the pod sends from, whether or not the API server reports them yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    /// Its addresses.
+    pub ips: Vec<std::net::IpAddr>,
+    /// Outbound NAT on it (an `OutBoundNAT` policy) with these exceptions, if any.
+    pub outbound_nat: Option<Vec<ipnet::IpNet>>,
 }
 
 impl ClusterState {

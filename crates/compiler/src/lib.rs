@@ -26,6 +26,8 @@ pub mod settings;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
 use flowgate_cluster::k8s_openapi::api::core::v1::Pod;
 use flowgate_cluster::{parse_cidr_sloppy, parse_ip_sloppy, ClusterState, ObjectKey};
 use flowgate_switch::{
@@ -95,6 +97,8 @@ pub struct Changes {
     pub namespaces: BTreeSet<String>,
     /// NetworkPolicies.
     pub network_policies: BTreeSet<ObjectKey>,
+    /// Endpoints of the node's host networking service.
+    pub local_endpoints: BTreeSet<ObjectKey>,
 }
 
 impl Changes {
@@ -108,6 +112,7 @@ impl Changes {
             && !self.service_cidrs
             && self.namespaces.is_empty()
             && self.network_policies.is_empty()
+            && self.local_endpoints.is_empty()
     }
 }
 
@@ -140,6 +145,11 @@ impl Compiler {
         self.inner.as_ref().map(|i| &i.policy)
     }
 
+    /// The port of a pod's (or a local endpoint's) endpoint, once compiled.
+    pub fn endpoint_port(&self, key: &ObjectKey) -> Option<PortId> {
+        self.inner.as_ref().and_then(|i| i.endpoints.get(key).copied())
+    }
+
     /// The node compiled for, once compiled.
     pub fn node(&self) -> Option<&NodeView> {
         self.inner.as_ref().map(|i| &i.node)
@@ -158,7 +168,7 @@ impl Compiler {
         let mut delta = PolicyDelta::full();
         let proxy = proxy::ServiceProxy::new(&node, &settings, &mut policy);
         let mut inner = Inner { node, settings, policy, proxy, endpoints: FxHashMap::default(), outbound: None };
-        let pods: Vec<ObjectKey> = state.pods.keys().cloned().collect();
+        let pods: Vec<ObjectKey> = state.pods.keys().chain(state.local_endpoints.keys()).cloned().collect();
         inner.sync_pods(state, &pods, &mut delta);
         inner.proxy.sync_all(state, &inner.node, &inner.settings, &mut inner.policy, &mut delta);
         inner.sync_outbound_nat(state, &mut delta);
@@ -176,8 +186,12 @@ impl Compiler {
             return self.compile_full(state);
         }
         let mut delta = PolicyDelta::default();
-        let pods: Vec<ObjectKey> = changes.pods.iter().cloned().collect();
+        let pods: Vec<ObjectKey> = changes.pods.union(&changes.local_endpoints).cloned().collect();
         inner.sync_pods(state, &pods, &mut delta);
+        if !changes.local_endpoints.is_empty() {
+            // Their OutBoundNAT policies may switch outbound NAT on or off, or change exceptions.
+            inner.sync_outbound_nat(state, &mut delta);
+        }
         let slices: Vec<ObjectKey> = changes.endpoint_slices.iter().cloned().collect();
         let mut services = inner.proxy.slices_changed(state, &slices);
         services.extend(changes.services.iter().cloned());
@@ -196,7 +210,11 @@ impl Inner {
     /// Adds, updates or removes the endpoint ports of the given pods.
     fn sync_pods(&mut self, state: &ClusterState, pods: &[ObjectKey], delta: &mut PolicyDelta) {
         for key in pods {
-            let want = state.pods.get(key).and_then(|p| endpoint_ips(p, &self.node.name));
+            // An endpoint this node made is what the pod really sends from; else the API's view.
+            let want = match state.local_endpoints.get(key) {
+                Some(local) => Some(local.ips.clone()).filter(|ips| !ips.is_empty()),
+                None => state.pods.get(key).and_then(|p| endpoint_ips(p, &self.node.name)),
+            };
             match (self.endpoints.get(key).copied(), want) {
                 (Some(id), Some(ips)) => {
                     if self.policy.port(id).map(|p| p.addresses != ips).unwrap_or(true) {
@@ -226,10 +244,24 @@ impl Inner {
     /// CIDRs, service CIDRs, the node's pod CIDRs and addresses, and configured ones) leaves with a
     /// node address.
     fn sync_outbound_nat(&mut self, state: &ClusterState, delta: &mut PolicyDelta) {
-        let Some(cfg) = state.flowgate.as_ref().map(|f| &f.outbound_nat).filter(|o| o.enabled) else {
+        let configured = state.flowgate.as_ref().map(|f| &f.outbound_nat).filter(|o| o.enabled);
+        let from_endpoints: Vec<&Vec<IpNet>> =
+            state.local_endpoints.values().filter_map(|e| e.outbound_nat.as_ref()).collect();
+        if configured.is_none() && from_endpoints.is_empty() {
+            // Off. Once it was on, its rule stays and excepts every destination.
+            if let Some(id) = self.outbound {
+                if let Some(set) = self.policy.set_mut(id) {
+                    let everything: [IpNet; 2] = [Ipv4Net::default().into(), Ipv6Net::default().into()];
+                    set.prefixes = PrefixSet::from_nets(everything);
+                    delta.sets.insert(id);
+                }
+            }
             return;
-        };
+        }
         let mut exceptions = PrefixSet::from_nets(self.settings.cluster_cidrs.iter().cloned());
+        for n in from_endpoints.into_iter().flatten() {
+            exceptions.insert(n.trunc());
+        }
         for n in &self.node.pod_cidrs {
             exceptions.insert(*n);
         }
@@ -239,7 +271,7 @@ impl Inner {
         for n in proxy::service_cidrs(state) {
             exceptions.insert(n);
         }
-        for e in &cfg.exceptions {
+        for e in configured.iter().flat_map(|c| &c.exceptions) {
             if let Some(n) = parse_cidr_sloppy(e) {
                 exceptions.insert(n.trunc());
             }

@@ -111,6 +111,12 @@ impl EbpfDataplane {
         guard.0.ports.insert(ifindex, value, 0).map_err(|e| err(format!("bind interface {ifindex}"), e))
     }
 
+    /// The port an interface is bound to, if any.
+    pub fn bound_port(&self, ifindex: u32) -> Option<flowgate_switch::PortId> {
+        let guard = self.inner.lock().ok()?;
+        guard.0.ports.get(&ifindex, 0).ok().map(|p| flowgate_switch::PortId(p.port_id))
+    }
+
     /// Forgets an interface's binding.
     pub fn unbind_endpoint(&self, ifindex: u32) -> Result<(), DataplaneError> {
         let mut guard = self.inner.lock().map_err(|_| err("lock", "poisoned"))?;

@@ -72,6 +72,7 @@ fn main() -> ExitCode {
     let mut settings = AgentSettings::for_manifests(PathBuf::new(), args.socket.clone());
     settings.source = source;
     settings.state_dir = args.state_dir.clone();
+    settings.host_networking = true;
     settings.bpffs = args.bpffs.clone();
     settings.dataplane = match args.dataplane.as_str() {
         "ebpf" => DataplaneSettings::Ebpf { uplink: args.uplink.clone() },

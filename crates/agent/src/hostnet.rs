@@ -1,0 +1,290 @@
+//! The host networking service inside the agent: how an endpoint joins the switch
+//! ([`AgentSwitch`]: its addresses become a port of the compiled policy, its host interface is bound
+//! to that port and the endpoint program attached, before the ADD returns), and the service's
+//! HTTP API on the root-only socket (networks, endpoints, CHECK, GC, STATUS), with errors that
+//! carry the CNI code, the message and the field at fault.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use flowgate_cluster::{LocalEndpoint, ObjectKey};
+use flowgate_hostnet::links::Made;
+use flowgate_hostnet::{Endpoint, EndpointRequest, HnsError, HostNetworking, Network, Policy, Switch, SwitchError};
+use serde_json::{json, Value};
+
+use crate::metrics::Metrics;
+use crate::sync::Core;
+
+/// The kernel side of endpoints: the backend (ports map) and the loaded endpoint program, with the
+/// directory its links are pinned in.
+#[derive(Debug)]
+pub struct KernelHooks {
+    /// The eBPF backend.
+    pub dataplane: Arc<flowgate_ebpf::backend::EbpfDataplane>,
+    /// The object holding `fg_from_endpoint`.
+    pub endpoint: Mutex<flowgate_ebpf::Loaded>,
+    /// Where links are pinned.
+    pub links_dir: PathBuf,
+}
+
+impl KernelHooks {
+    fn pin(&self, host_if: &str) -> PathBuf {
+        self.links_dir.join(format!("endpoint-{host_if}-ingress"))
+    }
+}
+
+/// The agent's [`Switch`]: local endpoints become ports through the tracker and an immediate sync.
+#[derive(Debug)]
+pub struct AgentSwitch {
+    /// The sync core.
+    pub core: Arc<Mutex<Core>>,
+    /// Metrics (for the sync).
+    pub metrics: Arc<Metrics>,
+    /// The kernel, when the eBPF data plane runs.
+    pub kernel: Option<Arc<KernelHooks>>,
+}
+
+/// The key of an endpoint's port: its pod, or (no pod given) `""` and the attachment id.
+pub fn endpoint_key(ep: &Endpoint) -> ObjectKey {
+    match &ep.pod {
+        Some(p) => ObjectKey::new(p.namespace.clone(), p.name.clone()),
+        None => ObjectKey::new("", ep.id.clone()),
+    }
+}
+
+fn local(ep: &Endpoint) -> LocalEndpoint {
+    let outbound_nat = ep.policies.iter().find_map(|p| match p {
+        Policy::OutboundNat { exceptions } => Some(exceptions.clone()),
+        _ => None,
+    });
+    LocalEndpoint { ips: ep.addresses(), outbound_nat }
+}
+
+impl AgentSwitch {
+    /// Records the endpoint (or its removal) and syncs now, not at the next scheduled sync: the
+    /// runtime waits for the answer.
+    fn sync_now(
+        &self,
+        key: ObjectKey,
+        value: Option<LocalEndpoint>,
+    ) -> Result<Option<flowgate_switch::PortId>, SwitchError> {
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let adding = value.is_some();
+        core.tracker.set_local_endpoint(key.clone(), value);
+        if !core.tracker.ready() {
+            return Err(SwitchError::NotReady("the cluster state has not been listed yet".into()));
+        }
+        if !core.sync(false, &self.metrics) {
+            let why = core.status.last_error.clone().unwrap_or_else(|| "the sync failed".into());
+            return Err(if core.compiler.policy().is_none() {
+                SwitchError::NotReady(why)
+            } else {
+                SwitchError::Failed(why)
+            });
+        }
+        let port = core.compiler.endpoint_port(&key);
+        if adding && port.is_none() {
+            return Err(SwitchError::Failed(format!("the compiler made no port for {key}")));
+        }
+        Ok(port)
+    }
+}
+
+impl Switch for AgentSwitch {
+    fn attach(&self, ep: &Endpoint, made: Made) -> Result<(), SwitchError> {
+        let port = self.sync_now(endpoint_key(ep), Some(local(ep)))?;
+        let (Some(k), Some(port)) = (&self.kernel, port) else { return Ok(()) };
+        // Bound first: from its first packet the interface may send only as the endpoint.
+        k.dataplane
+            .bind_endpoint(made.host_ifindex, port, Some(made.mac))
+            .map_err(|e| SwitchError::Failed(format!("bind {}: {e}", ep.host_interface)))?;
+        let mut obj = k.endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        obj.attach_pinned(
+            "fg_from_endpoint",
+            &ep.host_interface,
+            flowgate_ebpf::Direction::Ingress,
+            &k.pin(&ep.host_interface),
+        )
+        .map_err(|e| SwitchError::Failed(format!("attach fg_from_endpoint to {}: {e}", ep.host_interface)))?;
+        Ok(())
+    }
+
+    fn detach(&self, ep: &Endpoint, host_ifindex: Option<u32>) -> Result<(), SwitchError> {
+        if let Some(k) = &self.kernel {
+            if let Some(ifindex) = host_ifindex {
+                k.dataplane.unbind_endpoint(ifindex).map_err(|e| SwitchError::Failed(e.to_string()))?;
+            }
+            flowgate_ebpf::detach_pinned(&k.pin(&ep.host_interface))
+                .map_err(|e| SwitchError::Failed(format!("detach from {}: {e}", ep.host_interface)))?;
+        }
+        match self.sync_now(endpoint_key(ep), None) {
+            // Removed from the tracker either way; the next sync programs it.
+            Ok(_) | Err(SwitchError::NotReady(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn check(&self, ep: &Endpoint, host_ifindex: u32) -> Vec<String> {
+        let mut problems = Vec::new();
+        let key = endpoint_key(ep);
+        let port = {
+            let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+            let port = core.compiler.endpoint_port(&key);
+            let programmed =
+                port.and_then(|id| core.compiler.policy().and_then(|p| p.port(id)).map(|p| p.addresses.clone()));
+            match programmed {
+                None => problems.push(format!("the switch has no port for {key}")),
+                Some(addrs) if addrs != ep.addresses() => problems
+                    .push(format!("the switch's port for {key} has addresses {addrs:?}, not {:?}", ep.addresses())),
+                Some(_) => {}
+            }
+            port
+        };
+        if let Some(k) = &self.kernel {
+            match (k.dataplane.bound_port(host_ifindex), port) {
+                (Some(b), Some(p)) if b == p => {}
+                (b, _) => {
+                    problems.push(format!("{} is bound to port {b:?} in the kernel, not {port:?}", ep.host_interface))
+                }
+            }
+            if !k.pin(&ep.host_interface).exists() {
+                problems.push(format!("no endpoint program is attached to {}", ep.host_interface));
+            }
+        }
+        problems
+    }
+}
+
+/// An API error: the HTTP status, and `{"error": {"code", "message", "field"}}` with the CNI code.
+fn error(e: &HnsError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(json!({"error": {"code": e.cni_code(), "message": e.to_string(), "field": e.field()}})))
+        .into_response()
+}
+
+fn bad_body(e: &serde_json::Error) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": {"code": 7, "message": format!("invalid request body: {e}")}})))
+        .into_response()
+}
+
+fn answer<T: serde::Serialize>(r: Result<T, HnsError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(&e),
+    }
+}
+
+/// The service's routes (merged into the API on the unix socket).
+pub fn router(hns: Arc<HostNetworking>) -> Router {
+    Router::new()
+        .route("/v1/networks", get(networks))
+        .route("/v1/networks/{name}", get(network).put(put_network).delete(delete_network))
+        .route("/v1/networks/{name}/status", get(status))
+        .route("/v1/networks/{name}/gc", post(gc))
+        .route("/v1/endpoints", get(endpoints).post(add_endpoint))
+        .route("/v1/endpoints/{network}/{container}/{ifname}", get(endpoint).delete(delete_endpoint))
+        .route("/v1/endpoints/{network}/{container}/{ifname}/check", get(check_endpoint))
+        .with_state(hns)
+}
+
+type Hns = State<Arc<HostNetworking>>;
+
+async fn networks(State(h): Hns) -> Response {
+    answer(h.networks())
+}
+
+async fn network(State(h): Hns, Path(name): Path<String>) -> Response {
+    answer(h.network(&name))
+}
+
+async fn put_network(State(h): Hns, Path(name): Path<String>, body: Bytes) -> Response {
+    let n: Network = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => return bad_body(&e),
+    };
+    if n.name != name {
+        return error(&HnsError::Invalid(flowgate_hostnet::FieldError::new(
+            "name",
+            format!("{:?} differs from the path's {name:?}", n.name),
+        )));
+    }
+    answer(h.put_network(n).await)
+}
+
+async fn delete_network(State(h): Hns, Path(name): Path<String>) -> Response {
+    answer(h.delete_network(&name).await.map(|()| json!({"deleted": name})))
+}
+
+async fn status(State(h): Hns, Path(name): Path<String>) -> Response {
+    match h.status(&name) {
+        Ok(Ok(())) => Json(json!({"available": true})).into_response(),
+        Ok(Err(why)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": {"code": 50, "message": why}}))).into_response()
+        }
+        Err(e) => error(&e),
+    }
+}
+
+/// `{"validAttachments": [{"containerID": ..., "ifname": ...}]}` (CNI GC's `cni.dev/valid-attachments`).
+async fn gc(State(h): Hns, Path(name): Path<String>, body: Bytes) -> Response {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad_body(&e),
+    };
+    let mut valid = BTreeSet::new();
+    for (i, a) in v.get("validAttachments").and_then(|a| a.as_array()).into_iter().flatten().enumerate() {
+        let id = a.get("containerID").or_else(|| a.get("containerId")).and_then(|s| s.as_str());
+        let ifname = a.get("ifname").and_then(|s| s.as_str());
+        match (id, ifname) {
+            (Some(id), Some(ifname)) => {
+                valid.insert((id.to_owned(), ifname.to_owned()));
+            }
+            _ => {
+                return error(&HnsError::Invalid(flowgate_hostnet::FieldError::new(
+                    format!("validAttachments[{i}]"),
+                    "needs containerID and ifname",
+                )))
+            }
+        }
+    }
+    answer(h.gc(&name, &valid).await.map(|removed| json!({"removed": removed})))
+}
+
+async fn endpoints(State(h): Hns) -> Response {
+    answer(h.endpoints())
+}
+
+async fn add_endpoint(State(h): Hns, body: Bytes) -> Response {
+    let req: EndpointRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_body(&e),
+    };
+    answer(h.add_endpoint(req).await)
+}
+
+async fn endpoint(State(h): Hns, Path((n, c, i)): Path<(String, String, String)>) -> Response {
+    answer(h.endpoint(&Endpoint::id_of(&n, &c, &i)))
+}
+
+async fn delete_endpoint(State(h): Hns, Path((n, c, i)): Path<(String, String, String)>) -> Response {
+    answer(h.delete_endpoint(&Endpoint::id_of(&n, &c, &i)).await.map(|ep| json!({"deleted": ep.map(|e| e.id)})))
+}
+
+async fn check_endpoint(State(h): Hns, Path((n, c, i)): Path<(String, String, String)>) -> Response {
+    match h.check_endpoint(&Endpoint::id_of(&n, &c, &i)).await {
+        Ok(Ok(ep)) => Json(ep).into_response(),
+        Ok(Err(problems)) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": {"code": 5, "message": problems.join("; "), "problems": problems}})),
+        )
+            .into_response(),
+        Err(e) => error(&e),
+    }
+}

@@ -1,0 +1,331 @@
+//! The CNI plugin called as a runtime calls it, against the real agent in a node namespace (root;
+//! CI runs it): every command, the endpoint it makes (interfaces, addresses, routes, DNS), real
+//! traffic from pods made this way (pod to pod, to a Service VIP, to an "internet" namespace through
+//! outbound NAT), anti-spoofing on them, every error path with its CNI code, idempotent DEL, GC,
+//! STATUS, and an agent restart that keeps working endpoints untouched and cleans what a crash
+//! left.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cni;
+
+use std::collections::BTreeSet;
+
+use cni::*;
+use flowgate_ebpf::netns::Netns;
+use serde_json::{json, Value};
+
+fn root(test: &str) -> bool {
+    flowgate_ebpf::privileged_test(test)
+}
+
+#[test]
+fn version_answers_every_supported_version() {
+    let o = cni("VERSION", "", None, None, &json!({"cniVersion": "1.1.0"}));
+    assert_eq!(o.code, 0, "{}", o.raw);
+    assert_eq!(o.out["cniVersion"], "1.1.0");
+    let versions: Vec<&str> =
+        o.out["supportedVersions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(versions.contains(&"1.0.0") && versions.contains(&"1.1.0"), "{versions:?}");
+}
+
+#[test]
+fn errors_before_the_agent_carry_the_spec_codes() {
+    // No agent needed: the plugin refuses these itself.
+    let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "flowgate-cni", "socket": "/nonexistent/flowgate.sock",
+        "ipam": {"ranges": [[{"subnet": "10.250.0.0/24"}]]}});
+    let missing_netns = cni("ADD", "c1", None, None, &conf);
+    assert_eq!((missing_netns.code, missing_netns.out["code"].as_u64()), (1, Some(4)), "{}", missing_netns.raw);
+    assert!(missing_netns.out["msg"].as_str().unwrap().contains("CNI_NETNS"));
+
+    let ns = std::path::Path::new("/proc/self/ns/net");
+    let mut old = conf.clone();
+    old["cniVersion"] = json!("0.4.0");
+    let o = cni("ADD", "c1", Some(ns), None, &old);
+    assert_eq!(o.out["code"], 1, "{}", o.raw);
+
+    let mut bad = conf.clone();
+    bad["ipam"]["ranges"][0][0]["gateway"] = json!("10.9.9.9");
+    let o = cni("ADD", "c1", Some(ns), None, &bad);
+    assert_eq!(o.out["code"], 7, "{}", o.raw);
+    assert!(o.out["msg"].as_str().unwrap().contains("ipam.ranges[0][0].gateway"), "{}", o.raw);
+
+    let mut ipam = conf.clone();
+    ipam["ipam"]["type"] = json!("host-local");
+    assert_eq!(cni("ADD", "c1", Some(ns), None, &ipam).out["code"], 2);
+
+    let o = cni("ADD", "c/../x", Some(ns), None, &conf);
+    assert_eq!(o.out["code"], 4, "{}", o.raw);
+
+    // Not JSON at all.
+    let mut c = std::process::Command::new(plugin());
+    c.env_clear().env("CNI_COMMAND", "DEL").env("CNI_CONTAINERID", "c").env("CNI_IFNAME", "eth0");
+    let out = c.stdin(std::process::Stdio::null()).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((out.status.code(), v["code"].as_u64()), (Some(1), Some(6)), "{v}");
+
+    // The agent is not there: try again later, saying where it looked.
+    let o = cni("DEL", "c1", None, None, &conf);
+    assert_eq!(o.out["code"], 11, "{}", o.raw);
+    assert!(o.out["details"].as_str().unwrap().contains("/nonexistent/flowgate.sock"), "{}", o.raw);
+    let o = cni("STATUS", "", None, None, &conf);
+    assert_eq!(o.out["code"], 50, "{}", o.raw);
+}
+
+#[test]
+fn pods_made_by_the_plugin_are_endpoints_of_the_switch() {
+    if !root("pods_made_by_the_plugin_are_endpoints_of_the_switch") {
+        return;
+    }
+    let node = Node::start("pods");
+    let conf = node.conf("fgtest", "10.244.1.0/24");
+    let mut failures: Vec<String> = Vec::new();
+
+    // ADD: the result, then what it says is really there.
+    let (pod_a, a) = add_pod(&conf, "ctr-a", "shop", "client");
+    let (pod_b, b) = add_pod(&conf, "ctr-b", "shop", "web-1");
+    assert_eq!(a["cniVersion"], "1.0.0", "a 1.0.0 configuration gets a 1.0.0 result");
+    assert_eq!(a["ips"][0]["address"], "10.244.1.2/24");
+    assert_eq!(a["ips"][0]["gateway"], "10.244.1.1");
+    assert_eq!(b["ips"][0]["address"], "10.244.1.3/24");
+    assert_eq!(a["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}]));
+    assert_eq!(
+        a["dns"],
+        json!({"nameservers": [SERVICE_IP], "options": ["ndots:5"],
+               "search": ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"]})
+    );
+    assert_eq!(a["interfaces"][1]["name"], "eth0");
+    assert_eq!(a["interfaces"][1]["sandbox"], pod_a.path().to_str().unwrap());
+    let mac = a["interfaces"][1]["mac"].as_str().unwrap();
+    let link = pod_a.ip(&["-o", "link", "show", "eth0"]).unwrap();
+    assert!(link.contains(mac) && link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+    let addrs = pod_a.ip(&["-o", "-4", "addr", "show", "eth0"]).unwrap();
+    assert!(addrs.contains("10.244.1.2/32"), "{addrs}");
+    let routes = pod_a.ip(&["route", "show"]).unwrap();
+    assert!(routes.contains("default via 10.244.1.1 dev eth0"), "{routes}");
+    let host_if = a["interfaces"][0]["name"].as_str().unwrap();
+    assert!(node.host_interfaces().contains(&host_if.to_owned()));
+    let host_routes = node.ns.ip(&["route", "show"]).unwrap();
+    assert!(host_routes.contains(&format!("10.244.1.2 dev {host_if}")), "{host_routes}");
+    assert_eq!(node.endpoint_pins().len(), 2, "the endpoint program is attached (pinned) before ADD returns");
+
+    // Traffic: pod to pod, pod to the Service (endpoints written once pod-b's address is known),
+    // pod to the internet through outbound NAT.
+    let ip_b = ip_of(&b);
+    let _web = Server::tcp(&pod_b, "web-1", "0.0.0.0:8080");
+    let _udp = Server::udp(&pod_b, "web-1", "0.0.0.0:5353");
+    let _far = Server::tcp(&node.internet, "internet", &format!("{INTERNET_IP}:9000"));
+    match ask(&pod_a, &format!("{ip_b}:8080")) {
+        Ok(l) if l == "web-1 10.244.1.2" => {}
+        other => failures.push(format!("pod-a -> pod-b: {other:?}")),
+    }
+    std::fs::write(node.dir.0.join("m/slice.yaml"), endpoint_slice(&ip_b)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let via_service = loop {
+        let r = ask(&pod_a, &format!("{SERVICE_IP}:80"));
+        if r.is_ok() || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    match via_service {
+        Ok(l) if l == "web-1 10.244.1.2" => {}
+        other => failures.push(format!("pod-a -> Service {SERVICE_IP}:80: {other:?}")),
+    }
+    match ask(&pod_a, &format!("{INTERNET_IP}:9000")) {
+        Ok(l) if l == format!("internet {NODE_IP}") => {}
+        other => failures.push(format!("pod-a -> internet (outbound NAT, must see {NODE_IP}): {other:?}")),
+    }
+
+    // Anti-spoofing on a plugin-made endpoint: a second address pod-a gives itself is not its own.
+    pod_a.ip(&["addr", "add", "10.244.1.99/32", "dev", "eth0"]).unwrap();
+    let spoofed_before = node.counter("dropped_spoofed");
+    if let Err(e) = udp_ask(&pod_a, "10.244.1.2:0", &format!("{ip_b}:5353")) {
+        failures.push(format!("UDP from pod-a's own address: {e}"));
+    }
+    match udp_ask(&pod_a, "10.244.1.99:0", &format!("{ip_b}:5353")) {
+        Ok(answer) => failures.push(format!("a spoofed datagram got through: {answer}")),
+        Err(_) => {
+            if node.counter("dropped_spoofed") <= spoofed_before {
+                failures.push("the spoofed datagram was not counted as spoofed".into());
+            }
+        }
+    }
+    pod_a.ip(&["addr", "del", "10.244.1.99/32", "dev", "eth0"]).unwrap();
+
+    // CHECK: fine as made; names what is missing once something is.
+    let mut check = conf.clone();
+    check["prevResult"] = a.clone();
+    let o = cni("CHECK", "ctr-a", Some(pod_a.path()), None, &check);
+    if o.code != 0 {
+        failures.push(format!("CHECK of a good endpoint: {}", o.raw));
+    }
+    let mut wrong = check.clone();
+    wrong["prevResult"]["ips"][0]["address"] = json!("10.244.1.77/24");
+    let o = cni("CHECK", "ctr-a", Some(pod_a.path()), None, &wrong);
+    assert_eq!(o.out["code"], 111, "CHECK with another address: {}", o.raw);
+    pod_b.ip(&["route", "del", "default"]).unwrap();
+    let mut check_b = conf.clone();
+    check_b["prevResult"] = b.clone();
+    let o = cni("CHECK", "ctr-b", Some(pod_b.path()), None, &check_b);
+    assert_eq!(o.out["code"], 111, "{}", o.raw);
+    assert!(o.out["msg"].as_str().unwrap().contains("no default route via 10.244.1.1"), "{}", o.raw);
+    let o = cni("CHECK", "ctr-x", Some(pod_b.path()), None, &check_b);
+    assert_eq!(o.out["code"], 3, "CHECK of an unknown container: {}", o.raw);
+
+    // Errors from the agent: a namespace that does not exist, an exhausted range, STATUS.
+    let o = cni("ADD", "ctr-gone", Some(std::path::Path::new("/run/netns/flowgate-no-such-ns")), None, &conf);
+    assert_eq!(o.out["code"], 7, "{}", o.raw);
+    assert!(o.out["msg"].as_str().unwrap().contains("netns"), "{}", o.raw);
+    let tiny = node.conf("tiny", "10.245.0.0/30");
+    let (_t1, _) = add_pod(&tiny, "ctr-t1", "shop", "t1");
+    assert_eq!(cni("STATUS", "", None, None, &tiny).out["code"], 50, "STATUS of a full network");
+    let t2 = Netns::new().unwrap();
+    let o = cni("ADD", "ctr-t2", Some(t2.path()), None, &tiny);
+    assert_eq!(o.out["code"], 110, "{}", o.raw);
+    assert!(o.out["msg"].as_str().unwrap().contains("no free address"), "{}", o.raw);
+    assert_eq!(cni("STATUS", "", None, None, &conf).code, 0);
+    assert_eq!(node.host_interfaces().len(), 3, "the failed ADD left no interface: {:?}", node.host_interfaces());
+
+    // DEL is idempotent, also once the namespace is gone; GC removes what is not valid.
+    let o = cni("DEL", "ctr-b", Some(pod_b.path()), None, &conf);
+    assert_eq!(o.code, 0, "{}", o.raw);
+    assert_eq!(o.raw.trim(), "", "DEL prints nothing on success");
+    assert_eq!(cni("DEL", "ctr-b", Some(pod_b.path()), None, &conf).code, 0, "second DEL");
+    drop(t2);
+    drop(_t1);
+    let o = cni("DEL", "ctr-t1", None, None, &tiny);
+    assert_eq!(o.code, 0, "DEL after the namespace is gone: {}", o.raw);
+    let mut gc = conf.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let o = cni("GC", "", None, None, &gc);
+    assert_eq!(o.code, 0, "{}", o.raw);
+    assert!(node.host_interfaces().is_empty(), "left: {:?}", node.host_interfaces());
+    assert!(node.endpoint_pins().is_empty(), "left: {:?}", node.endpoint_pins());
+    assert_eq!(node.api("GET", "/v1/endpoints", None).unwrap(), json!([]));
+    drop(pod_a);
+    drop(pod_b);
+    assert!(failures.is_empty(), "{}\nagent log:\n{}", failures.join("\n"), node.log());
+}
+
+#[test]
+fn a_restarted_agent_keeps_working_endpoints_and_cleans_what_a_crash_left() {
+    if !root("a_restarted_agent_keeps_working_endpoints_and_cleans_what_a_crash_left") {
+        return;
+    }
+    let mut node = Node::start("restart");
+    let conf = node.conf("fgtest", "10.244.1.0/24");
+    let (pod_a, a) = add_pod(&conf, "ctr-a", "shop", "client");
+    let (pod_b, b) = add_pod(&conf, "ctr-b", "shop", "web-1");
+    let _web = Server::tcp(&pod_b, "web-1", "0.0.0.0:8080");
+    let ip_b = ip_of(&b);
+    let index_before = node.ns.ip(&["-o", "link", "show", a["interfaces"][0]["name"].as_str().unwrap()]).unwrap();
+
+    // A crash: the agent dies; meanwhile pod-b's namespace goes away, and an ADD that never
+    // returned left a record (still "creating") and an interface; a stray interface appears.
+    node.stop_agent(true);
+    drop(pod_b);
+    {
+        let store = flowgate_hostnet::store::Store::open(&node.state_dir().join("hostnet.redb")).unwrap();
+        let half = flowgate_hostnet::Endpoint {
+            id: "fgtest/ctr-half/eth0".into(),
+            network: "fgtest".into(),
+            container_id: "ctr-half".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/flowgate-no-such-ns".into(),
+            pod: None,
+            ips: vec![],
+            mac: None,
+            host_interface: flowgate_hostnet::links::host_interface_name("fgtest/ctr-half/eth0"),
+            mtu: None,
+            dns: Default::default(),
+            policies: vec![],
+            state: flowgate_hostnet::EndpointState::Creating,
+        };
+        let sets: Vec<Vec<flowgate_hostnet::IpRange>> =
+            vec![vec![serde_json::from_value(json!({"subnet": "10.244.1.0/24"})).unwrap()]];
+        store.reserve(half.clone(), &sets).unwrap();
+        node.ns.ip(&["link", "add", &half.host_interface, "type", "veth", "peer", "name", "fgtmp0"]).unwrap();
+    }
+    node.ns.ip(&["link", "add", "fgv00000000beef", "type", "veth", "peer", "name", "fgtmp1"]).unwrap();
+    node.ns.ip(&["link", "add", "keepme0", "type", "veth", "peer", "name", "keepme1"]).unwrap();
+
+    node.start_agent();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.host_interfaces().len() != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left: BTreeSet<String> = node.host_interfaces().into_iter().collect();
+    assert_eq!(
+        left,
+        BTreeSet::from([a["interfaces"][0]["name"].as_str().unwrap().to_owned()]),
+        "only pod-a's interface remains:\n{}",
+        node.log()
+    );
+    assert!(node.ns.ip(&["link", "show", "keepme0"]).is_ok(), "an interface not named as ours is left alone");
+    let index_after = node.ns.ip(&["-o", "link", "show", a["interfaces"][0]["name"].as_str().unwrap()]).unwrap();
+    assert_eq!(index_before.split(':').next(), index_after.split(':').next(), "pod-a's veth was not remade");
+    let eps = node.api("GET", "/v1/endpoints", None).unwrap();
+    let ids: Vec<&str> = eps.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["fgtest/ctr-a/eth0"]);
+    // pod-a still works, under the switch: the next ADD reuses no address still held.
+    let (pod_c, c) = add_pod(&conf, "ctr-c", "shop", "web-2");
+    assert_ne!(ip_of(&c), ip_of(&a));
+    let _web_c = Server::tcp(&pod_c, "web-2", "0.0.0.0:8080");
+    assert_eq!(ask(&pod_a, &format!("{}:8080", ip_of(&c))).unwrap(), format!("web-2 {}", ip_of(&a)));
+    let _ = ip_b;
+    let mut check = conf.clone();
+    check["prevResult"] = a.clone();
+    let o = cni("CHECK", "ctr-a", Some(pod_a.path()), None, &check);
+    assert_eq!(o.code, 0, "CHECK after the restart: {}", o.raw);
+    for id in ["ctr-a", "ctr-c"] {
+        assert_eq!(cni("DEL", id, None, None, &conf).code, 0);
+    }
+    assert!(node.host_interfaces().is_empty());
+    node.ns.ip(&["link", "del", "keepme0"]).unwrap();
+}
+
+#[test]
+fn churn_leaves_no_interface_address_record_or_map_entry() {
+    if !root("churn_leaves_no_interface_address_record_or_map_entry") {
+        return;
+    }
+    let node = Node::start("churn");
+    let conf = node.conf("fgtest", "10.244.1.0/24");
+    let ns = Netns::new().unwrap();
+    let ports_before = kernel_entries(&node);
+    for round in 0..110 {
+        let id = format!("churn-{round}");
+        let o =
+            cni("ADD", &id, Some(ns.path()), Some(&format!("K8S_POD_NAMESPACE=churn;K8S_POD_NAME=p{round}")), &conf);
+        assert_eq!(o.code, 0, "ADD {round}: {}", o.raw);
+        let o = cni("DEL", &id, Some(ns.path()), None, &conf);
+        assert_eq!(o.code, 0, "DEL {round}: {}", o.raw);
+    }
+    assert!(node.host_interfaces().is_empty(), "{:?}", node.host_interfaces());
+    assert!(node.endpoint_pins().is_empty(), "{:?}", node.endpoint_pins());
+    assert_eq!(node.api("GET", "/v1/endpoints", None).unwrap(), json!([]));
+    let links = ns.ip(&["-o", "link", "show"]).unwrap();
+    assert_eq!(links.lines().count(), 1, "only lo is left in the pod namespace: {links}");
+    assert_eq!(kernel_entries(&node), ports_before, "kernel map entries (bound interfaces, endpoint addresses)");
+    let state = node.api("GET", "/v1/state", None).unwrap();
+    let ports = state["ports"].as_array().unwrap();
+    assert!(ports.iter().all(|p| p["kind"] != "endpoint"), "no endpoint port is left: {ports:?}");
+}
+
+/// Entries of the kernel's per-endpoint maps: bound interfaces and endpoint addresses.
+fn kernel_entries(node: &Node) -> (usize, usize) {
+    let maps = node.pins().join("maps");
+    let count = |name: &str| -> usize {
+        let data = aya::maps::MapData::from_pin(maps.join(name)).unwrap();
+        let map = aya::maps::Map::HashMap(data);
+        match name {
+            "fg_ports" => {
+                aya::maps::HashMap::<_, u32, flowgate_ebpf::maps::Port>::try_from(&map).unwrap().keys().count()
+            }
+            _ => aya::maps::HashMap::<_, flowgate_ebpf::maps::EndpointKey, u8>::try_from(&map).unwrap().keys().count(),
+        }
+    };
+    (count("fg_ports"), count("fg_endpoint_addrs"))
+}

@@ -1,0 +1,376 @@
+//! The host networking service: networks and endpoints as the agent serves them. Adding an
+//! endpoint reserves its addresses and records it (one transaction), makes its links, puts it under
+//! the switch ([`Switch::attach`]) and only then marks it ready; any failure on the way undoes what
+//! was done. At start, [`HostNetworking::reconcile`] makes the kernel match the record: endpoints
+//! whose ADD never returned and endpoints whose namespace is gone are removed, missing links are
+//! made again, host interfaces nobody recorded are deleted, and what already works is left alone.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::links::{self, LinkError, LinkSpec, Made, Netlink};
+use crate::objects::{Endpoint, EndpointRequest, EndpointState, FieldError, Network, Policy};
+use crate::store::{Store, StoreError};
+
+/// The data plane side of an endpoint, implemented by the agent.
+pub trait Switch: Send + Sync + std::fmt::Debug {
+    /// Puts `ep` under the switch: its port is programmed, its host interface bound to it (only
+    /// its own addresses and MAC may send) and the endpoint program attached. Returns once the
+    /// pod's first packet would be switched.
+    fn attach(&self, ep: &Endpoint, made: Made) -> Result<(), SwitchError>;
+    /// Takes `ep` out of the switch (its port, binding and program). Idempotent.
+    fn detach(&self, ep: &Endpoint, host_ifindex: Option<u32>) -> Result<(), SwitchError>;
+    /// What is wrong with `ep`'s place in the switch (CHECK); empty when nothing.
+    fn check(&self, ep: &Endpoint, host_ifindex: u32) -> Vec<String>;
+}
+
+/// Why the switch could not take an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// Not yet: the agent has not compiled the node's switch (no cluster state yet, or it does not
+    /// compile); the runtime should try again later.
+    #[error("the agent's switch is not ready yet: {0}")]
+    NotReady(String),
+    /// It failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What went wrong, with what a person can do about it. [`HnsError::cni_code`] maps it to the CNI
+/// spec's error codes, [`HnsError::http_status`] to the API's.
+#[derive(Debug, thiserror::Error)]
+pub enum HnsError {
+    /// A field of the request is invalid.
+    #[error("invalid {0}")]
+    Invalid(#[from] FieldError),
+    /// The named network or endpoint does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with what exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// No address left.
+    #[error("{0}")]
+    Exhausted(StoreError),
+    /// The store failed.
+    #[error("{0}")]
+    Store(StoreError),
+    /// Making or removing links failed.
+    #[error("{0}")]
+    Link(#[from] LinkError),
+    /// The switch did not take the endpoint.
+    #[error("{0}")]
+    Switch(#[from] SwitchError),
+}
+
+impl From<StoreError> for HnsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Exhausted { .. } => HnsError::Exhausted(e),
+            e => HnsError::Store(e),
+        }
+    }
+}
+
+/// The CNI plugin's own error code for address exhaustion (the spec leaves 100 and up to plugins).
+pub const CNI_CODE_NO_ADDRESSES: u32 = 110;
+
+impl HnsError {
+    /// The CNI error code: 7 invalid network configuration, 3 unknown container, 11 try again
+    /// later, 5 I/O, [`CNI_CODE_NO_ADDRESSES`] for exhaustion.
+    pub fn cni_code(&self) -> u32 {
+        match self {
+            HnsError::Invalid(_) => 7,
+            HnsError::NotFound(_) => 3,
+            HnsError::Conflict(_) => 7,
+            HnsError::Exhausted(_) => CNI_CODE_NO_ADDRESSES,
+            HnsError::Store(_) | HnsError::Link(_) | HnsError::Switch(SwitchError::Failed(_)) => 5,
+            HnsError::Switch(SwitchError::NotReady(_)) => 11,
+        }
+    }
+
+    /// The HTTP status of the API's answer.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            HnsError::Invalid(_) => 400,
+            HnsError::NotFound(_) => 404,
+            HnsError::Conflict(_) | HnsError::Exhausted(_) => 409,
+            HnsError::Switch(SwitchError::NotReady(_)) => 503,
+            _ => 500,
+        }
+    }
+
+    /// The field at fault, when one is.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            HnsError::Invalid(f) => Some(&f.field),
+            _ => None,
+        }
+    }
+}
+
+/// What [`HostNetworking::reconcile`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reconciled {
+    /// Endpoints left alone (already working).
+    pub kept: Vec<String>,
+    /// Endpoints whose links were made again.
+    pub repaired: Vec<String>,
+    /// Endpoints removed (ADD never returned, or the pod's namespace is gone).
+    pub removed: Vec<String>,
+    /// Host interfaces deleted that no endpoint owned.
+    pub stray_interfaces: Vec<String>,
+    /// Reserved addresses released that no endpoint owned.
+    pub orphan_addresses: usize,
+}
+
+/// The service.
+#[derive(Debug)]
+pub struct HostNetworking {
+    store: Store,
+    netlink: Netlink,
+    switch: Arc<dyn Switch>,
+    /// One change at a time (ADDs and DELs of one node are few; ordering them keeps the store,
+    /// the links and the switch in step).
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn spec(ep: &Endpoint) -> LinkSpec<'_> {
+    LinkSpec { host: &ep.host_interface, ifname: &ep.ifname, netns: Path::new(&ep.netns), ips: &ep.ips, mtu: ep.mtu }
+}
+
+impl HostNetworking {
+    /// The service over `store`, making links through `netlink` and attaching to `switch`.
+    pub fn new(store: Store, netlink: Netlink, switch: Arc<dyn Switch>) -> HostNetworking {
+        HostNetworking { store, netlink, switch, lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Every network.
+    pub fn networks(&self) -> Result<Vec<Network>, HnsError> {
+        Ok(self.store.networks()?)
+    }
+
+    /// One network.
+    pub fn network(&self, name: &str) -> Result<Network, HnsError> {
+        self.networks()?
+            .into_iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| HnsError::NotFound(format!("network {name:?} does not exist")))
+    }
+
+    /// Creates or replaces a network. Endpoints already made keep their addresses.
+    pub async fn put_network(&self, n: Network) -> Result<Network, HnsError> {
+        n.validate()?;
+        let _g = self.lock.lock().await;
+        if self.store.networks()?.iter().any(|o| o == &n) {
+            return Ok(n);
+        }
+        let v6 = n.ranges.iter().flatten().any(|r| r.subnet.addr().is_ipv6());
+        self.netlink.enable_forwarding(v6)?;
+        self.store.put_network(&n)?;
+        Ok(n)
+    }
+
+    /// Removes a network without endpoints.
+    pub async fn delete_network(&self, name: &str) -> Result<(), HnsError> {
+        let _g = self.lock.lock().await;
+        let n = self.store.endpoints()?.iter().filter(|e| e.network == name).count();
+        if n > 0 {
+            return Err(HnsError::Conflict(format!("network {name:?} still has {n} endpoints")));
+        }
+        self.store.delete_network(name)?;
+        Ok(())
+    }
+
+    /// Every endpoint.
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>, HnsError> {
+        Ok(self.store.endpoints()?)
+    }
+
+    /// One endpoint.
+    pub fn endpoint(&self, id: &str) -> Result<Endpoint, HnsError> {
+        self.endpoints()?
+            .into_iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| HnsError::NotFound(format!("endpoint {id:?} does not exist")))
+    }
+
+    /// Adds a pod's endpoint (CNI ADD). An endpoint of the same attachment left from an earlier ADD
+    /// is replaced.
+    pub async fn add_endpoint(&self, req: EndpointRequest) -> Result<Endpoint, HnsError> {
+        req.validate()?;
+        if !Path::new(&req.netns).exists() {
+            return Err(HnsError::Invalid(FieldError::new(
+                "netns",
+                format!("{} does not exist (has the container stopped?)", req.netns),
+            )));
+        }
+        let _g = self.lock.lock().await;
+        let network = self.network(&req.network)?;
+        let id = Endpoint::id_of(&req.network, &req.container_id, &req.ifname);
+        if let Some(old) = self.store.endpoints()?.into_iter().find(|e| e.id == id) {
+            tracing::info!(endpoint = %id, "ADD for an attachment that exists: replacing it");
+            self.teardown(&old).await?;
+        }
+        let sets = req.ip_ranges.clone().unwrap_or_else(|| network.ranges.clone());
+        let dns = network.dns.for_pod(
+            req.dns.as_ref(),
+            req.pod.as_ref().map(|p| p.namespace.as_str()),
+            network.cluster_domain(),
+        );
+        let mut policies: Vec<Policy> = network.policies.clone();
+        policies.extend(req.policies.iter().cloned());
+        let ep = Endpoint {
+            host_interface: links::host_interface_name(&id),
+            id,
+            network: req.network.clone(),
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            netns: req.netns.clone(),
+            pod: req.pod.clone(),
+            ips: Vec::new(),
+            mac: None,
+            mtu: network.mtu,
+            dns,
+            policies,
+            state: EndpointState::Creating,
+        };
+        let mut ep = self.store.reserve(ep, &sets)?;
+        let made = match self.netlink.create(&spec(&ep)).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.store.remove_endpoint(&ep.id)?;
+                return Err(e.into());
+            }
+        };
+        ep.mac = Some(links::mac_string(made.mac));
+        if let Err(e) = self.switch.attach(&ep, made) {
+            let _ = self.switch.detach(&ep, Some(made.host_ifindex));
+            let _ = self.netlink.delete(&ep.host_interface).await;
+            self.store.remove_endpoint(&ep.id)?;
+            return Err(e.into());
+        }
+        ep.state = EndpointState::Ready;
+        self.store.put_endpoint(&ep)?;
+        Ok(ep)
+    }
+
+    /// Removes an endpoint (CNI DEL): idempotent; `None` when there was nothing to remove.
+    pub async fn delete_endpoint(&self, id: &str) -> Result<Option<Endpoint>, HnsError> {
+        let _g = self.lock.lock().await;
+        match self.store.endpoints()?.into_iter().find(|e| e.id == id) {
+            Some(ep) => {
+                self.teardown(&ep).await?;
+                Ok(Some(ep))
+            }
+            None => {
+                // No record: an interface of this attachment can only be a leftover.
+                self.netlink.delete(&links::host_interface_name(id)).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn teardown(&self, ep: &Endpoint) -> Result<(), HnsError> {
+        let ifindex = self.netlink.host_ifindex(&ep.host_interface).await?;
+        self.switch.detach(ep, ifindex)?;
+        self.netlink.delete(&ep.host_interface).await?;
+        self.store.remove_endpoint(&ep.id)?;
+        Ok(())
+    }
+
+    /// Checks an endpoint (CNI CHECK): the record, the links, the addresses and routes in the pod,
+    /// and its place in the switch. Every problem found, or the endpoint when there is none.
+    pub async fn check_endpoint(&self, id: &str) -> Result<Result<Endpoint, Vec<String>>, HnsError> {
+        let ep = self.endpoint(id)?;
+        let mut problems = Vec::new();
+        if ep.state != EndpointState::Ready {
+            problems.push(format!("endpoint {id} is still being created"));
+        }
+        let mac = ep.mac.as_deref().and_then(links::parse_mac);
+        problems.extend(self.netlink.check(&spec(&ep), mac).await);
+        if let Some(ifindex) = self.netlink.host_ifindex(&ep.host_interface).await? {
+            problems.extend(self.switch.check(&ep, ifindex));
+        }
+        Ok(if problems.is_empty() { Ok(ep) } else { Err(problems) })
+    }
+
+    /// Garbage collection (CNI GC): removes the endpoints of `network` whose attachment
+    /// (container id, interface) is not in `valid`, and releases addresses nobody holds. Returns
+    /// the ids removed.
+    pub async fn gc(&self, network: &str, valid: &BTreeSet<(String, String)>) -> Result<Vec<String>, HnsError> {
+        let stale: Vec<Endpoint> = self
+            .store
+            .endpoints()?
+            .into_iter()
+            .filter(|e| e.network == network && !valid.contains(&(e.container_id.clone(), e.ifname.clone())))
+            .collect();
+        let _g = self.lock.lock().await;
+        let mut removed = Vec::new();
+        for ep in stale {
+            self.teardown(&ep).await?;
+            removed.push(ep.id);
+        }
+        self.store.release_orphans()?;
+        Ok(removed)
+    }
+
+    /// Whether ADD can succeed on `network` (CNI STATUS): it exists and every range set has a free
+    /// address. The problem when not.
+    pub fn status(&self, network: &str) -> Result<Result<(), String>, HnsError> {
+        let n = self.network(network)?;
+        let used = self.store.addresses(network)?;
+        for (i, set) in n.ranges.iter().enumerate() {
+            let in_set = used.iter().filter(|(ip, _)| set.iter().any(|r| r.subnet.contains(ip))).count() as u128;
+            if in_set >= crate::ipam::capacity(set) {
+                let ranges: Vec<String> = set.iter().map(|r| r.subnet.to_string()).collect();
+                return Ok(Err(format!(
+                    "network {network:?}: range set {i} ({}) has no free address",
+                    ranges.join(", ")
+                )));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Makes the kernel match the record (at start): see the module's documentation.
+    pub async fn reconcile(&self) -> Result<Reconciled, HnsError> {
+        let _g = self.lock.lock().await;
+        let mut done = Reconciled::default();
+        let mut owned = BTreeSet::new();
+        for mut ep in self.store.endpoints()? {
+            if ep.state != EndpointState::Ready || !Path::new(&ep.netns).exists() {
+                self.teardown(&ep).await?;
+                done.removed.push(ep.id);
+                continue;
+            }
+            let mac = ep.mac.as_deref().and_then(links::parse_mac);
+            let problems = self.netlink.check(&spec(&ep), mac).await;
+            let made = match (problems.is_empty(), self.netlink.host_ifindex(&ep.host_interface).await?, mac) {
+                (true, Some(host_ifindex), Some(mac)) => {
+                    done.kept.push(ep.id.clone());
+                    Made { host_ifindex, mac }
+                }
+                _ => {
+                    tracing::info!(endpoint = %ep.id, ?problems, "making the endpoint's links again");
+                    let made = self.netlink.create(&spec(&ep)).await?;
+                    ep.mac = Some(links::mac_string(made.mac));
+                    self.store.put_endpoint(&ep)?;
+                    done.repaired.push(ep.id.clone());
+                    made
+                }
+            };
+            self.switch.attach(&ep, made)?;
+            owned.insert(ep.host_interface.clone());
+        }
+        for (name, _) in self.netlink.host_interfaces().await? {
+            if !owned.contains(&name) {
+                self.netlink.delete(&name).await?;
+                done.stray_interfaces.push(name);
+            }
+        }
+        done.orphan_addresses = self.store.release_orphans()?;
+        Ok(done)
+    }
+}
