@@ -14,9 +14,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flowgate_cluster::{LocalEndpoint, ObjectKey};
+use flowgate_cluster::{HostPort, LocalEndpoint, ObjectKey};
 use flowgate_hostnet::links::Made;
-use flowgate_hostnet::{Endpoint, EndpointRequest, HnsError, HostNetworking, Network, Policy, Switch, SwitchError};
+use flowgate_hostnet::{
+    Endpoint, EndpointRequest, HnsError, HostNetworking, Network, Policy, Protocol, Switch, SwitchError,
+};
 use serde_json::{json, Value};
 
 use crate::metrics::Metrics;
@@ -64,7 +66,25 @@ fn local(ep: &Endpoint) -> LocalEndpoint {
         Policy::OutboundNat { exceptions } => Some(exceptions.clone()),
         _ => None,
     });
-    LocalEndpoint { ips: ep.addresses(), outbound_nat }
+    let host_ports = ep
+        .policies
+        .iter()
+        .filter_map(|p| match p {
+            Policy::PortMapping { host_port, container_port, protocol, host_ip } => Some(HostPort {
+                host_port: *host_port,
+                container_port: *container_port,
+                protocol: match protocol {
+                    Protocol::Tcp => "TCP",
+                    Protocol::Udp => "UDP",
+                    Protocol::Sctp => "SCTP",
+                }
+                .to_owned(),
+                host_ip: *host_ip,
+            }),
+            _ => None,
+        })
+        .collect();
+    LocalEndpoint { ips: ep.addresses(), outbound_nat, host_ports }
 }
 
 impl AgentSwitch {

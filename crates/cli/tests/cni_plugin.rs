@@ -83,7 +83,11 @@ fn pods_made_by_the_plugin_are_endpoints_of_the_switch() {
 
     // ADD: the result, then what it says is really there.
     let (pod_a, a) = add_pod(&conf, "ctr-a", "shop", "client");
-    let (pod_b, b) = add_pod(&conf, "ctr-b", "shop", "web-1");
+    // pod-b publishes a host port, as containerd's go-cni spells it.
+    let mut conf_b = conf.clone();
+    conf_b["runtimeConfig"] =
+        json!({"portMappings": [{"HostPort": 30999, "ContainerPort": 8080, "Protocol": "TCP", "HostIP": ""}]});
+    let (pod_b, b) = add_pod(&conf_b, "ctr-b", "shop", "web-1");
     assert_eq!(a["cniVersion"], "1.0.0", "a 1.0.0 configuration gets a 1.0.0 result");
     assert_eq!(a["ips"][0]["address"], "10.244.1.2/24");
     assert_eq!(a["ips"][0]["gateway"], "10.244.1.1");
@@ -131,6 +135,11 @@ fn pods_made_by_the_plugin_are_endpoints_of_the_switch() {
     match via_service {
         Ok(l) if l == "web-1 10.244.1.2" => {}
         other => failures.push(format!("pod-a -> Service {SERVICE_IP}:80: {other:?}")),
+    }
+    // The host port, from outside the node: the pod sees the client itself.
+    match ask(&node.internet, &format!("{NODE_IP}:30999")) {
+        Ok(l) if l == format!("web-1 {INTERNET_IP}") => {}
+        other => failures.push(format!("internet -> hostPort {NODE_IP}:30999: {other:?}")),
     }
     match ask(&pod_a, &format!("{INTERNET_IP}:9000")) {
         Ok(l) if l == format!("internet {NODE_IP}") => {}

@@ -65,6 +65,21 @@ pub struct LocalEndpoint {
     pub ips: Vec<std::net::IpAddr>,
     /// Outbound NAT on it (an `OutBoundNAT` policy) with these exceptions, if any.
     pub outbound_nat: Option<Vec<ipnet::IpNet>>,
+    /// Host ports forwarded to it (`PortMapping` policies, the CNI `portMappings` capability).
+    pub host_ports: Vec<HostPort>,
+}
+
+/// A port of the node forwarded to a local endpoint (a pod's `hostPort`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostPort {
+    /// The port on the node.
+    pub host_port: u16,
+    /// The port in the pod.
+    pub container_port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+    /// Only on this node address (every node address when absent).
+    pub host_ip: Option<std::net::IpAddr>,
 }
 
 impl ClusterState {

@@ -18,6 +18,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod endpoints;
+pub mod hostports;
 pub mod node;
 pub mod proxy;
 pub mod services;
@@ -124,6 +125,7 @@ struct Inner {
     proxy: proxy::ServiceProxy,
     endpoints: FxHashMap<ObjectKey, PortId>,
     outbound: Option<SetId>,
+    host_ports: hostports::HostPorts,
 }
 
 /// The incremental compiler: keeps the desired switch policy of one node and updates it with what
@@ -167,10 +169,21 @@ impl Compiler {
         policy.snat_v6 = node.primary_v6;
         let mut delta = PolicyDelta::full();
         let proxy = proxy::ServiceProxy::new(&node, &settings, &mut policy);
-        let mut inner = Inner { node, settings, policy, proxy, endpoints: FxHashMap::default(), outbound: None };
+        let mut inner = Inner {
+            node,
+            settings,
+            policy,
+            proxy,
+            endpoints: FxHashMap::default(),
+            outbound: None,
+            host_ports: hostports::HostPorts::default(),
+        };
         let pods: Vec<ObjectKey> = state.pods.keys().chain(state.local_endpoints.keys()).cloned().collect();
         inner.sync_pods(state, &pods, &mut delta);
         inner.proxy.sync_all(state, &inner.node, &inner.settings, &mut inner.policy, &mut delta);
+        for key in state.local_endpoints.keys() {
+            inner.host_ports.sync(key, state, &inner.node, &mut inner.proxy, &mut inner.policy, &mut delta);
+        }
         inner.sync_outbound_nat(state, &mut delta);
         self.inner = Some(inner);
         Ok(delta)
@@ -191,6 +204,9 @@ impl Compiler {
         if !changes.local_endpoints.is_empty() {
             // Their OutBoundNAT policies may switch outbound NAT on or off, or change exceptions.
             inner.sync_outbound_nat(state, &mut delta);
+        }
+        for key in &changes.local_endpoints {
+            inner.host_ports.sync(key, state, &inner.node, &mut inner.proxy, &mut inner.policy, &mut delta);
         }
         let slices: Vec<ObjectKey> = changes.endpoint_slices.iter().cloned().collect();
         let mut services = inner.proxy.slices_changed(state, &slices);

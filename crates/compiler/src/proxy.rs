@@ -296,6 +296,35 @@ impl ServiceProxy {
         }
     }
 
+    /// Claims an exact destination for `owner`, something other than a Service (a host port), or
+    /// releases it (`None`). Claims of one destination are merged in owner order, as Services'.
+    pub(crate) fn claim_destination(
+        &mut self,
+        d: DestinationKey,
+        owner: &ObjectKey,
+        rules: Option<Vec<Rule>>,
+        policy: &mut SwitchPolicy,
+        delta: &mut PolicyDelta,
+    ) {
+        match rules {
+            Some(r) => {
+                self.destinations.entry(d).or_default().insert(owner.clone(), r);
+            }
+            None => {
+                if let Some(c) = self.destinations.get_mut(&d) {
+                    c.remove(owner);
+                }
+            }
+        }
+        let merged = merge_claims(self.destinations.get(&d));
+        if merged.is_none() {
+            self.destinations.remove(&d);
+        }
+        let r = RuleRef { layer: LayerKind::Lb, group: SERVICE_IPS, key: RuleKey::Destination(d) };
+        policy.put_rules(&r, merged);
+        delta.rules.insert(r);
+    }
+
     /// Compiles one service port into rules under its destinations.
     #[allow(clippy::too_many_arguments)]
     fn compile_port(
@@ -485,7 +514,7 @@ fn merge_claims(claims: Option<&BTreeMap<ObjectKey, Vec<Rule>>>) -> Option<Vec<R
     Some(claims.values().flatten().cloned().collect())
 }
 
-fn fmt_ip(ip: IpAddr) -> String {
+pub(crate) fn fmt_ip(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),

@@ -1,0 +1,110 @@
+//! Endpoints made on the node by its host networking service (CNI): they become ports with the
+//! addresses they were given (over what the API says), their host ports are forwarded, their
+//! OutBoundNAT policy switches outbound NAT on, and adding or removing one incrementally gives the
+//! same policy as compiling from scratch.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use flowgate_cluster::{load_str, HostPort, LocalEndpoint, ObjectKey};
+use flowgate_compiler::{Changes, Compiler};
+use flowgate_switch::{trace, FlowKey, Proto};
+
+const NODE: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node}
+spec: {podCIDR: 10.244.1.0/24}
+status:
+  addresses:
+  - {type: InternalIP, address: 192.168.77.1}
+---
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clusterCIDR: 10.244.0.0/16
+---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec:
+  cidrs: [10.96.0.0/16]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop}
+spec:
+  nodeName: node
+  containers: [{name: c, image: x}]
+status:
+  podIP: 10.244.1.50
+"#;
+
+fn key(src: &str, dst: &str, proto: Proto) -> FlowKey {
+    FlowKey::new(src.parse().unwrap(), dst.parse().unwrap(), proto)
+}
+
+fn summary(p: &flowgate_switch::SwitchPolicy, k: &FlowKey) -> String {
+    let t = trace(p, k);
+    format!("{:?} {:?} masquerade={}", t.verdict, t.dnat, t.masquerade)
+}
+
+#[test]
+fn local_endpoints_are_ports_with_host_ports_and_outbound_nat() {
+    let mut state = load_str(std::path::Path::new("node.yaml"), NODE).unwrap().state;
+    let web = ObjectKey::new("shop", "web-1");
+    let mut c = Compiler::new(None);
+    c.compile_full(&state).unwrap();
+    let outside = key("203.0.113.9:40000", "192.168.77.1:30999", Proto::TCP);
+    let out = key("10.244.1.5:40000", "203.0.113.20:443", Proto::TCP);
+    assert!(summary(c.policy().unwrap(), &outside).contains("[]"), "no host port yet");
+
+    // The CNI made web-1 with another address than the API reports (not yet updated), and a pod
+    // without a Kubernetes name.
+    state.local_endpoints.insert(
+        web.clone(),
+        LocalEndpoint {
+            ips: vec!["10.244.1.5".parse().unwrap()],
+            outbound_nat: Some(vec!["203.0.113.0/28".parse().unwrap()]),
+            host_ports: vec![HostPort {
+                host_port: 30999,
+                container_port: 8080,
+                protocol: "TCP".into(),
+                host_ip: None,
+            }],
+        },
+    );
+    let bare = ObjectKey::new("", "net/ctr-1/eth0");
+    state.local_endpoints.insert(
+        bare.clone(),
+        LocalEndpoint { ips: vec!["10.244.1.6".parse().unwrap()], outbound_nat: None, host_ports: vec![] },
+    );
+    let changes = Changes { local_endpoints: [web.clone(), bare.clone()].into(), ..Changes::default() };
+    c.update(&state, &changes).unwrap();
+    let p = c.policy().unwrap();
+    let port = c.endpoint_port(&web).unwrap();
+    assert_eq!(p.port(port).unwrap().addresses, vec!["10.244.1.5".parse::<std::net::IpAddr>().unwrap()]);
+    assert!(c.endpoint_port(&bare).is_some());
+    assert_eq!(summary(p, &outside), r#"Allow ["10.244.1.5:8080"] masquerade=false"#);
+    assert!(summary(p, &key("203.0.113.9:40000", "192.168.77.1:30999", Proto::UDP)).contains("[]"), "TCP only");
+    let t = trace(p, &out);
+    assert!(t.masquerade, "outbound NAT from the endpoint: {:?}", t.steps);
+    let excepted = trace(p, &key("10.244.1.5:40000", "203.0.113.5:443", Proto::TCP));
+    assert!(!excepted.masquerade, "an exception is reached untranslated: {:?}", excepted.steps);
+
+    // The same state compiled from scratch traces the same.
+    let mut fresh = Compiler::new(None);
+    fresh.compile_full(&state).unwrap();
+    for k in [&outside, &out] {
+        assert_eq!(summary(fresh.policy().unwrap(), k), summary(c.policy().unwrap(), k));
+    }
+
+    // Removed: its port, host port and outbound NAT go.
+    state.local_endpoints.clear();
+    let changes = Changes { local_endpoints: [web.clone(), bare.clone()].into(), ..Changes::default() };
+    c.update(&state, &changes).unwrap();
+    let p = c.policy().unwrap();
+    assert!(summary(p, &outside).contains("[]"));
+    assert!(!trace(p, &out).masquerade, "outbound NAT is off again");
+    assert!(c.endpoint_port(&bare).is_none());
+    // web-1 is still a pod of the API, with the API's address.
+    let port = c.endpoint_port(&web).unwrap();
+    assert_eq!(p.port(port).unwrap().addresses, vec!["10.244.1.50".parse::<std::net::IpAddr>().unwrap()]);
+}
