@@ -119,21 +119,26 @@ impl AgentSwitch {
 
 impl Switch for AgentSwitch {
     fn attach(&self, ep: &Endpoint, made: Made) -> Result<(), SwitchError> {
+        let t0 = std::time::Instant::now();
         let port = self.sync_now(endpoint_key(ep), Some(local(ep)))?;
+        tracing::debug!(endpoint = %ep.id, sync = ?t0.elapsed(), "endpoint's port programmed");
         let (Some(k), Some(port)) = (&self.kernel, port) else { return Ok(()) };
         // Bound first: from its first packet the interface may send only as the endpoint.
         k.dataplane
             .bind_endpoint(made.host_ifindex, port, Some(made.mac))
             .map_err(|e| SwitchError::Failed(format!("bind {}: {e}", ep.host_interface)))?;
+        let t1 = std::time::Instant::now();
         let mut obj = k.endpoint.lock().unwrap_or_else(|p| p.into_inner());
-        obj.attach_pinned(
-            "fg_from_endpoint",
-            &ep.host_interface,
-            flowgate_ebpf::Direction::Ingress,
-            &k.pin(&ep.host_interface),
-        )
-        .map_err(|e| SwitchError::Failed(format!("attach fg_from_endpoint to {}: {e}", ep.host_interface)))?;
-        Ok(())
+        let r = obj
+            .attach_pinned(
+                "fg_from_endpoint",
+                &ep.host_interface,
+                flowgate_ebpf::Direction::Ingress,
+                &k.pin(&ep.host_interface),
+            )
+            .map_err(|e| SwitchError::Failed(format!("attach fg_from_endpoint to {}: {e}", ep.host_interface)));
+        tracing::debug!(endpoint = %ep.id, bind = ?(t1 - t0), attach = ?t1.elapsed(), "endpoint under the switch");
+        r.map(|_| ())
     }
 
     fn detach(&self, ep: &Endpoint, host_ifindex: Option<u32>) -> Result<(), SwitchError> {

@@ -236,7 +236,9 @@ impl HostNetworking {
             policies,
             state: EndpointState::Creating,
         };
+        let t0 = std::time::Instant::now();
         let mut ep = self.store.reserve(ep, &sets)?;
+        let t_reserve = t0.elapsed();
         let made = match self.netlink.create(&spec(&ep)).await {
             Ok(m) => m,
             Err(e) => {
@@ -245,14 +247,24 @@ impl HostNetworking {
             }
         };
         ep.mac = Some(links::mac_string(made.mac));
+        let t_links = t0.elapsed();
         if let Err(e) = self.switch.attach(&ep, made) {
             let _ = self.switch.detach(&ep, Some(made.host_ifindex));
             let _ = self.netlink.delete(&ep.host_interface).await;
             self.store.remove_endpoint(&ep.id)?;
             return Err(e.into());
         }
+        let t_switch = t0.elapsed();
         ep.state = EndpointState::Ready;
         self.store.put_endpoint(&ep)?;
+        tracing::debug!(
+            endpoint = %ep.id,
+            reserve = ?t_reserve,
+            links = ?(t_links - t_reserve),
+            switch = ?(t_switch - t_links),
+            record = ?(t0.elapsed() - t_switch),
+            "endpoint added"
+        );
         Ok(ep)
     }
 
