@@ -40,6 +40,18 @@ impl KernelHooks {
     fn pin(&self, host_if: &str) -> PathBuf {
         self.links_dir.join(format!("endpoint-{host_if}-ingress"))
     }
+
+    /// The interfaces of the endpoint link pins, with the pins' paths.
+    fn pins(&self) -> Vec<(String, PathBuf)> {
+        let Ok(dir) = std::fs::read_dir(&self.links_dir) else { return Vec::new() };
+        dir.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let iface = name.strip_prefix("endpoint-")?.strip_suffix("-ingress")?.to_owned();
+                Some((iface, e.path()))
+            })
+            .collect()
+    }
 }
 
 /// The agent's [`Switch`]: local endpoints become ports through the tracker and an immediate sync.
@@ -118,27 +130,36 @@ impl AgentSwitch {
 }
 
 impl Switch for AgentSwitch {
+    fn attach_program(&self, ep: &Endpoint) -> Result<(), SwitchError> {
+        let Some(k) = &self.kernel else { return Ok(()) };
+        let mut obj = k.endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        obj.attach_pinned(
+            "fg_from_endpoint",
+            &ep.host_interface,
+            flowgate_ebpf::Direction::Ingress,
+            &k.pin(&ep.host_interface),
+        )
+        .map(|_| ())
+        .map_err(|e| SwitchError::Failed(format!("attach fg_from_endpoint to {}: {e}", ep.host_interface)))
+    }
+
     fn attach(&self, ep: &Endpoint, made: Made) -> Result<(), SwitchError> {
-        let t0 = std::time::Instant::now();
         let port = self.sync_now(endpoint_key(ep), Some(local(ep)))?;
-        tracing::debug!(endpoint = %ep.id, sync = ?t0.elapsed(), "endpoint's port programmed");
         let (Some(k), Some(port)) = (&self.kernel, port) else { return Ok(()) };
-        // Bound first: from its first packet the interface may send only as the endpoint.
         k.dataplane
             .bind_endpoint(made.host_ifindex, port, Some(made.mac))
-            .map_err(|e| SwitchError::Failed(format!("bind {}: {e}", ep.host_interface)))?;
-        let t1 = std::time::Instant::now();
-        let mut obj = k.endpoint.lock().unwrap_or_else(|p| p.into_inner());
-        let r = obj
-            .attach_pinned(
-                "fg_from_endpoint",
-                &ep.host_interface,
-                flowgate_ebpf::Direction::Ingress,
-                &k.pin(&ep.host_interface),
-            )
-            .map_err(|e| SwitchError::Failed(format!("attach fg_from_endpoint to {}: {e}", ep.host_interface)));
-        tracing::debug!(endpoint = %ep.id, bind = ?(t1 - t0), attach = ?t1.elapsed(), "endpoint under the switch");
-        r.map(|_| ())
+            .map_err(|e| SwitchError::Failed(format!("bind {}: {e}", ep.host_interface)))
+    }
+
+    fn sweep(&self, keep: &BTreeSet<String>) -> Vec<String> {
+        let Some(k) = &self.kernel else { return Vec::new() };
+        let mut removed = Vec::new();
+        for (iface, pin) in k.pins() {
+            if !keep.contains(&iface) && flowgate_ebpf::detach_pinned(&pin).is_ok() {
+                removed.push(iface);
+            }
+        }
+        removed
     }
 
     fn detach(&self, ep: &Endpoint, host_ifindex: Option<u32>) -> Result<(), SwitchError> {

@@ -227,6 +227,7 @@ async fn reconcile_when_compiled(hns: Arc<flowgate_hostnet::HostNetworking>, cor
                         repaired = r.repaired.len(),
                         removed = r.removed.len(),
                         stray_interfaces = r.stray_interfaces.len(),
+                        stray_attachments = r.stray_attachments.len(),
                         orphan_addresses = r.orphan_addresses,
                         "host networking reconciled"
                     );

@@ -52,6 +52,18 @@ pub fn host_interface_name(endpoint_id: &str) -> String {
     format!("{HOST_PREFIX}{:012x}", h & 0xffff_ffff_ffff)
 }
 
+/// The MAC of an attachment's pod-side interface: locally administered, unicast, from a hash of
+/// the attachment's id, so it is known before the interface exists (the switch binds it first).
+pub fn pod_mac(endpoint_id: &str) -> [u8; 6] {
+    let mut h: u64 = 0x84222325_cbf29ce4;
+    for b in endpoint_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [0x02 | (b[0] & 0xfc), b[1], b[2], b[3], b[4], b[5]]
+}
+
 /// Whether `name` is one the agent makes (only those are ever removed as leftovers).
 pub fn is_host_interface_name(name: &str) -> bool {
     name.len() == HOST_PREFIX.len() + 12
@@ -72,6 +84,8 @@ pub struct LinkSpec<'a> {
     pub ips: &'a [EndpointIp],
     /// MTU of both ends.
     pub mtu: Option<u32>,
+    /// The pod side's MAC.
+    pub mac: [u8; 6],
 }
 
 /// What was made.
@@ -227,10 +241,12 @@ impl Netlink {
         Ok(())
     }
 
-    /// Makes an endpoint's links. On failure everything made so far is removed again.
+    /// Makes an endpoint's links: [`Netlink::create_pair`] then [`Netlink::configure`]. On
+    /// failure everything made so far is removed again.
     pub async fn create(&self, spec: &LinkSpec<'_>) -> Result<Made, LinkError> {
-        match self.try_create(spec).await {
-            Ok(m) => Ok(m),
+        let made = self.create_pair(spec).await?;
+        match self.configure(spec, made.host_ifindex).await {
+            Ok(()) => Ok(made),
             Err(e) => {
                 let _ = self.delete(spec.host).await;
                 Err(e)
@@ -238,13 +254,19 @@ impl Netlink {
         }
     }
 
-    async fn try_create(&self, spec: &LinkSpec<'_>) -> Result<Made, LinkError> {
+    /// Makes the veth pair: its host side up in the agent's namespace, its other side (with the
+    /// spec's MAC, still down, so the pod cannot send yet) made directly inside the pod's
+    /// namespace. On failure nothing is left.
+    pub async fn create_pair(&self, spec: &LinkSpec<'_>) -> Result<Made, LinkError> {
         let h = &self.handle;
         let ns = File::open(spec.netns)
             .map_err(|e| fail(format!("open the pod's network namespace {}", spec.netns.display()))(&e))?;
         // A leftover of an earlier attempt with the same name goes first.
         self.delete(spec.host).await?;
-        let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(spec.ifname.to_owned()).setns_by_fd(ns.as_raw_fd());
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(spec.ifname.to_owned())
+            .address(spec.mac.to_vec())
+            .setns_by_fd(ns.as_raw_fd());
         let mut host =
             LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth).name(spec.host.to_owned()).up();
         if let Some(mtu) = spec.mtu {
@@ -258,7 +280,21 @@ impl Netlink {
         let host_link = link_by_name(h, spec.host)
             .await?
             .ok_or_else(|| LinkError { op: format!("find {}", spec.host), message: "gone after creation".into() })?;
-        let host_ifindex = host_link.header.index;
+        Ok(Made { host_ifindex: host_link.header.index, mac: spec.mac })
+    }
+
+    /// Addresses, routes and sysctls on both sides of a pair [`Netlink::create_pair`] made, and the
+    /// pod's side set up. On failure the pair is removed.
+    pub async fn configure(&self, spec: &LinkSpec<'_>, host_ifindex: u32) -> Result<(), LinkError> {
+        let r = self.try_configure(spec, host_ifindex).await;
+        if r.is_err() {
+            let _ = self.delete(spec.host).await;
+        }
+        r
+    }
+
+    async fn try_configure(&self, spec: &LinkSpec<'_>, host_ifindex: u32) -> Result<(), LinkError> {
+        let h = &self.handle;
         let v4 = spec.ips.iter().any(|i| i.address.addr().is_ipv4());
         if v4 {
             sysctl(&format!("net/ipv4/conf/{}/rp_filter", spec.host), "0")?;
@@ -281,8 +317,6 @@ impl Netlink {
             message: "not there after creation".into(),
         })?;
         let index = pod_link.header.index;
-        let mac = mac_of(&pod_link)
-            .ok_or_else(|| LinkError { op: format!("read the MAC of {}", spec.ifname), message: "none".into() })?;
         if let Some(lo) = link_by_name(&p, "lo").await? {
             p.link()
                 .set(LinkUnspec::new_with_index(lo.header.index).up().build())
@@ -308,7 +342,7 @@ impl Netlink {
                 *done = true;
             }
         }
-        Ok(Made { host_ifindex, mac })
+        Ok(())
     }
 
     /// Removes the veth whose host side is `host` (its pod side goes with it); `false` when there

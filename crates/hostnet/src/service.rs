@@ -15,10 +15,15 @@ use crate::store::{Store, StoreError};
 
 /// The data plane side of an endpoint, implemented by the agent.
 pub trait Switch: Send + Sync + std::fmt::Debug {
-    /// Puts `ep` under the switch: its port is programmed, its host interface bound to it (only
-    /// its own addresses and MAC may send) and the endpoint program attached. Returns once the
-    /// pod's first packet would be switched.
+    /// Puts `ep` under the switch: its port is programmed and its host interface bound to it (only
+    /// its own addresses and MAC may send).
     fn attach(&self, ep: &Endpoint, made: Made) -> Result<(), SwitchError>;
+    /// Attaches (or, after a restart, switches to this run's) endpoint program on `ep`'s host
+    /// interface, after [`Switch::attach`]. Returns once the pod's first packet would be switched.
+    fn attach_program(&self, ep: &Endpoint) -> Result<(), SwitchError>;
+    /// Removes program attachments of interfaces not in `keep` (gone, or never recorded); what was
+    /// removed.
+    fn sweep(&self, keep: &BTreeSet<String>) -> Vec<String>;
     /// Takes `ep` out of the switch (its port, binding and program). Idempotent.
     fn detach(&self, ep: &Endpoint, host_ifindex: Option<u32>) -> Result<(), SwitchError>;
     /// What is wrong with `ep`'s place in the switch (CHECK); empty when nothing.
@@ -121,6 +126,8 @@ pub struct Reconciled {
     pub removed: Vec<String>,
     /// Host interfaces deleted that no endpoint owned.
     pub stray_interfaces: Vec<String>,
+    /// Program attachments removed whose interface no endpoint owned.
+    pub stray_attachments: Vec<String>,
     /// Reserved addresses released that no endpoint owned.
     pub orphan_addresses: usize,
 }
@@ -137,7 +144,14 @@ pub struct HostNetworking {
 }
 
 fn spec(ep: &Endpoint) -> LinkSpec<'_> {
-    LinkSpec { host: &ep.host_interface, ifname: &ep.ifname, netns: Path::new(&ep.netns), ips: &ep.ips, mtu: ep.mtu }
+    LinkSpec {
+        host: &ep.host_interface,
+        ifname: &ep.ifname,
+        netns: Path::new(&ep.netns),
+        ips: &ep.ips,
+        mtu: ep.mtu,
+        mac: ep.mac.as_deref().and_then(links::parse_mac).unwrap_or_else(|| links::pod_mac(&ep.id)),
+    }
 }
 
 impl HostNetworking {
@@ -238,31 +252,45 @@ impl HostNetworking {
         };
         let t0 = std::time::Instant::now();
         let mut ep = self.store.reserve(ep, &sets)?;
+        ep.mac = Some(links::mac_string(links::pod_mac(&ep.id)));
         let t_reserve = t0.elapsed();
-        let made = match self.netlink.create(&spec(&ep)).await {
+        let made = match self.netlink.create_pair(&spec(&ep)).await {
             Ok(m) => m,
             Err(e) => {
                 self.store.remove_endpoint(&ep.id)?;
                 return Err(e.into());
             }
         };
-        ep.mac = Some(links::mac_string(made.mac));
-        let t_links = t0.elapsed();
-        if let Err(e) = self.switch.attach(&ep, made) {
-            let _ = self.switch.detach(&ep, Some(made.host_ifindex));
-            let _ = self.netlink.delete(&ep.host_interface).await;
-            self.store.remove_endpoint(&ep.id)?;
-            return Err(e.into());
+        // Bound first, then the program attached, then the pod's side configured and set up: the
+        // pod's first packet already meets the switch, as the endpoint and nothing else.
+        let result = async {
+            self.switch.attach(&ep, made)?;
+            let t_switch = t0.elapsed();
+            self.switch.attach_program(&ep)?;
+            let t_program = t0.elapsed();
+            self.netlink.configure(&spec(&ep), made.host_ifindex).await?;
+            Ok::<_, HnsError>((t_switch, t_program))
         }
-        let t_switch = t0.elapsed();
+        .await;
+        let (t_switch, t_program) = match result {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = self.switch.detach(&ep, Some(made.host_ifindex));
+                let _ = self.netlink.delete(&ep.host_interface).await;
+                self.store.remove_endpoint(&ep.id)?;
+                return Err(e);
+            }
+        };
+        let t_links = t0.elapsed();
         ep.state = EndpointState::Ready;
         self.store.put_endpoint(&ep)?;
         tracing::debug!(
             endpoint = %ep.id,
             reserve = ?t_reserve,
-            links = ?(t_links - t_reserve),
-            switch = ?(t_switch - t_links),
-            record = ?(t0.elapsed() - t_switch),
+            switch = ?(t_switch - t_reserve),
+            program = ?(t_program - t_switch),
+            links = ?(t_links - t_program),
+            record = ?(t0.elapsed() - t_links),
             "endpoint added"
         );
         Ok(ep)
@@ -373,7 +401,10 @@ impl HostNetworking {
                     made
                 }
             };
+            // Bound, then its program (re)attached: a pinned link of the last run is switched
+            // to this run's program without a gap.
             self.switch.attach(&ep, made)?;
+            self.switch.attach_program(&ep)?;
             owned.insert(ep.host_interface.clone());
         }
         for (name, _) in self.netlink.host_interfaces().await? {
@@ -382,6 +413,7 @@ impl HostNetworking {
                 done.stray_interfaces.push(name);
             }
         }
+        done.stray_attachments = self.switch.sweep(&owned);
         done.orphan_addresses = self.store.release_orphans()?;
         Ok(done)
     }
