@@ -151,6 +151,11 @@ impl Switch for AgentSwitch {
             .map_err(|e| SwitchError::Failed(format!("bind {}: {e}", ep.host_interface)))
     }
 
+    fn pod_cidrs(&self) -> Vec<ipnet::IpNet> {
+        let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        core.compiler.node().map(|n| n.pod_cidrs.iter().map(|c| c.trunc()).collect()).unwrap_or_default()
+    }
+
     fn sweep(&self, keep: &BTreeSet<String>) -> Vec<String> {
         let Some(k) = &self.kernel else { return Vec::new() };
         let mut removed = Vec::new();

@@ -301,7 +301,9 @@ fn churn_leaves_no_interface_address_record_or_map_entry() {
         return;
     }
     let node = Node::start("churn");
-    let conf = node.conf("fgtest", "10.244.1.0/24");
+    // One configuration for every node: the ranges are the node's podCIDRs.
+    let mut conf = node.conf("fgtest", "10.244.1.0/24");
+    conf["ipam"] = json!({"usePodCIDR": true});
     let ns = Netns::new().unwrap();
     let ports_before = kernel_entries(&node);
     for round in 0..110 {

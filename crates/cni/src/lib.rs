@@ -216,7 +216,11 @@ pub struct Ipam {
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
     /// Range sets, one per address an endpoint gets.
+    #[serde(default)]
     pub ranges: Vec<Vec<IpRange>>,
+    /// Take the ranges from the node's podCIDRs instead (one configuration for every node).
+    #[serde(rename = "usePodCIDR", default)]
+    pub use_pod_cidr: bool,
 }
 
 /// `outboundNAT`.
@@ -314,8 +318,9 @@ impl NetConf {
     /// The network this configuration describes, checked.
     pub fn network(&self) -> Result<Network, CniError> {
         let ranges = self.ipam.as_ref().map(|i| i.ranges.clone()).unwrap_or_default();
-        if ranges.is_empty() && self.runtime_config.ip_ranges.is_none() {
-            return Err(invalid("ipam.ranges: at least one range set is needed"));
+        let use_pod_cidr = self.ipam.as_ref().is_some_and(|i| i.use_pod_cidr);
+        if ranges.is_empty() && !use_pod_cidr && self.runtime_config.ip_ranges.is_none() {
+            return Err(invalid("ipam.ranges: at least one range set is needed (or ipam.usePodCIDR)"));
         }
         let mut policies = Vec::new();
         if let Some(o) = self.outbound_nat.as_ref().filter(|o| o.enabled) {
@@ -324,6 +329,7 @@ impl NetConf {
         let n = Network {
             name: self.name.clone(),
             ranges,
+            use_pod_cidr,
             mtu: self.mtu,
             dns: self.dns.clone().unwrap_or_default(),
             cluster_domain: self.cluster_domain.clone(),
@@ -331,13 +337,13 @@ impl NetConf {
         };
         let with_field = |e: FieldError| {
             let field = match e.field.as_str() {
-                f if f.starts_with("ranges") => format!("ipam.{f}"),
+                f if f.starts_with("ranges") || f == "usePodCIDR" => format!("ipam.{f}"),
                 "name" => "name".to_owned(),
                 f => f.to_owned(),
             };
             invalid(FieldError { field, message: e.message })
         };
-        if n.ranges.is_empty() {
+        if n.ranges.is_empty() && !n.use_pod_cidr {
             // Only the runtime's ipRanges: the network itself carries none; checked at ADD.
             n.validate().or_else(|e| if e.field == "ranges" { Ok(()) } else { Err(e) }).map_err(with_field)?;
         } else {

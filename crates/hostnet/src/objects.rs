@@ -33,8 +33,13 @@ pub struct Network {
     /// The name (the CNI network name).
     pub name: String,
     /// Address ranges: one inner list per address an endpoint gets (one per family, as host-local's
-    /// `ranges`); the ranges of an inner list are tried in order.
+    /// `ranges`); the ranges of an inner list are tried in order. Empty with `usePodCIDR`.
+    #[serde(default)]
     pub ranges: Vec<Vec<IpRange>>,
+    /// Take the ranges from the node's pod CIDRs (`spec.podCIDRs` of the agent's Node), one range
+    /// set per CIDR: one configuration for every node of a cluster.
+    #[serde(default, rename = "usePodCIDR", skip_serializing_if = "std::ops::Not::not")]
+    pub use_pod_cidr: bool,
     /// MTU of the endpoints' interfaces (both ends of the veth); the kernel default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -283,7 +288,13 @@ impl Network {
                 format!("{:?} is not a valid network name (letters, digits, '-', '_', '.'; at most 253)", self.name),
             ));
         }
-        validate_ranges(&self.ranges, "ranges")?;
+        match (self.use_pod_cidr, self.ranges.is_empty()) {
+            (true, false) => {
+                return Err(FieldError::new("usePodCIDR", "give either ranges or usePodCIDR, not both"));
+            }
+            (true, true) => {}
+            (false, _) => validate_ranges(&self.ranges, "ranges")?,
+        }
         if let Some(mtu) = self.mtu {
             if !(68..=65535).contains(&mtu) {
                 return Err(FieldError::new("mtu", format!("{mtu} is outside 68..65535")));
@@ -462,6 +473,10 @@ mod tests {
         assert_eq!(n.validate().unwrap_err().field, "dns.nameservers[0]");
         let n = net(r#"{"name":"n","ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00::/64"}]],"mtu":1400}"#);
         n.validate().unwrap();
+        net(r#"{"name":"n","usePodCIDR":true}"#).validate().unwrap();
+        assert_eq!(net(r#"{"name":"n"}"#).validate().unwrap_err().field, "ranges");
+        let both = net(r#"{"name":"n","usePodCIDR":true,"ranges":[[{"subnet":"10.1.0.0/24"}]]}"#);
+        assert_eq!(both.validate().unwrap_err().field, "usePodCIDR");
         assert!(serde_json::from_str::<Network>(r#"{"name":"n","ranges":[],"bogus":1}"#).is_err());
     }
 

@@ -24,6 +24,9 @@ pub trait Switch: Send + Sync + std::fmt::Debug {
     /// Removes program attachments of interfaces not in `keep` (gone, or never recorded); what was
     /// removed.
     fn sweep(&self, keep: &BTreeSet<String>) -> Vec<String>;
+    /// The node's pod CIDRs (`spec.podCIDRs`), for networks with `usePodCIDR`; empty when the node
+    /// is not known yet.
+    fn pod_cidrs(&self) -> Vec<ipnet::IpNet>;
     /// Takes `ep` out of the switch (its port, binding and program). Idempotent.
     fn detach(&self, ep: &Endpoint, host_ifindex: Option<u32>) -> Result<(), SwitchError>;
     /// What is wrong with `ep`'s place in the switch (CHECK); empty when nothing.
@@ -227,7 +230,24 @@ impl HostNetworking {
             tracing::info!(endpoint = %id, "ADD for an attachment that exists: replacing it");
             self.teardown(&old).await?;
         }
-        let sets = req.ip_ranges.clone().unwrap_or_else(|| network.ranges.clone());
+        let sets = match (&req.ip_ranges, network.use_pod_cidr) {
+            (Some(r), _) => r.clone(),
+            (None, false) => network.ranges.clone(),
+            (None, true) => {
+                let cidrs = self.switch.pod_cidrs();
+                if cidrs.is_empty() {
+                    return Err(SwitchError::NotReady(format!(
+                        "network {:?} takes its ranges from the node's podCIDRs, and the node has none yet",
+                        network.name
+                    ))
+                    .into());
+                }
+                cidrs
+                    .into_iter()
+                    .map(|subnet| vec![crate::IpRange { subnet, range_start: None, range_end: None, gateway: None }])
+                    .collect()
+            }
+        };
         let dns = network.dns.for_pod(
             req.dns.as_ref(),
             req.pod.as_ref().map(|p| p.namespace.as_str()),
@@ -361,7 +381,19 @@ impl HostNetworking {
     pub fn status(&self, network: &str) -> Result<Result<(), String>, HnsError> {
         let n = self.network(network)?;
         let used = self.store.addresses(network)?;
-        for (i, set) in n.ranges.iter().enumerate() {
+        let ranges = if n.use_pod_cidr {
+            let cidrs = self.switch.pod_cidrs();
+            if cidrs.is_empty() {
+                return Ok(Err(format!("network {network:?}: the node has no podCIDRs yet")));
+            }
+            cidrs
+                .into_iter()
+                .map(|subnet| vec![crate::IpRange { subnet, range_start: None, range_end: None, gateway: None }])
+                .collect()
+        } else {
+            n.ranges.clone()
+        };
+        for (i, set) in ranges.iter().enumerate() {
             let in_set = used.iter().filter(|(ip, _)| set.iter().any(|r| r.subnet.contains(ip))).count() as u128;
             if in_set >= crate::ipam::capacity(set) {
                 let ranges: Vec<String> = set.iter().map(|r| r.subnet.to_string()).collect();
