@@ -275,6 +275,10 @@ fn kernel_dataplane(
     let maps = flowgate_ebpf::backend::KernelMaps::take(&mut loaded[0].ebpf).map_err(|err| e("maps", &err))?;
     let dataplane = flowgate_ebpf::backend::EbpfDataplane::adopt(maps);
     if let Some(iface) = uplink {
+        // The switch masquerades arriving traffic before routing: the node must accept packets
+        // whose source is one of its own addresses on the uplink.
+        let key = std::path::Path::new("/proc/sys/net/ipv4/conf").join(iface).join("accept_local");
+        std::fs::write(&key, "1").map_err(|err| e(&format!("write {}", key.display()), &err))?;
         // The uplink's ingress (traffic arriving) and egress (the node's own traffic to Services),
         // and lo's egress (the node's own traffic to its own NodePorts and other local addresses).
         for (program, dev, direction, hook) in [
