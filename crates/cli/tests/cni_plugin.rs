@@ -340,3 +340,35 @@ fn kernel_entries(node: &Node) -> (usize, usize) {
     };
     (count("fg_ports"), count("fg_endpoint_addrs"))
 }
+
+#[test]
+fn dual_stack_pods_get_an_address_per_family_and_talk_over_both() {
+    if !root("dual_stack_pods_get_an_address_per_family_and_talk_over_both") {
+        return;
+    }
+    let node = Node::start("dual");
+    let mut conf = node.conf("dual", "10.244.1.0/24");
+    conf["ipam"]["ranges"] = json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]]);
+    let (a, ra) = add_pod(&conf, "ds-a", "shop", "a");
+    let (b, rb) = add_pod(&conf, "ds-b", "shop", "b");
+    let ips: Vec<&str> = rb["ips"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap()).collect();
+    assert_eq!(ips, ["10.244.1.3/24", "fd00:10:244:1::3/64"], "{rb}");
+    assert_eq!(rb["ips"][1]["gateway"], "fd00:10:244:1::1");
+    assert_eq!(
+        ra["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}, {"dst": "::/0", "gw": "fd00:10:244:1::1"}])
+    );
+    let routes = a.ip(&["-6", "route", "show"]).unwrap();
+    assert!(routes.contains("default via fd00:10:244:1::1 dev eth0"), "{routes}");
+    let _v4 = Server::tcp(&b, "b", "0.0.0.0:8080");
+    let _v6 = Server::tcp(&b, "b", "[::]:8081");
+    assert_eq!(ask(&a, "10.244.1.3:8080").unwrap(), "b 10.244.1.2");
+    assert_eq!(ask(&a, "[fd00:10:244:1::3]:8081").unwrap(), "b fd00:10:244:1::2");
+    let mut check = conf.clone();
+    check["prevResult"] = ra.clone();
+    assert_eq!(cni("CHECK", "ds-a", Some(a.path()), None, &check).code, 0);
+    for id in ["ds-a", "ds-b"] {
+        assert_eq!(cni("DEL", id, None, None, &conf).code, 0);
+    }
+    assert!(node.host_interfaces().is_empty());
+}

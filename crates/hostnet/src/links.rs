@@ -300,6 +300,11 @@ impl Netlink {
             sysctl(&format!("net/ipv4/conf/{}/rp_filter", spec.host), "0")?;
             sysctl(&format!("net/ipv4/conf/{}/accept_local", spec.host), "1")?;
         }
+        if spec.ips.iter().any(|i| i.address.addr().is_ipv6()) {
+            // Neighbour solicitations for the pod's addresses need a usable link-local source;
+            // the kernel's own is tentative for a second or two (duplicate address detection).
+            add_address(h, host_ifindex, IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)), 64, spec.host).await?;
+        }
         let mut gateways: Vec<IpAddr> = Vec::new();
         for ip in spec.ips {
             if !gateways.contains(&ip.gateway) {
@@ -341,6 +346,23 @@ impl Netlink {
                 add_route(&p, any, 0, Some(ip.gateway), index, "default").await?;
                 *done = true;
             }
+        }
+        // The kernel marks the interface running (operstate up) a moment after it is set up;
+        // until then IPv6 does not resolve neighbours on it. ADD returns once it is usable.
+        let t = std::time::Instant::now();
+        loop {
+            let running =
+                link_by_name(&p, spec.ifname).await?.is_some_and(|l| l.header.flags.contains(LinkFlags::Running));
+            if running {
+                break;
+            }
+            if t.elapsed() > std::time::Duration::from_secs(2) {
+                return Err(LinkError {
+                    op: format!("wait for {} to come up", spec.ifname),
+                    message: "not running after 2 s".into(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         Ok(())
     }
