@@ -14,10 +14,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flowgate_cluster::{HostPort, LocalEndpoint, ObjectKey};
+use flowgate_cluster::{HostPort, LoadBalancerPort, LocalEndpoint, LocalLoadBalancer, ObjectKey};
 use flowgate_hostnet::links::Made;
 use flowgate_hostnet::{
-    Endpoint, EndpointRequest, HnsError, HostNetworking, Network, Policy, Protocol, Switch, SwitchError,
+    Endpoint, EndpointRequest, HnsError, HostNetworking, LoadBalancer, Network, Policy, Protocol, Switch, SwitchError,
 };
 use serde_json::{json, Value};
 
@@ -85,18 +85,39 @@ fn local(ep: &Endpoint) -> LocalEndpoint {
             Policy::PortMapping { host_port, container_port, protocol, host_ip } => Some(HostPort {
                 host_port: *host_port,
                 container_port: *container_port,
-                protocol: match protocol {
-                    Protocol::Tcp => "TCP",
-                    Protocol::Udp => "UDP",
-                    Protocol::Sctp => "SCTP",
-                }
-                .to_owned(),
+                protocol: protocol_name(*protocol).to_owned(),
                 host_ip: *host_ip,
             }),
             _ => None,
         })
         .collect();
     LocalEndpoint { ips: ep.addresses(), outbound_nat, host_ports }
+}
+
+/// The compiler's view of a load balancer.
+pub fn local_load_balancer(lb: &LoadBalancer) -> LocalLoadBalancer {
+    LocalLoadBalancer {
+        frontend_vips: lb.frontend_vips.clone(),
+        ports: lb
+            .port_mappings
+            .iter()
+            .map(|p| LoadBalancerPort {
+                protocol: protocol_name(p.protocol).to_owned(),
+                frontend_port: p.frontend_port,
+                backend_port: p.backend_port,
+            })
+            .collect(),
+        backends: lb.backends.clone(),
+        source_nat: lb.source_nat,
+    }
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        Protocol::Sctp => "SCTP",
+    }
 }
 
 impl AgentSwitch {
@@ -151,16 +172,29 @@ impl Switch for AgentSwitch {
             .map_err(|e| SwitchError::Failed(format!("bind {}: {e}", ep.host_interface)))
     }
 
+    fn load_balancer(&self, name: &str, lb: Option<&LoadBalancer>) -> Result<(), SwitchError> {
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        if !core.tracker.set_local_load_balancer(name, lb.map(local_load_balancer)) {
+            return Ok(());
+        }
+        // Before the first compile it is in the state that compile reads; after, program it now.
+        if core.tracker.ready() && core.compiler.policy().is_some() && !core.sync(false, &self.metrics) {
+            let why = core.status.last_error.clone().unwrap_or_else(|| "the sync failed".into());
+            return Err(SwitchError::Failed(why));
+        }
+        Ok(())
+    }
+
     fn pod_cidrs(&self) -> Vec<ipnet::IpNet> {
         let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         core.compiler.node().map(|n| n.pod_cidrs.iter().map(|c| c.trunc()).collect()).unwrap_or_default()
     }
 
-    fn sweep(&self, keep: &BTreeSet<String>) -> Vec<String> {
+    fn sweep(&self, stray: &dyn Fn(&str) -> bool) -> Vec<String> {
         let Some(k) = &self.kernel else { return Vec::new() };
         let mut removed = Vec::new();
         for (iface, pin) in k.pins() {
-            if !keep.contains(&iface) && flowgate_ebpf::detach_pinned(&pin).is_ok() {
+            if stray(&iface) && flowgate_ebpf::detach_pinned(&pin).is_ok() {
                 removed.push(iface);
             }
         }
@@ -239,6 +273,8 @@ pub fn router(hns: Arc<HostNetworking>) -> Router {
         .route("/v1/networks/{name}", get(network).put(put_network).delete(delete_network))
         .route("/v1/networks/{name}/status", get(status))
         .route("/v1/networks/{name}/gc", post(gc))
+        .route("/v1/loadbalancers", get(load_balancers))
+        .route("/v1/loadbalancers/{name}", get(load_balancer).put(put_load_balancer).delete(delete_load_balancer))
         .route("/v1/endpoints", get(endpoints).post(add_endpoint))
         .route("/v1/endpoints/{network}/{container}/{ifname}", get(endpoint).delete(delete_endpoint))
         .route("/v1/endpoints/{network}/{container}/{ifname}/check", get(check_endpoint))
@@ -306,6 +342,36 @@ async fn gc(State(h): Hns, Path(name): Path<String>, body: Bytes) -> Response {
         }
     }
     answer(h.gc(&name, &valid).await.map(|removed| json!({"removed": removed})))
+}
+
+async fn load_balancers(State(h): Hns) -> Response {
+    answer(h.load_balancers())
+}
+
+async fn load_balancer(State(h): Hns, Path(name): Path<String>) -> Response {
+    answer(h.load_balancer(&name))
+}
+
+async fn put_load_balancer(State(h): Hns, Path(name): Path<String>, body: Bytes) -> Response {
+    let lb: LoadBalancer = match serde_json::from_slice(&body) {
+        Ok(l) => l,
+        Err(e) => return bad_body(&e),
+    };
+    if lb.name != name {
+        return error(&HnsError::Invalid(flowgate_hostnet::FieldError::new(
+            "name",
+            format!("{:?} differs from the path's {name:?}", lb.name),
+        )));
+    }
+    answer(h.put_load_balancer(lb).await)
+}
+
+async fn delete_load_balancer(State(h): Hns, Path(name): Path<String>) -> Response {
+    match h.delete_load_balancer(&name).await {
+        Ok(true) => Json(json!({"deleted": name})).into_response(),
+        Ok(false) => error(&HnsError::NotFound(format!("load balancer {name:?} does not exist"))),
+        Err(e) => error(&e),
+    }
 }
 
 async fn endpoints(State(h): Hns) -> Response {

@@ -209,6 +209,14 @@ fn host_networking(
     let store =
         flowgate_hostnet::store::Store::open(&settings.state_dir.join("hostnet.redb")).map_err(|err| e(&err))?;
     let netlink = flowgate_hostnet::links::Netlink::connect().map_err(|err| e(&err))?;
+    // Recorded load balancers are in the state before the first compile, so that a restarted
+    // agent's first apply keeps their rules in the kernel.
+    {
+        let mut c = core.lock().unwrap_or_else(|p| p.into_inner());
+        for lb in store.load_balancers().map_err(|err| e(&err))? {
+            c.tracker.set_local_load_balancer(&lb.name, Some(hostnet::local_load_balancer(&lb)));
+        }
+    }
     let switch = Arc::new(hostnet::AgentSwitch { core, metrics, kernel });
     Ok(Arc::new(flowgate_hostnet::HostNetworking::new(store, netlink, switch)))
 }

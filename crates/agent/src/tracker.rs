@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use flowgate_cluster::{ClusterState, LocalEndpoint, ObjectKey};
+use flowgate_cluster::{ClusterState, LocalEndpoint, LocalLoadBalancer, ObjectKey};
 use flowgate_compiler::Changes;
 
 use crate::sources::{Kind, Object, ObjectName, SourceEvent};
@@ -27,6 +27,8 @@ pub struct Tracker {
     config_changed: bool,
     /// Local endpoints (host networking service) changed since the last sync.
     local_changed: BTreeSet<ObjectKey>,
+    /// Local load balancers changed since the last sync.
+    local_lb_changed: BTreeSet<String>,
     /// Trigger times of EndpointSlice changes not yet programmed.
     trigger_times: Vec<SystemTime>,
     /// The last source error, if the source has not recovered since.
@@ -43,6 +45,7 @@ impl Tracker {
             previous: BTreeMap::new(),
             config_changed: false,
             local_changed: BTreeSet::new(),
+            local_lb_changed: BTreeSet::new(),
             trigger_times: Vec::new(),
             last_error: None,
         }
@@ -60,7 +63,10 @@ impl Tracker {
 
     /// Whether anything changed since the last [`Tracker::take_changes`] (before no-op filtering).
     pub fn pending(&self) -> bool {
-        !self.previous.is_empty() || self.config_changed || !self.local_changed.is_empty()
+        !self.previous.is_empty()
+            || self.config_changed
+            || !self.local_changed.is_empty()
+            || !self.local_lb_changed.is_empty()
     }
 
     /// Records an endpoint the host networking service made (`Some`) or removed (`None`).
@@ -115,12 +121,26 @@ impl Tracker {
         }
     }
 
+    /// Records a load balancer of the host networking service (`Some`) or its removal (`None`).
+    /// Returns whether it changed anything.
+    pub fn set_local_load_balancer(&mut self, name: &str, lb: Option<LocalLoadBalancer>) -> bool {
+        let changed = match lb {
+            Some(l) => self.state.local_load_balancers.insert(name.to_owned(), l.clone()).as_ref() != Some(&l),
+            None => self.state.local_load_balancers.remove(name).is_some(),
+        };
+        if changed {
+            self.local_lb_changed.insert(name.to_owned());
+        }
+        changed
+    }
+
     /// Takes what changed since the last call, dropping objects that are back to where they were,
     /// and the trigger times of the EndpointSlice changes among them.
     pub fn take_changes(&mut self) -> (Changes, Vec<SystemTime>) {
         let mut c = Changes {
             config: std::mem::take(&mut self.config_changed),
             local_endpoints: std::mem::take(&mut self.local_changed),
+            local_load_balancers: std::mem::take(&mut self.local_lb_changed),
             ..Changes::default()
         };
         for ((kind, name), previous) in std::mem::take(&mut self.previous) {

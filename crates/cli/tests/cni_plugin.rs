@@ -146,6 +146,21 @@ fn pods_made_by_the_plugin_are_endpoints_of_the_switch() {
         other => failures.push(format!("pod-a -> internet (outbound NAT, must see {NODE_IP}): {other:?}")),
     }
 
+    // An HNS load balancer: a VIP the switch spreads over backend addresses, like a Service.
+    let lb = json!({"name": "lb1", "frontendVips": ["10.97.0.1"], "backends": [ip_b],
+                    "portMappings": [{"protocol": "tcp", "frontendPort": 80, "backendPort": 8080}]});
+    node.api("PUT", "/v1/loadbalancers/lb1", Some(lb)).unwrap();
+    match ask(&pod_a, "10.97.0.1:80") {
+        Ok(l) if l == "web-1 10.244.1.2" => {}
+        other => failures.push(format!("pod-a -> load balancer 10.97.0.1:80: {other:?}")),
+    }
+    let bad = json!({"name": "lb2", "frontendVips": ["10.97.0.2"], "backends": ["fd00::1"],
+                     "portMappings": [{"protocol": "tcp", "frontendPort": 80, "backendPort": 8080}]});
+    let err = node.api("PUT", "/v1/loadbalancers/lb2", Some(bad)).unwrap_err();
+    assert!(err.contains("400") && err.contains("backends[0]"), "{err}");
+    node.api("DELETE", "/v1/loadbalancers/lb1", None).unwrap();
+    assert!(ask(&pod_a, "10.97.0.1:80").is_err(), "the VIP is gone with its load balancer");
+
     // Anti-spoofing on a plugin-made endpoint: a second address pod-a gives itself is not its own.
     pod_a.ip(&["addr", "add", "10.244.1.99/32", "dev", "eth0"]).unwrap();
     let spoofed_before = node.counter("dropped_spoofed");
@@ -228,7 +243,12 @@ fn a_restarted_agent_keeps_working_endpoints_and_cleans_what_a_crash_left() {
     let (pod_a, a) = add_pod(&conf, "ctr-a", "shop", "client");
     let (pod_b, b) = add_pod(&conf, "ctr-b", "shop", "web-1");
     let _web = Server::tcp(&pod_b, "web-1", "0.0.0.0:8080");
+    let _client = Server::tcp(&pod_a, "client", "0.0.0.0:8080");
     let ip_b = ip_of(&b);
+    // A load balancer recorded before the crash is served after the restart.
+    let lb = json!({"name": "lb1", "frontendVips": ["10.97.0.1"], "backends": [ip_of(&a)],
+                    "portMappings": [{"protocol": "tcp", "frontendPort": 80, "backendPort": 8080}]});
+    node.api("PUT", "/v1/loadbalancers/lb1", Some(lb)).unwrap();
     let index_before = node.ns.ip(&["-o", "link", "show", a["interfaces"][0]["name"].as_str().unwrap()]).unwrap();
 
     // A crash: the agent dies; meanwhile pod-b's namespace goes away, and an ADD that never
@@ -283,6 +303,7 @@ fn a_restarted_agent_keeps_working_endpoints_and_cleans_what_a_crash_left() {
     assert_ne!(ip_of(&c), ip_of(&a));
     let _web_c = Server::tcp(&pod_c, "web-2", "0.0.0.0:8080");
     assert_eq!(ask(&pod_a, &format!("{}:8080", ip_of(&c))).unwrap(), format!("web-2 {}", ip_of(&a)));
+    assert_eq!(ask(&pod_c, "10.97.0.1:80").unwrap(), format!("client {}", ip_of(&c)), "the load balancer");
     let _ = ip_b;
     let mut check = conf.clone();
     check["prevResult"] = a.clone();

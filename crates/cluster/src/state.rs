@@ -55,6 +55,33 @@ pub struct ClusterState {
     /// Endpoints the node's host networking service made (pods attached through CNI), keyed by
     /// pod (or, without one, by `""` and the attachment id). Not a cluster object: node-local.
     pub local_endpoints: BTreeMap<ObjectKey, LocalEndpoint>,
+    /// Load balancers the node's host networking service holds (HNS LoadBalancer objects), by name.
+    pub local_load_balancers: BTreeMap<String, LocalLoadBalancer>,
+}
+
+/// A load balancer of the node's host networking service: frontend VIPs and ports spread over
+/// backend addresses, served by the switch like a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalLoadBalancer {
+    /// The addresses it answers on.
+    pub frontend_vips: Vec<std::net::IpAddr>,
+    /// Its ports.
+    pub ports: Vec<LoadBalancerPort>,
+    /// The backends' addresses.
+    pub backends: Vec<std::net::IpAddr>,
+    /// Rewrite the source to a node address (so replies come back through this node).
+    pub source_nat: bool,
+}
+
+/// One port of a [`LocalLoadBalancer`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LoadBalancerPort {
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+    /// The port on the VIPs.
+    pub frontend_port: u16,
+    /// The port on the backends.
+    pub backend_port: u16,
 }
 
 /// An endpoint made on this node by its host networking service: the addresses it was given are

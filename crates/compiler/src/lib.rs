@@ -18,7 +18,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod endpoints;
-pub mod hostports;
+pub mod local;
 pub mod node;
 pub mod proxy;
 pub mod services;
@@ -100,6 +100,8 @@ pub struct Changes {
     pub network_policies: BTreeSet<ObjectKey>,
     /// Endpoints of the node's host networking service.
     pub local_endpoints: BTreeSet<ObjectKey>,
+    /// Load balancers of the node's host networking service, by name.
+    pub local_load_balancers: BTreeSet<String>,
 }
 
 impl Changes {
@@ -114,6 +116,7 @@ impl Changes {
             && self.namespaces.is_empty()
             && self.network_policies.is_empty()
             && self.local_endpoints.is_empty()
+            && self.local_load_balancers.is_empty()
     }
 }
 
@@ -125,7 +128,7 @@ struct Inner {
     proxy: proxy::ServiceProxy,
     endpoints: FxHashMap<ObjectKey, PortId>,
     outbound: Option<SetId>,
-    host_ports: hostports::HostPorts,
+    local: local::LocalClaims,
 }
 
 /// The incremental compiler: keeps the desired switch policy of one node and updates it with what
@@ -176,13 +179,16 @@ impl Compiler {
             proxy,
             endpoints: FxHashMap::default(),
             outbound: None,
-            host_ports: hostports::HostPorts::default(),
+            local: local::LocalClaims::default(),
         };
         let pods: Vec<ObjectKey> = state.pods.keys().chain(state.local_endpoints.keys()).cloned().collect();
         inner.sync_pods(state, &pods, &mut delta);
         inner.proxy.sync_all(state, &inner.node, &inner.settings, &mut inner.policy, &mut delta);
         for key in state.local_endpoints.keys() {
-            inner.host_ports.sync(key, state, &inner.node, &mut inner.proxy, &mut inner.policy, &mut delta);
+            inner.local.sync_host_ports(key, state, &inner.node, &mut inner.proxy, &mut inner.policy, &mut delta);
+        }
+        for name in state.local_load_balancers.keys() {
+            inner.local.sync_load_balancer(name, state, &mut inner.proxy, &mut inner.policy, &mut delta);
         }
         inner.sync_outbound_nat(state, &mut delta);
         self.inner = Some(inner);
@@ -206,7 +212,10 @@ impl Compiler {
             inner.sync_outbound_nat(state, &mut delta);
         }
         for key in &changes.local_endpoints {
-            inner.host_ports.sync(key, state, &inner.node, &mut inner.proxy, &mut inner.policy, &mut delta);
+            inner.local.sync_host_ports(key, state, &inner.node, &mut inner.proxy, &mut inner.policy, &mut delta);
+        }
+        for name in &changes.local_load_balancers {
+            inner.local.sync_load_balancer(name, state, &mut inner.proxy, &mut inner.policy, &mut delta);
         }
         let slices: Vec<ObjectKey> = changes.endpoint_slices.iter().cloned().collect();
         let mut services = inner.proxy.slices_changed(state, &slices);

@@ -108,3 +108,43 @@ fn local_endpoints_are_ports_with_host_ports_and_outbound_nat() {
     let port = c.endpoint_port(&web).unwrap();
     assert_eq!(p.port(port).unwrap().addresses, vec!["10.244.1.50".parse::<std::net::IpAddr>().unwrap()]);
 }
+
+#[test]
+fn host_networking_load_balancers_spread_reject_and_source_nat() {
+    use flowgate_cluster::{LoadBalancerPort, LocalLoadBalancer};
+    let mut state = load_str(std::path::Path::new("node.yaml"), NODE).unwrap().state;
+    let mut c = Compiler::new(None);
+    c.compile_full(&state).unwrap();
+    let to_vip = key("203.0.113.9:40000", "10.97.0.1:80", Proto::TCP);
+    let lb = |backends: Vec<&str>, source_nat: bool| LocalLoadBalancer {
+        frontend_vips: vec!["10.97.0.1".parse().unwrap()],
+        ports: vec![LoadBalancerPort { protocol: "TCP".into(), frontend_port: 80, backend_port: 8080 }],
+        backends: backends.into_iter().map(|b| b.parse().unwrap()).collect(),
+        source_nat,
+    };
+    let changed = || Changes { local_load_balancers: ["lb1".to_owned()].into(), ..Changes::default() };
+
+    state.local_load_balancers.insert("lb1".into(), lb(vec!["10.244.1.50", "10.244.2.7"], false));
+    c.update(&state, &changed()).unwrap();
+    assert_eq!(
+        summary(c.policy().unwrap(), &to_vip),
+        r#"Allow ["10.244.1.50:8080", "10.244.2.7:8080"] masquerade=false"#
+    );
+    assert!(summary(c.policy().unwrap(), &key("203.0.113.9:40000", "10.97.0.1:81", Proto::TCP)).contains("[]"));
+
+    state.local_load_balancers.insert("lb1".into(), lb(vec!["10.244.2.7"], true));
+    c.update(&state, &changed()).unwrap();
+    assert_eq!(summary(c.policy().unwrap(), &to_vip), r#"Allow ["10.244.2.7:8080"] masquerade=true"#);
+    let mut fresh = Compiler::new(None);
+    fresh.compile_full(&state).unwrap();
+    assert_eq!(summary(fresh.policy().unwrap(), &to_vip), summary(c.policy().unwrap(), &to_vip));
+
+    state.local_load_balancers.insert("lb1".into(), lb(vec![], false));
+    c.update(&state, &changed()).unwrap();
+    let t = trace(c.policy().unwrap(), &to_vip);
+    assert_eq!(format!("{:?}", t.verdict), "Reject", "no backends: refused at once: {:?}", t.steps);
+
+    state.local_load_balancers.clear();
+    c.update(&state, &changed()).unwrap();
+    assert!(summary(c.policy().unwrap(), &to_vip).contains("[]"), "gone");
+}

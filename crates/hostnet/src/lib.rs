@@ -13,6 +13,7 @@ pub mod service;
 pub mod store;
 
 pub use objects::{
-    Dns, Endpoint, EndpointIp, EndpointRequest, EndpointState, FieldError, IpRange, Network, PodRef, Policy, Protocol,
+    Dns, Endpoint, EndpointIp, EndpointRequest, EndpointState, FieldError, IpRange, LoadBalancer,
+    LoadBalancerPortMapping, Network, PodRef, Policy, Protocol,
 };
 pub use service::{HnsError, HostNetworking, Reconciled, Switch, SwitchError};

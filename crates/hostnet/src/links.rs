@@ -385,6 +385,21 @@ impl Netlink {
         Ok(link_by_name(&self.handle, host).await?.map(|l| l.header.index))
     }
 
+    /// The names of every interface of the agent's namespace.
+    pub async fn interface_names(&self) -> Result<std::collections::BTreeSet<String>, LinkError> {
+        let links: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(|e| fail("list interfaces")(&e))?;
+        Ok(links
+            .iter()
+            .filter_map(|l| {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     /// Every interface of the agent's namespace named as the agent names host sides, with its
     /// index.
     pub async fn host_interfaces(&self) -> Result<Vec<(String, u32)>, LinkError> {

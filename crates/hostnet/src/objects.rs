@@ -249,6 +249,80 @@ impl Endpoint {
     }
 }
 
+/// A load balancer (HCN's LoadBalancer): frontend VIPs and ports spread over backend addresses by
+/// the switch, like a Service, for what does not come from Kubernetes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancer {
+    /// The name.
+    pub name: String,
+    /// The addresses it answers on.
+    pub frontend_vips: Vec<IpAddr>,
+    /// Its ports.
+    pub port_mappings: Vec<LoadBalancerPortMapping>,
+    /// The backends (a VIP's connections go to the backends of its family); none: connections are
+    /// refused, as for a Service without endpoints.
+    #[serde(default)]
+    pub backends: Vec<IpAddr>,
+    /// Rewrite the source to a node address (replies then come back through this node whatever the
+    /// backend's route).
+    #[serde(default)]
+    pub source_nat: bool,
+}
+
+/// One port of a [`LoadBalancer`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancerPortMapping {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The port on the VIPs.
+    pub frontend_port: u16,
+    /// The port on the backends.
+    pub backend_port: u16,
+}
+
+impl LoadBalancer {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if !valid_name(&self.name) {
+            return Err(FieldError::new("name", format!("{:?} is not a valid name", self.name)));
+        }
+        if self.frontend_vips.is_empty() {
+            return Err(FieldError::new("frontendVips", "at least one VIP is needed"));
+        }
+        for (i, v) in self.frontend_vips.iter().enumerate() {
+            if v.is_unspecified() || v.is_loopback() || v.is_multicast() {
+                return Err(FieldError::new(format!("frontendVips[{i}]"), format!("{v} cannot be a VIP")));
+            }
+        }
+        if self.port_mappings.is_empty() {
+            return Err(FieldError::new("portMappings", "at least one port mapping is needed"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.port_mappings.iter().enumerate() {
+            if p.frontend_port == 0 {
+                return Err(FieldError::new(format!("portMappings[{i}].frontendPort"), "must be 1..65535"));
+            }
+            if p.backend_port == 0 {
+                return Err(FieldError::new(format!("portMappings[{i}].backendPort"), "must be 1..65535"));
+            }
+            if !seen.insert((p.protocol, p.frontend_port)) {
+                return Err(FieldError::new(
+                    format!("portMappings[{i}].frontendPort"),
+                    format!("{}/{:?} is mapped twice", p.frontend_port, p.protocol),
+                ));
+            }
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            if !self.frontend_vips.iter().any(|v| v.is_ipv4() == b.is_ipv4()) {
+                return Err(FieldError::new(format!("backends[{i}]"), format!("no frontend VIP of {b}'s family")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a runtime asks for when it adds a pod to a network (what the CNI plugin sends).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

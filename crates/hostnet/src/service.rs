@@ -21,12 +21,15 @@ pub trait Switch: Send + Sync + std::fmt::Debug {
     /// Attaches (or, after a restart, switches to this run's) endpoint program on `ep`'s host
     /// interface, after [`Switch::attach`]. Returns once the pod's first packet would be switched.
     fn attach_program(&self, ep: &Endpoint) -> Result<(), SwitchError>;
-    /// Removes program attachments of interfaces not in `keep` (gone, or never recorded); what was
-    /// removed.
-    fn sweep(&self, keep: &BTreeSet<String>) -> Vec<String>;
+    /// Removes the endpoint program attachments that `stray` says are strays (given an interface
+    /// name); what was removed.
+    fn sweep(&self, stray: &dyn Fn(&str) -> bool) -> Vec<String>;
     /// The node's pod CIDRs (`spec.podCIDRs`), for networks with `usePodCIDR`; empty when the node
     /// is not known yet.
     fn pod_cidrs(&self) -> Vec<ipnet::IpNet>;
+    /// Serves (`Some`) or stops serving (`None`) a load balancer. Returns once it is programmed
+    /// (or, before the switch is compiled, recorded for the first compile).
+    fn load_balancer(&self, name: &str, lb: Option<&crate::objects::LoadBalancer>) -> Result<(), SwitchError>;
     /// Takes `ep` out of the switch (its port, binding and program). Idempotent.
     fn detach(&self, ep: &Endpoint, host_ifindex: Option<u32>) -> Result<(), SwitchError>;
     /// What is wrong with `ep`'s place in the switch (CHECK); empty when nothing.
@@ -198,6 +201,39 @@ impl HostNetworking {
         }
         self.store.delete_network(name)?;
         Ok(())
+    }
+
+    /// Every load balancer.
+    pub fn load_balancers(&self) -> Result<Vec<crate::objects::LoadBalancer>, HnsError> {
+        Ok(self.store.load_balancers()?)
+    }
+
+    /// One load balancer.
+    pub fn load_balancer(&self, name: &str) -> Result<crate::objects::LoadBalancer, HnsError> {
+        self.load_balancers()?
+            .into_iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| HnsError::NotFound(format!("load balancer {name:?} does not exist")))
+    }
+
+    /// Creates or replaces a load balancer, recorded first, then programmed.
+    pub async fn put_load_balancer(
+        &self,
+        lb: crate::objects::LoadBalancer,
+    ) -> Result<crate::objects::LoadBalancer, HnsError> {
+        lb.validate()?;
+        let _g = self.lock.lock().await;
+        self.store.put_load_balancer(&lb)?;
+        self.switch.load_balancer(&lb.name, Some(&lb))?;
+        Ok(lb)
+    }
+
+    /// Removes a load balancer; `false` when there was none.
+    pub async fn delete_load_balancer(&self, name: &str) -> Result<bool, HnsError> {
+        let _g = self.lock.lock().await;
+        let existed = self.store.delete_load_balancer(name)?;
+        self.switch.load_balancer(name, None)?;
+        Ok(existed)
     }
 
     /// Every endpoint.
@@ -410,6 +446,9 @@ impl HostNetworking {
     pub async fn reconcile(&self) -> Result<Reconciled, HnsError> {
         let _g = self.lock.lock().await;
         let mut done = Reconciled::default();
+        for lb in self.store.load_balancers()? {
+            self.switch.load_balancer(&lb.name, Some(&lb))?;
+        }
         let mut owned = BTreeSet::new();
         for mut ep in self.store.endpoints()? {
             if ep.state != EndpointState::Ready || !Path::new(&ep.netns).exists() {
@@ -445,7 +484,12 @@ impl HostNetworking {
                 done.stray_interfaces.push(name);
             }
         }
-        done.stray_attachments = self.switch.sweep(&owned);
+        // Attachments of interfaces that are gone, or named as ours and not recorded; an
+        // interface someone else named and attached is left alone.
+        let present = self.netlink.interface_names().await?;
+        done.stray_attachments = self.switch.sweep(&|iface: &str| {
+            !owned.contains(iface) && (!present.contains(iface) || links::is_host_interface_name(iface))
+        });
         done.orphan_addresses = self.store.release_orphans()?;
         Ok(done)
     }

@@ -16,6 +16,8 @@ use crate::objects::{Endpoint, EndpointIp, IpRange, Network};
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 /// Endpoints by id, as JSON.
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
+/// Load balancers by name, as JSON.
+const LOAD_BALANCERS: TableDefinition<&str, &[u8]> = TableDefinition::new("load-balancers");
 /// `<network>|<address>` -> the endpoint holding it.
 const ADDRESSES: TableDefinition<&str, &str> = TableDefinition::new("addresses");
 /// `<network>|<range set index>` -> the address handed out last.
@@ -73,6 +75,7 @@ impl Store {
             tx.open_table(ENDPOINTS)?;
             tx.open_table(ADDRESSES)?;
             tx.open_table(LAST)?;
+            tx.open_table(LOAD_BALANCERS)?;
             Ok(())
         })?;
         Ok(store)
@@ -141,6 +144,25 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// Every load balancer.
+    pub fn load_balancers(&self) -> Result<Vec<crate::objects::LoadBalancer>, StoreError> {
+        self.read_all(LOAD_BALANCERS)
+    }
+
+    /// Records a load balancer (replacing one of the same name).
+    pub fn put_load_balancer(&self, lb: &crate::objects::LoadBalancer) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(lb).map_err(|e| self.err(e))?;
+        self.write(|tx| {
+            tx.open_table(LOAD_BALANCERS)?.insert(lb.name.as_str(), json.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Forgets a load balancer; whether there was one.
+    pub fn delete_load_balancer(&self, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| Ok(tx.open_table(LOAD_BALANCERS)?.remove(name)?.is_some()))
     }
 
     /// Records an endpoint as it is now (its addresses must already be reserved for it).
