@@ -45,7 +45,8 @@ pub enum DataplaneSettings {
 /// Everything the agent needs to start.
 #[derive(Clone, Debug)]
 pub struct AgentSettings {
-    /// The node this agent programs (default: the config's hostnameOverride, else the only Node).
+    /// The node this agent programs (default: the configuration's hostnameOverride, else the only
+    /// Node; see `flowgate_compiler::select_node`).
     pub node: Option<String>,
     /// The source.
     pub source: SourceSettings,
@@ -101,9 +102,8 @@ impl AgentSettings {
             tracing::warn!("{w}");
         }
         if let Some(kp) = loaded.state.kube_proxy {
-            if self.node.is_none() && !kp.hostname_override.is_empty() {
-                self.node = Some(kp.hostname_override.clone());
-            }
+            // Its hostnameOverride names the node unless --node did: the compiler reads it there
+            // (`flowgate_compiler::select_node`), like every other setting of it.
             self.kube_proxy = Some(kp);
         }
         if let Some(fg) = loaded.state.flowgate {

@@ -33,12 +33,16 @@ pub struct Tracker {
     trigger_times: Vec<SystemTime>,
     /// The last source error, if the source has not recovered since.
     pub last_error: Option<String>,
+    /// The configuration the agent was started with (`--config`): in force unless a snapshot
+    /// (a manifest directory) brings its own document of the same kind.
+    base_config: (Option<flowgate_cluster::KubeProxyConfiguration>, Option<flowgate_cluster::FlowgateConfiguration>),
 }
 
 impl Tracker {
     /// A tracker that waits for `needed` kinds to be listed before it is ready.
     pub fn new(needed: impl IntoIterator<Item = Kind>, base: ClusterState) -> Tracker {
         Tracker {
+            base_config: (base.kube_proxy.clone(), base.flowgate.clone()),
             state: base,
             needed: needed.into_iter().collect(),
             listed: BTreeSet::new(),
@@ -106,9 +110,11 @@ impl Tracker {
                 for kind in Kind::ALL {
                     changed |= self.replace_kind(kind, take_objects(&mut new, kind));
                 }
-                if new.kube_proxy != self.state.kube_proxy || new.flowgate != self.state.flowgate {
-                    self.state.kube_proxy = new.kube_proxy;
-                    self.state.flowgate = new.flowgate;
+                let kube_proxy = new.kube_proxy.or_else(|| self.base_config.0.clone());
+                let flowgate = new.flowgate.or_else(|| self.base_config.1.clone());
+                if kube_proxy != self.state.kube_proxy || flowgate != self.state.flowgate {
+                    self.state.kube_proxy = kube_proxy;
+                    self.state.flowgate = flowgate;
                     self.config_changed = true;
                     changed = true;
                 }
@@ -373,6 +379,21 @@ mod tests {
 
     fn name(n: &str) -> ObjectName {
         ObjectName { namespace: "ns".into(), name: n.into() }
+    }
+
+    #[test]
+    fn the_started_configuration_stays_unless_a_snapshot_brings_its_own() {
+        let kp =
+            |h: &str| flowgate_cluster::KubeProxyConfiguration { hostname_override: h.into(), ..Default::default() };
+        let base = ClusterState { kube_proxy: Some(kp("from-config")), ..ClusterState::default() };
+        let mut t = Tracker::new([Kind::Service], base);
+        t.handle(SourceEvent::Snapshot(Box::default()));
+        assert_eq!(t.state().kube_proxy.as_ref().map(|k| k.hostname_override.as_str()), Some("from-config"));
+        let own = ClusterState { kube_proxy: Some(kp("from-manifests")), ..ClusterState::default() };
+        t.handle(SourceEvent::Snapshot(Box::new(own)));
+        assert_eq!(t.state().kube_proxy.as_ref().map(|k| k.hostname_override.as_str()), Some("from-manifests"));
+        t.handle(SourceEvent::Snapshot(Box::default()));
+        assert_eq!(t.state().kube_proxy.as_ref().map(|k| k.hostname_override.as_str()), Some("from-config"));
     }
 
     #[test]

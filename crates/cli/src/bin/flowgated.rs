@@ -21,7 +21,8 @@ struct Args {
     /// kubeconfig for the Kubernetes API (default: in-cluster, else $KUBECONFIG / ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// The node this agent programs (default: hostnameOverride, else $NODE_NAME, else the only Node).
+    /// The node this agent programs (default: $NODE_NAME, else the configuration's
+    /// hostnameOverride, else the only Node).
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
     /// The API socket (root-only).
