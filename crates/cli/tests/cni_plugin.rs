@@ -197,6 +197,15 @@ fn pods_made_by_the_plugin_are_endpoints_of_the_switch() {
     let o = cni("CHECK", "ctr-x", Some(pod_b.path()), None, &check_b);
     assert_eq!(o.out["code"], 3, "CHECK of an unknown container: {}", o.raw);
 
+    // The ipRanges capability replaces the network's ranges for one pod.
+    let mut ranged = conf.clone();
+    ranged["runtimeConfig"] =
+        json!({"ipRanges": [[{"subnet": "10.244.1.0/24", "rangeStart": "10.244.1.200", "rangeEnd": "10.244.1.210"}]]});
+    let (pod_r, r) = add_pod(&ranged, "ctr-r", "shop", "ranged");
+    assert_eq!(r["ips"][0]["address"], "10.244.1.200/24", "{r}");
+    assert_eq!(cni("DEL", "ctr-r", Some(pod_r.path()), None, &conf).code, 0);
+    drop(pod_r);
+
     // Errors from the agent: a namespace that does not exist, an exhausted range, STATUS.
     let o = cni("ADD", "ctr-gone", Some(std::path::Path::new("/run/netns/flowgate-no-such-ns")), None, &conf);
     assert_eq!(o.out["code"], 7, "{}", o.raw);
