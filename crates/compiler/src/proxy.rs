@@ -259,13 +259,7 @@ impl ServiceProxy {
             self.fragments.insert(key.clone(), frag);
         }
         for d in touched_dest {
-            let merged = merge_claims(self.destinations.get(&d));
-            if merged.is_none() {
-                self.destinations.remove(&d);
-            }
-            let r = RuleRef { layer: LayerKind::Lb, group: SERVICE_IPS, key: RuleKey::Destination(d) };
-            policy.put_rules(&r, merged);
-            delta.rules.insert(r);
+            self.reprogram_destination(d, policy, delta);
         }
         for n in touched_np {
             let merged = merge_claims(self.node_ports.get(&n));
@@ -316,6 +310,11 @@ impl ServiceProxy {
                 }
             }
         }
+        self.reprogram_destination(d, policy, delta);
+    }
+
+    /// Writes the merged claims of destination `d` into the policy (none left: the key goes).
+    fn reprogram_destination(&mut self, d: DestinationKey, policy: &mut SwitchPolicy, delta: &mut PolicyDelta) {
         let merged = merge_claims(self.destinations.get(&d));
         if merged.is_none() {
             self.destinations.remove(&d);
