@@ -4,7 +4,7 @@
 //! HTTP API on the root-only socket (networks, endpoints, CHECK, GC, STATUS), with errors that
 //! carry the CNI code, the message and the field at fault.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -63,6 +63,44 @@ pub struct AgentSwitch {
     pub metrics: Arc<Metrics>,
     /// The kernel, when the eBPF data plane runs.
     pub kernel: Option<Arc<KernelHooks>>,
+    /// The attachments of each pod (a pod on several networks has several): its port holds the
+    /// addresses of all of them.
+    pub attachments: Mutex<BTreeMap<ObjectKey, BTreeMap<String, LocalEndpoint>>>,
+}
+
+impl AgentSwitch {
+    /// A switch over the agent's core.
+    pub fn new(core: Arc<Mutex<Core>>, metrics: Arc<Metrics>, kernel: Option<Arc<KernelHooks>>) -> AgentSwitch {
+        AgentSwitch { core, metrics, kernel, attachments: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Records (`Some`) or forgets (`None`) one attachment of a pod; what the pod's port should
+    /// now be (every attachment's addresses, host ports and outbound NAT), `None` when it has none.
+    fn pod_endpoint(&self, key: &ObjectKey, id: &str, attachment: Option<LocalEndpoint>) -> Option<LocalEndpoint> {
+        let mut all = self.attachments.lock().unwrap_or_else(|p| p.into_inner());
+        let of_pod = all.entry(key.clone()).or_default();
+        match attachment {
+            Some(a) => of_pod.insert(id.to_owned(), a),
+            None => of_pod.remove(id),
+        };
+        if of_pod.is_empty() {
+            all.remove(key);
+            return None;
+        }
+        let mut merged = LocalEndpoint { ips: Vec::new(), outbound_nat: None, host_ports: Vec::new() };
+        for a in of_pod.values() {
+            for ip in &a.ips {
+                if !merged.ips.contains(ip) {
+                    merged.ips.push(*ip);
+                }
+            }
+            if let Some(ex) = &a.outbound_nat {
+                merged.outbound_nat.get_or_insert_with(Vec::new).extend(ex.iter().copied());
+            }
+            merged.host_ports.extend(a.host_ports.iter().cloned());
+        }
+        Some(merged)
+    }
 }
 
 /// The key of an endpoint's port: its pod, or (no pod given) `""` and the attachment id.
@@ -165,7 +203,9 @@ impl Switch for AgentSwitch {
     }
 
     fn attach(&self, ep: &Endpoint, made: Made) -> Result<(), SwitchError> {
-        let port = self.sync_now(endpoint_key(ep), Some(local(ep)))?;
+        let key = endpoint_key(ep);
+        let merged = self.pod_endpoint(&key, &ep.id, Some(local(ep)));
+        let port = self.sync_now(key, merged)?;
         let (Some(k), Some(port)) = (&self.kernel, port) else { return Ok(()) };
         k.dataplane
             .bind_endpoint(made.host_ifindex, port, Some(made.mac))
@@ -209,7 +249,9 @@ impl Switch for AgentSwitch {
             flowgate_ebpf::detach_pinned(&k.pin(&ep.host_interface))
                 .map_err(|e| SwitchError::Failed(format!("detach from {}: {e}", ep.host_interface)))?;
         }
-        match self.sync_now(endpoint_key(ep), None) {
+        let key = endpoint_key(ep);
+        let merged = self.pod_endpoint(&key, &ep.id, None);
+        match self.sync_now(key, merged) {
             // Removed from the tracker either way; the next sync programs it.
             Ok(_) | Err(SwitchError::NotReady(_)) => Ok(()),
             Err(e) => Err(e),

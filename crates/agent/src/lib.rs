@@ -217,7 +217,7 @@ fn host_networking(
             c.tracker.set_local_load_balancer(&lb.name, Some(hostnet::local_load_balancer(&lb)));
         }
     }
-    let switch = Arc::new(hostnet::AgentSwitch { core, metrics, kernel });
+    let switch = Arc::new(hostnet::AgentSwitch::new(core, metrics, kernel));
     Ok(Arc::new(flowgate_hostnet::HostNetworking::new(store, netlink, switch)))
 }
 

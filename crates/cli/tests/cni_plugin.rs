@@ -402,3 +402,45 @@ fn dual_stack_pods_get_an_address_per_family_and_talk_over_both() {
     }
     assert!(node.host_interfaces().is_empty());
 }
+
+#[test]
+fn a_pod_on_two_networks_sends_from_both_of_its_addresses() {
+    if !root("a_pod_on_two_networks_sends_from_both_of_its_addresses") {
+        return;
+    }
+    let node = Node::start("multi");
+    let one = node.conf("one", "10.244.1.0/24");
+    let two = node.conf("two", "10.245.0.0/24");
+    let (server, rs) = add_pod(&one, "srv", "shop", "server");
+    let _web = Server::tcp(&server, "server", "0.0.0.0:8080");
+    let pod = Netns::new().unwrap();
+    let args = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=multi";
+    let first = cni_on("eth0", "ADD", "multi", Some(pod.path()), Some(args), &one);
+    let second = cni_on("eth1", "ADD", "multi", Some(pod.path()), Some(args), &two);
+    assert_eq!((first.code, second.code), (0, 0), "{} {}", first.raw, second.raw);
+    let (a1, a2) = (ip_of(&first.out), ip_of(&second.out));
+    // Both attachments are the same pod's endpoint: each address may send on its own interface.
+    pod.ip(&[
+        "route",
+        "add",
+        &format!("{}/32", ip_of(&rs)),
+        "via",
+        "10.245.0.1",
+        "dev",
+        "eth1",
+        "src",
+        &a2,
+        "table",
+        "100",
+    ])
+    .unwrap();
+    pod.ip(&["rule", "add", "from", &a2, "table", "100"]).unwrap();
+    let to = format!("{}:8080", ip_of(&rs));
+    assert_eq!(ask_from(&pod, &format!("{a1}:0"), &to).unwrap(), format!("server {a1}"));
+    assert_eq!(ask_from(&pod, &format!("{a2}:0"), &to).unwrap(), format!("server {a2}"));
+    for (ifname, conf) in [("eth0", &one), ("eth1", &two)] {
+        assert_eq!(cni_on(ifname, "DEL", "multi", None, None, conf).code, 0);
+    }
+    assert_eq!(cni("DEL", "srv", None, None, &one).code, 0);
+    assert!(node.host_interfaces().is_empty());
+}

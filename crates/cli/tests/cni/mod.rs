@@ -270,8 +270,21 @@ pub struct Outcome {
     pub raw: String,
 }
 
-/// Runs `flowgate-cni` as a runtime does: a clean environment with `CNI_*`, `conf` on stdin.
+/// Runs `flowgate-cni` as a runtime does: a clean environment with `CNI_*` (interface `eth0`),
+/// `conf` on stdin.
 pub fn cni(command: &str, container: &str, netns: Option<&Path>, args: Option<&str>, conf: &Value) -> Outcome {
+    cni_on("eth0", command, container, netns, args, conf)
+}
+
+/// [`cni`] for the interface `ifname`.
+pub fn cni_on(
+    ifname: &str,
+    command: &str,
+    container: &str,
+    netns: Option<&Path>,
+    args: Option<&str>,
+    conf: &Value,
+) -> Outcome {
     let mut c = Command::new(plugin());
     c.env_clear()
         .env("CNI_COMMAND", command)
@@ -280,7 +293,7 @@ pub fn cni(command: &str, container: &str, netns: Option<&Path>, args: Option<&s
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if !container.is_empty() {
-        c.env("CNI_CONTAINERID", container).env("CNI_IFNAME", "eth0");
+        c.env("CNI_CONTAINERID", container).env("CNI_IFNAME", ifname);
     }
     if let Some(n) = netns {
         c.env("CNI_NETNS", n);
@@ -374,6 +387,25 @@ pub fn ask(ns: &Netns, to: &str) -> Result<String, String> {
     ns.run(|| {
         let mut s =
             TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut line = String::new();
+        s.read_to_string(&mut line).map_err(|e| format!("read from {to}: {e}"))?;
+        Ok(line.trim().to_owned())
+    })
+    .unwrap()
+}
+
+/// Connects from `from` (bound inside `ns`) and reads the server's line.
+pub fn ask_from(ns: &Netns, from: &str, to: &str) -> Result<String, String> {
+    let from: SocketAddr = from.parse().unwrap();
+    let to: SocketAddr = to.parse().unwrap();
+    ns.run(|| {
+        let sock = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)
+            .map_err(|e| format!("socket: {e}"))?;
+        sock.bind(&from.into()).map_err(|e| format!("bind {from}: {e}"))?;
+        sock.connect_timeout(&to.into(), Duration::from_secs(2))
+            .map_err(|e| format!("connect {to} from {from}: {e}"))?;
+        let mut s: TcpStream = sock.into();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut line = String::new();
         s.read_to_string(&mut line).map_err(|e| format!("read from {to}: {e}"))?;
