@@ -12,14 +12,16 @@ use serde_json::{json, Value};
 
 /// Runs one CNI command: the whole of `flowgate-cni`.
 pub fn main() -> ExitCode {
-    let env = match Env::read(|k| std::env::var(k).ok()) {
-        Ok(e) => e,
-        Err(e) => return fail(&e, LATEST),
-    };
+    // The configuration is read whatever else is wrong: the runtime writing it never meets a
+    // closed pipe.
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         return fail(&CniError::new(code::IO, format!("cannot read stdin: {e}"), ""), LATEST);
     }
+    let env = match Env::read(|k| std::env::var(k).ok()) {
+        Ok(e) => e,
+        Err(e) => return fail(&e, LATEST),
+    };
     if env.command == Command::Version {
         // Whatever version the runtime asks about, the answer lists every one spoken.
         println!("{}", json!({"cniVersion": LATEST, "supportedVersions": SUPPORTED_VERSIONS}));

@@ -302,7 +302,8 @@ pub fn cni_on(
         c.env("CNI_ARGS", a);
     }
     let mut child = c.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    // A plugin may answer without reading all of it (and then the write fails): its answer counts.
+    let _ = child.stdin.take().unwrap().write_all(conf.to_string().as_bytes());
     let out = child.wait_with_output().unwrap();
     let raw = String::from_utf8_lossy(&out.stdout).into_owned();
     let value = if raw.trim().is_empty() { Value::Null } else { serde_json::from_str(&raw).unwrap_or(Value::Null) };
