@@ -74,6 +74,15 @@ impl AgentSwitch {
         AgentSwitch { core, metrics, kernel, attachments: Mutex::new(BTreeMap::new()) }
     }
 
+    /// Puts a recorded endpoint in the state before the agent's first compile (at start), so that
+    /// the first program written keeps its port, host ports and outbound NAT; reconcile binds it.
+    pub fn preload(&self, ep: &Endpoint) {
+        let key = endpoint_key(ep);
+        let merged = self.pod_endpoint(&key, &ep.id, Some(local(ep)));
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        core.tracker.set_local_endpoint(key, merged);
+    }
+
     /// Records (`Some`) or forgets (`None`) one attachment of a pod; what the pod's port should
     /// now be (every attachment's addresses, host ports and outbound NAT), `None` when it has none.
     fn pod_endpoint(&self, key: &ObjectKey, id: &str, attachment: Option<LocalEndpoint>) -> Option<LocalEndpoint> {
@@ -225,6 +234,11 @@ impl Switch for AgentSwitch {
         Ok(())
     }
 
+    fn node_addresses(&self) -> Vec<std::net::IpAddr> {
+        let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        core.compiler.node().map(|n| n.addresses.clone()).unwrap_or_default()
+    }
+
     fn pod_cidrs(&self) -> Vec<ipnet::IpNet> {
         let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         core.compiler.node().map(|n| n.pod_cidrs.iter().map(|c| c.trunc()).collect()).unwrap_or_default()
@@ -251,11 +265,11 @@ impl Switch for AgentSwitch {
         }
         let key = endpoint_key(ep);
         let merged = self.pod_endpoint(&key, &ep.id, None);
-        match self.sync_now(key, merged) {
-            // Removed from the tracker either way; the next sync programs it.
-            Ok(_) | Err(SwitchError::NotReady(_)) => Ok(()),
-            Err(e) => Err(e),
+        if let Err(e) = self.sync_now(key, merged) {
+            // Removed from the tracker either way: the next successful sync programs it.
+            tracing::warn!(endpoint = %ep.id, error = %e, "endpoint removed; its port goes with the next sync");
         }
+        Ok(())
     }
 
     fn check(&self, ep: &Endpoint, host_ifindex: u32) -> Vec<String> {
@@ -268,7 +282,7 @@ impl Switch for AgentSwitch {
                 port.and_then(|id| core.compiler.policy().and_then(|p| p.port(id)).map(|p| p.addresses.clone()));
             match programmed {
                 None => problems.push(format!("the switch has no port for {key}")),
-                Some(addrs) if addrs != ep.addresses() => problems
+                Some(addrs) if !ep.addresses().iter().all(|a| addrs.contains(a)) => problems
                     .push(format!("the switch's port for {key} has addresses {addrs:?}, not {:?}", ep.addresses())),
                 Some(_) => {}
             }
@@ -306,6 +320,16 @@ fn answer<T: serde::Serialize>(r: Result<T, HnsError>) -> Response {
         Ok(v) => Json(v).into_response(),
         Err(e) => error(&e),
     }
+}
+
+/// Runs a change to completion in a task of its own: a client that goes away (a runtime that
+/// kills the plugin) does not cut it short half way.
+async fn to_completion<T: Send + 'static>(
+    change: impl std::future::Future<Output = Result<T, HnsError>> + Send + 'static,
+) -> Result<T, HnsError> {
+    tokio::spawn(change)
+        .await
+        .unwrap_or_else(|e| Err(HnsError::Switch(SwitchError::Failed(format!("the change did not finish: {e}")))))
 }
 
 /// The service's routes (merged into the API on the unix socket).
@@ -367,8 +391,14 @@ async fn gc(State(h): Hns, Path(name): Path<String>, body: Bytes) -> Response {
         Ok(v) => v,
         Err(e) => return bad_body(&e),
     };
+    let Some(list) = v.get("validAttachments").and_then(|a| a.as_array()) else {
+        return error(&HnsError::Invalid(flowgate_hostnet::FieldError::new(
+            "validAttachments",
+            "the attachments to keep are required (an empty list removes every endpoint of the network)",
+        )));
+    };
     let mut valid = BTreeSet::new();
-    for (i, a) in v.get("validAttachments").and_then(|a| a.as_array()).into_iter().flatten().enumerate() {
+    for (i, a) in list.iter().enumerate() {
         let id = a.get("containerID").or_else(|| a.get("containerId")).and_then(|s| s.as_str());
         let ifname = a.get("ifname").and_then(|s| s.as_str());
         match (id, ifname) {
@@ -383,7 +413,7 @@ async fn gc(State(h): Hns, Path(name): Path<String>, body: Bytes) -> Response {
             }
         }
     }
-    answer(h.gc(&name, &valid).await.map(|removed| json!({"removed": removed})))
+    answer(to_completion(async move { h.gc(&name, &valid).await }).await.map(|removed| json!({"removed": removed})))
 }
 
 async fn load_balancers(State(h): Hns) -> Response {
@@ -425,7 +455,7 @@ async fn add_endpoint(State(h): Hns, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return bad_body(&e),
     };
-    answer(h.add_endpoint(req).await)
+    answer(to_completion(async move { h.add_endpoint(req).await }).await)
 }
 
 async fn endpoint(State(h): Hns, Path((n, c, i)): Path<(String, String, String)>) -> Response {
@@ -433,7 +463,10 @@ async fn endpoint(State(h): Hns, Path((n, c, i)): Path<(String, String, String)>
 }
 
 async fn delete_endpoint(State(h): Hns, Path((n, c, i)): Path<(String, String, String)>) -> Response {
-    answer(h.delete_endpoint(&Endpoint::id_of(&n, &c, &i)).await.map(|ep| json!({"deleted": ep.map(|e| e.id)})))
+    let id = Endpoint::id_of(&n, &c, &i);
+    answer(
+        to_completion(async move { h.delete_endpoint(&id).await }).await.map(|ep| json!({"deleted": ep.map(|e| e.id)})),
+    )
 }
 
 async fn check_endpoint(State(h): Hns, Path((n, c, i)): Path<(String, String, String)>) -> Response {

@@ -218,13 +218,21 @@ fn host_networking(
         }
     }
     let switch = Arc::new(hostnet::AgentSwitch::new(core, metrics, kernel));
+    // So are the recorded endpoints: their ports, host ports and outbound NAT stay programmed.
+    for ep in store.endpoints().map_err(|err| e(&err))? {
+        if ep.state == flowgate_hostnet::EndpointState::Ready {
+            switch.preload(&ep);
+        }
+    }
     Ok(Arc::new(flowgate_hostnet::HostNetworking::new(store, netlink, switch)))
 }
 
 /// Reconciles the recorded endpoints with the kernel once the switch is compiled (their ports
 /// must exist before their interfaces are bound), retrying while it fails.
 async fn reconcile_when_compiled(hns: Arc<flowgate_hostnet::HostNetworking>, core: Arc<Mutex<Core>>) {
-    let mut delay = std::time::Duration::from_millis(50);
+    // Bindings of the last run may name ports that the first compile numbered differently: they
+    // are rewritten as soon as it is done.
+    let mut delay = std::time::Duration::from_millis(2);
     loop {
         let compiled = core.lock().map(|c| c.compiler.policy().is_some()).unwrap_or(false);
         if compiled {

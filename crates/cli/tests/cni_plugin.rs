@@ -64,6 +64,16 @@ fn errors_before_the_agent_carry_the_spec_codes() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((out.status.code(), v["code"].as_u64()), (Some(1), Some(6)), "{v}");
 
+    // GC without the list of attachments to keep would remove everything: refused.
+    let mut gc = conf.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    let o = cni("GC", "", None, None, &gc);
+    assert_eq!(o.out["code"], 7, "{}", o.raw);
+    assert!(o.out["msg"].as_str().unwrap().contains("cni.dev/valid-attachments"), "{}", o.raw);
+    // An interface name that could not be one (it would also break the agent's URL).
+    let o = cni_on("a/b", "DEL", "c1", None, None, &conf);
+    assert_eq!(o.out["code"], 4, "{}", o.raw);
+
     // The agent is not there: try again later, saying where it looked.
     let o = cni("DEL", "c1", None, None, &conf);
     assert_eq!(o.out["code"], 11, "{}", o.raw);
@@ -196,6 +206,16 @@ fn pods_made_by_the_plugin_are_endpoints_of_the_switch() {
     assert!(o.out["msg"].as_str().unwrap().contains("no default route via 10.244.1.1"), "{}", o.raw);
     let o = cni("CHECK", "ctr-x", Some(pod_b.path()), None, &check_b);
     assert_eq!(o.out["code"], 3, "CHECK of an unknown container: {}", o.raw);
+
+    // A host port may only be on one of the node's own addresses, never on a Service's.
+    let mut hijack = conf.clone();
+    hijack["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 80, "containerPort": 8080, "protocol": "tcp", "hostIP": SERVICE_IP}]});
+    let thief = Netns::new().unwrap();
+    let o = cni("ADD", "ctr-thief", Some(thief.path()), None, &hijack);
+    assert_eq!(o.out["code"], 7, "{}", o.raw);
+    assert!(o.out["msg"].as_str().unwrap().contains("hostIP"), "{}", o.raw);
+    drop(thief);
 
     // The ipRanges capability replaces the network's ranges for one pod.
     let mut ranged = conf.clone();

@@ -134,6 +134,14 @@ impl Env {
         }
         let netns = var("CNI_NETNS", matches!(command, Command::Add | Command::Check))?;
         let ifname = var("CNI_IFNAME", per_container)?;
+        if per_container
+            && (ifname.len() > 15
+                || ifname == "."
+                || ifname == ".."
+                || ifname.contains(|c: char| c == '/' || c == ':' || c.is_whitespace()))
+        {
+            return Err(bad("CNI_IFNAME", "is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"));
+        }
         let mut namespace = None;
         let mut name = None;
         for pair in get("CNI_ARGS").unwrap_or_default().split(';').filter(|p| !p.is_empty()) {
@@ -303,6 +311,15 @@ impl NetConf {
         let conf: NetConf = serde_json::from_value(v).map_err(|e| {
             CniError::new(code::DECODE, format!("cannot decode the network configuration: {e}"), "fix the .conflist")
         })?;
+        if conf.name.is_empty()
+            || conf.name.len() > 253
+            || !conf.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(FieldError::new(
+                "name",
+                format!("{:?} is not a valid network name (letters, digits, '-', '_', '.')", conf.name),
+            )));
+        }
         if let Some(ipam) = &conf.ipam {
             if ipam.kind.as_deref().is_some_and(|k| k != "flowgate") {
                 return Err(CniError::new(
@@ -413,10 +430,16 @@ impl NetConf {
         Ok(req)
     }
 
-    /// The attachments GC must keep.
+    /// The attachments GC must keep (required: without it GC would remove everything).
     pub fn valid_attachments(&self) -> Result<Vec<Value>, CniError> {
+        let Some(list) = &self.valid_attachments else {
+            return Err(invalid(FieldError::new(
+                "cni.dev/valid-attachments",
+                "GC needs the list of attachments to keep (an empty list keeps none)",
+            )));
+        };
         let mut out = Vec::new();
-        for (i, a) in self.valid_attachments.iter().flatten().enumerate() {
+        for (i, a) in list.iter().enumerate() {
             let id = a.get("containerID").and_then(|s| s.as_str());
             let ifname = a.get("ifname").and_then(|s| s.as_str());
             match (id, ifname) {

@@ -27,7 +27,7 @@ pub mod settings;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 
 use flowgate_cluster::k8s_openapi::api::core::v1::Pod;
 use flowgate_cluster::{parse_cidr_sloppy, parse_ip_sloppy, ClusterState, ObjectKey};
@@ -127,7 +127,8 @@ struct Inner {
     policy: SwitchPolicy,
     proxy: proxy::ServiceProxy,
     endpoints: FxHashMap<ObjectKey, PortId>,
-    outbound: Option<SetId>,
+    /// The outbound NAT sets (exceptions, sources), once outbound NAT was on.
+    outbound: Option<(SetId, SetId)>,
     local: local::LocalClaims,
 }
 
@@ -270,22 +271,21 @@ impl Inner {
     /// node address.
     fn sync_outbound_nat(&mut self, state: &ClusterState, delta: &mut PolicyDelta) {
         let configured = state.flowgate.as_ref().map(|f| &f.outbound_nat).filter(|o| o.enabled);
-        let from_endpoints: Vec<&Vec<IpNet>> =
-            state.local_endpoints.values().filter_map(|e| e.outbound_nat.as_ref()).collect();
-        if configured.is_none() && from_endpoints.is_empty() {
-            // Off. Once it was on, its rule stays and excepts every destination.
-            if let Some(id) = self.outbound {
-                if let Some(set) = self.policy.set_mut(id) {
-                    let everything: [IpNet; 2] = [Ipv4Net::default().into(), Ipv6Net::default().into()];
-                    set.prefixes = PrefixSet::from_nets(everything);
-                    delta.sets.insert(id);
-                }
-            }
+        let from_endpoints: Vec<(&Vec<IpAddr>, &Vec<IpNet>)> =
+            state.local_endpoints.values().filter_map(|e| e.outbound_nat.as_ref().map(|x| (&e.ips, x))).collect();
+        let on = configured.is_some() || !from_endpoints.is_empty();
+        if !on && self.outbound.is_none() {
             return;
         }
         let mut exceptions = PrefixSet::from_nets(self.settings.cluster_cidrs.iter().cloned());
-        for n in from_endpoints.into_iter().flatten() {
-            exceptions.insert(n.trunc());
+        let mut sources = PrefixSet::new();
+        for (ips, ex) in &from_endpoints {
+            for n in ex.iter() {
+                exceptions.insert(n.trunc());
+            }
+            for ip in ips.iter() {
+                sources.insert_addr(*ip);
+            }
         }
         for n in &self.node.pod_cidrs {
             exceptions.insert(*n);
@@ -301,38 +301,53 @@ impl Inner {
                 exceptions.insert(n.trunc());
             }
         }
-        let set = match self.outbound {
-            Some(id) => {
-                if let Some(s) = self.policy.set_mut(id) {
-                    s.prefixes = exceptions;
-                }
-                id
-            }
+        let (exc, src) = match self.outbound {
+            Some(ids) => ids,
             None => {
-                let id = self.policy.add_set("outbound-nat-exceptions", exceptions);
-                self.outbound = Some(id);
+                let ids = (
+                    self.policy.add_set("outbound-nat-exceptions", PrefixSet::new()),
+                    self.policy.add_set("outbound-nat-sources", PrefixSet::new()),
+                );
+                self.outbound = Some(ids);
                 self.policy.layer_mut(LayerKind::OutboundNat).add_group(RuleGroup {
                     name: "outbound-nat",
                     priority: 0,
-                    index: RuleIndex::Ordered(vec![Rule::new(
-                        "destination outside the exception list: source NAT to the node address",
-                        Conditions {
-                            dst: Some(AddrMatch::NotIn(id)),
-                            ingress: Some(IngressKind::Endpoint),
-                            ..Conditions::any()
-                        },
-                        Action::Snat,
-                    )]),
+                    index: RuleIndex::Ordered(Vec::new()),
                 });
-                delta.rules.insert(RuleRef {
-                    layer: LayerKind::OutboundNat,
-                    group: "outbound-nat",
-                    key: RuleKey::Group,
-                });
-                id
+                ids
             }
         };
-        delta.sets.insert(set);
+        if let Some(set) = self.policy.set_mut(exc) {
+            set.prefixes = exceptions;
+        }
+        if let Some(set) = self.policy.set_mut(src) {
+            set.prefixes = sources;
+        }
+        // Every endpoint when flowgate's configuration turns it on for the node; else the
+        // endpoints whose network has an OutBoundNAT policy. Exceptions apply to all of them.
+        let rules = match (configured.is_some(), on) {
+            (true, _) => vec![Rule::new(
+                "destination outside the exception list: source NAT to the node address",
+                Conditions { dst: Some(AddrMatch::NotIn(exc)), ingress: Some(IngressKind::Endpoint), ..Conditions::any() },
+                Action::Snat,
+            )],
+            (false, true) => vec![Rule::new(
+                "endpoint with an OutBoundNAT policy, destination outside the exception list: source NAT to the node address",
+                Conditions {
+                    src: Some(AddrMatch::In(src)),
+                    dst: Some(AddrMatch::NotIn(exc)),
+                    ingress: Some(IngressKind::Endpoint),
+                    ..Conditions::any()
+                },
+                Action::Snat,
+            )],
+            (false, false) => Vec::new(),
+        };
+        let r = RuleRef { layer: LayerKind::OutboundNat, group: "outbound-nat", key: RuleKey::Group };
+        self.policy.put_rules(&r, Some(rules));
+        delta.rules.insert(r);
+        delta.sets.insert(exc);
+        delta.sets.insert(src);
     }
 }
 

@@ -108,7 +108,8 @@ impl LocalClaims {
             let protocol = hp.protocol.to_ascii_lowercase();
             for pod_ip in &ep.ips {
                 let on: Vec<IpAddr> = match hp.host_ip {
-                    Some(ip) if ip.is_ipv4() == pod_ip.is_ipv4() => vec![ip],
+                    // Only one of the node's own addresses: never a Service's or another's.
+                    Some(ip) if ip.is_ipv4() == pod_ip.is_ipv4() && node.addresses.contains(&ip) => vec![ip],
                     Some(_) => continue,
                     None => node
                         .addresses

@@ -88,6 +88,8 @@ fn local_endpoints_are_ports_with_host_ports_and_outbound_nat() {
     assert!(t.masquerade, "outbound NAT from the endpoint: {:?}", t.steps);
     let excepted = trace(p, &key("10.244.1.5:40000", "203.0.113.5:443", Proto::TCP));
     assert!(!excepted.masquerade, "an exception is reached untranslated: {:?}", excepted.steps);
+    let without = trace(p, &key("10.244.1.6:40000", "203.0.113.20:443", Proto::TCP));
+    assert!(!without.masquerade, "an endpoint without OutBoundNAT leaves as itself: {:?}", without.steps);
 
     // The same state compiled from scratch traces the same.
     let mut fresh = Compiler::new(None);

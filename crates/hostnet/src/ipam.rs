@@ -46,8 +46,11 @@ pub fn capacity(set: &[IpRange]) -> u128 {
     set.iter()
         .map(|r| {
             let (a, b) = bounds(r);
+            if a > b {
+                return 0;
+            }
             let gw = to_u128(gateway(r));
-            (b - a + 1).saturating_sub(u128::from((a..=b).contains(&gw)))
+            (b - a).saturating_add(1).saturating_sub(u128::from((a..=b).contains(&gw)))
         })
         .fold(0u128, u128::saturating_add)
 }
@@ -60,11 +63,14 @@ pub fn allocate(set: &[IpRange], last: Option<IpAddr>, taken: impl Fn(IpAddr) ->
     }
     let ranges: Vec<(u128, u128, u128, bool)> = set
         .iter()
-        .map(|r| {
+        .filter_map(|r| {
             let (a, b) = bounds(r);
-            (a, b, to_u128(gateway(r)), r.subnet.addr().is_ipv4())
+            (a <= b).then(|| (a, b, to_u128(gateway(r)), r.subnet.addr().is_ipv4()))
         })
         .collect();
+    if ranges.is_empty() {
+        return None;
+    }
     // Start just after `last` when it lies in one of the ranges, else at the first address.
     let (mut ri, mut cur) = (0usize, ranges[0].0);
     if let Some(l) = last.map(to_u128) {
@@ -73,7 +79,7 @@ pub fn allocate(set: &[IpRange], last: Option<IpAddr>, taken: impl Fn(IpAddr) ->
                 if l < ranges[i].1 { (i, l + 1) } else { ((i + 1) % ranges.len(), ranges[(i + 1) % ranges.len()].0) };
         }
     }
-    let total: u128 = ranges.iter().map(|(a, b, _, _)| b - a + 1).fold(0, u128::saturating_add);
+    let total: u128 = ranges.iter().map(|(a, b, _, _)| (b - a).saturating_add(1)).fold(0, u128::saturating_add);
     let mut probes = 0u128;
     while probes < total.min(MAX_PROBES) {
         let (_, end, gw, v4) = ranges[ri];
@@ -131,6 +137,16 @@ mod tests {
         let all = [ip("10.0.0.10"), ip("10.0.0.11"), ip("10.0.1.5")];
         assert_eq!(allocate(&set, None, |a| all.contains(&a)), None, "exhausted");
         assert_eq!(capacity(&set), 3);
+    }
+
+    #[test]
+    fn empty_ranges_hand_out_nothing_and_do_not_overflow() {
+        let set = [range(r#"{"subnet":"10.0.0.0/24","rangeStart":"10.0.0.255"}"#)];
+        assert_eq!(capacity(&set), 0);
+        assert_eq!(allocate(&set, None, |_| false), None);
+        let all = [range(r#"{"subnet":"::/0"}"#)];
+        assert_eq!(capacity(&all), u128::MAX - 1);
+        assert!(allocate(&all, None, |_| false).is_some());
     }
 
     #[test]

@@ -436,6 +436,12 @@ pub fn validate_ranges(sets: &[Vec<IpRange>], field: &str) -> Result<(), FieldEr
                     return Err(FieldError::new(at(".rangeEnd"), format!("{e} is before rangeStart {s}")));
                 }
             }
+            if crate::ipam::capacity(std::slice::from_ref(r)) == 0 {
+                return Err(FieldError::new(
+                    at(""),
+                    format!("{} holds no address to hand out (network, broadcast and gateway excluded)", r.subnet),
+                ));
+            }
             if let Some(o) = seen.iter().find(|o| o.contains(&r.subnet.addr()) || r.subnet.contains(&o.addr())) {
                 return Err(FieldError::new(at(".subnet"), format!("{} overlaps {o}", r.subnet)));
             }
@@ -541,6 +547,8 @@ mod tests {
         assert_eq!(n.validate().unwrap_err().field, "ranges[1][0].subnet");
         let n = net(r#"{"name":"n","ranges":[[{"subnet":"10.1.0.0/24"}, {"subnet":"fd00::/64"}]]}"#);
         assert_eq!(n.validate().unwrap_err().field, "ranges[0][1].subnet");
+        let n = net(r#"{"name":"n","ranges":[[{"subnet":"10.1.0.0/24","rangeStart":"10.1.0.255"}]]}"#);
+        assert_eq!(n.validate().unwrap_err().field, "ranges[0][0]");
         let n = net(r#"{"name":"bad name","ranges":[[{"subnet":"10.1.0.0/24"}]]}"#);
         assert_eq!(n.validate().unwrap_err().field, "name");
         let n = net(r#"{"name":"n","ranges":[[{"subnet":"10.1.0.0/24"}]],"dns":{"nameservers":["x"]}}"#);

@@ -27,6 +27,9 @@ pub trait Switch: Send + Sync + std::fmt::Debug {
     /// The node's pod CIDRs (`spec.podCIDRs`), for networks with `usePodCIDR`; empty when the node
     /// is not known yet.
     fn pod_cidrs(&self) -> Vec<ipnet::IpNet>;
+    /// The node's addresses (a host port's `hostIP` must be one of them); empty when the node is
+    /// not known yet.
+    fn node_addresses(&self) -> Vec<std::net::IpAddr>;
     /// Serves (`Some`) or stops serving (`None`) a load balancer. Returns once it is programmed
     /// (or, before the switch is compiled, recorded for the first compile).
     fn load_balancer(&self, name: &str, lb: Option<&crate::objects::LoadBalancer>) -> Result<(), SwitchError>;
@@ -259,6 +262,17 @@ impl HostNetworking {
                 format!("{} does not exist (has the container stopped?)", req.netns),
             )));
         }
+        let node_addresses = self.switch.node_addresses();
+        for (i, p) in req.policies.iter().enumerate() {
+            if let Policy::PortMapping { host_ip: Some(ip), .. } = p {
+                if !node_addresses.contains(ip) {
+                    return Err(HnsError::Invalid(FieldError::new(
+                        format!("policies[{i}].hostIP"),
+                        format!("{ip} is not an address of this node ({node_addresses:?})"),
+                    )));
+                }
+            }
+        }
         let _g = self.lock.lock().await;
         let network = self.network(&req.network)?;
         let id = Endpoint::id_of(&req.network, &req.container_id, &req.ifname);
@@ -278,10 +292,12 @@ impl HostNetworking {
                     ))
                     .into());
                 }
-                cidrs
+                let sets: Vec<Vec<crate::IpRange>> = cidrs
                     .into_iter()
                     .map(|subnet| vec![crate::IpRange { subnet, range_start: None, range_end: None, gateway: None }])
-                    .collect()
+                    .collect();
+                crate::objects::validate_ranges(&sets, "the node's podCIDRs")?;
+                sets
             }
         };
         let dns = network.dns.for_pod(
@@ -339,7 +355,10 @@ impl HostNetworking {
         };
         let t_links = t0.elapsed();
         ep.state = EndpointState::Ready;
-        self.store.put_endpoint(&ep)?;
+        if let Err(e) = self.store.put_endpoint(&ep) {
+            let _ = self.teardown(&ep).await;
+            return Err(e.into());
+        }
         tracing::debug!(
             endpoint = %ep.id,
             reserve = ?t_reserve,
@@ -368,10 +387,12 @@ impl HostNetworking {
         }
     }
 
+    /// Removes an endpoint: its links first (the pod cannot send any more, whatever fails after),
+    /// then its place in the switch, then its record and addresses.
     async fn teardown(&self, ep: &Endpoint) -> Result<(), HnsError> {
         let ifindex = self.netlink.host_ifindex(&ep.host_interface).await?;
-        self.switch.detach(ep, ifindex)?;
         self.netlink.delete(&ep.host_interface).await?;
+        self.switch.detach(ep, ifindex)?;
         self.store.remove_endpoint(&ep.id)?;
         Ok(())
     }
@@ -396,13 +417,13 @@ impl HostNetworking {
     /// (container id, interface) is not in `valid`, and releases addresses nobody holds. Returns
     /// the ids removed.
     pub async fn gc(&self, network: &str, valid: &BTreeSet<(String, String)>) -> Result<Vec<String>, HnsError> {
+        let _g = self.lock.lock().await;
         let stale: Vec<Endpoint> = self
             .store
             .endpoints()?
             .into_iter()
             .filter(|e| e.network == network && !valid.contains(&(e.container_id.clone(), e.ifname.clone())))
             .collect();
-        let _g = self.lock.lock().await;
         let mut removed = Vec::new();
         for ep in stale {
             self.teardown(&ep).await?;
@@ -442,6 +463,41 @@ impl HostNetworking {
         Ok(Ok(()))
     }
 
+    /// Restores one recorded endpoint; its host interface when it stays.
+    async fn reconcile_endpoint(&self, mut ep: Endpoint, done: &mut Reconciled) -> Result<Option<String>, HnsError> {
+        if ep.state != EndpointState::Ready || !Path::new(&ep.netns).exists() {
+            self.teardown(&ep).await?;
+            done.removed.push(ep.id);
+            return Ok(None);
+        }
+        let mac = ep.mac.as_deref().and_then(links::parse_mac);
+        let problems = self.netlink.check(&spec(&ep), mac).await;
+        match (problems.is_empty(), self.netlink.host_ifindex(&ep.host_interface).await?, mac) {
+            (true, Some(host_ifindex), Some(mac)) => {
+                // Bound, then its program (re)attached: a pinned link of the last run is
+                // switched to this run's program without a gap.
+                self.switch.attach(&ep, Made { host_ifindex, mac })?;
+                self.switch.attach_program(&ep)?;
+                done.kept.push(ep.id.clone());
+            }
+            (_, old, _) => {
+                tracing::info!(endpoint = %ep.id, ?problems, "making the endpoint's links again");
+                if let Some(old) = old {
+                    self.switch.detach(&ep, Some(old))?;
+                }
+                // As ADD does: the pair (pod side down), bound, program attached, then up.
+                let made = self.netlink.create_pair(&spec(&ep)).await?;
+                self.switch.attach(&ep, made)?;
+                self.switch.attach_program(&ep)?;
+                self.netlink.configure(&spec(&ep), made.host_ifindex).await?;
+                ep.mac = Some(links::mac_string(made.mac));
+                self.store.put_endpoint(&ep)?;
+                done.repaired.push(ep.id.clone());
+            }
+        }
+        Ok(Some(ep.host_interface))
+    }
+
     /// Makes the kernel match the record (at start): see the module's documentation.
     pub async fn reconcile(&self) -> Result<Reconciled, HnsError> {
         let _g = self.lock.lock().await;
@@ -450,33 +506,23 @@ impl HostNetworking {
             self.switch.load_balancer(&lb.name, Some(&lb))?;
         }
         let mut owned = BTreeSet::new();
-        for mut ep in self.store.endpoints()? {
-            if ep.state != EndpointState::Ready || !Path::new(&ep.netns).exists() {
-                self.teardown(&ep).await?;
-                done.removed.push(ep.id);
-                continue;
+        for ep in self.store.endpoints()? {
+            let id = ep.id.clone();
+            match self.reconcile_endpoint(ep, &mut done).await {
+                Ok(Some(host)) => {
+                    owned.insert(host);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // One broken endpoint does not hold the others back: it goes, its pod's next
+                    // CHECK says so, and the runtime recreates it.
+                    tracing::warn!(endpoint = %id, error = %e, "cannot restore the endpoint; removing it");
+                    if let Some(ep) = self.store.endpoints()?.into_iter().find(|e| e.id == id) {
+                        let _ = self.teardown(&ep).await;
+                    }
+                    done.removed.push(id);
+                }
             }
-            let mac = ep.mac.as_deref().and_then(links::parse_mac);
-            let problems = self.netlink.check(&spec(&ep), mac).await;
-            let made = match (problems.is_empty(), self.netlink.host_ifindex(&ep.host_interface).await?, mac) {
-                (true, Some(host_ifindex), Some(mac)) => {
-                    done.kept.push(ep.id.clone());
-                    Made { host_ifindex, mac }
-                }
-                _ => {
-                    tracing::info!(endpoint = %ep.id, ?problems, "making the endpoint's links again");
-                    let made = self.netlink.create(&spec(&ep)).await?;
-                    ep.mac = Some(links::mac_string(made.mac));
-                    self.store.put_endpoint(&ep)?;
-                    done.repaired.push(ep.id.clone());
-                    made
-                }
-            };
-            // Bound, then its program (re)attached: a pinned link of the last run is switched
-            // to this run's program without a gap.
-            self.switch.attach(&ep, made)?;
-            self.switch.attach_program(&ep)?;
-            owned.insert(ep.host_interface.clone());
         }
         for (name, _) in self.netlink.host_interfaces().await? {
             if !owned.contains(&name) {

@@ -18,7 +18,8 @@ const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
 /// Load balancers by name, as JSON.
 const LOAD_BALANCERS: TableDefinition<&str, &[u8]> = TableDefinition::new("load-balancers");
-/// `<network>|<address>` -> the endpoint holding it.
+/// `<address>` -> the endpoint holding it. Node-wide: two networks (overlapping ranges, two
+/// `usePodCIDR` networks, a runtime's `ipRanges`) never hand out one address twice.
 const ADDRESSES: TableDefinition<&str, &str> = TableDefinition::new("addresses");
 /// `<network>|<range set index>` -> the address handed out last.
 const LAST: TableDefinition<&str, &str> = TableDefinition::new("last-reserved");
@@ -55,8 +56,13 @@ pub struct Store {
     path: String,
 }
 
-fn addr_key(network: &str, ip: IpAddr) -> String {
-    format!("{network}|{ip}")
+fn addr_key(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+/// The network of an endpoint id (`<network>/<container>/<ifname>`).
+fn network_of(id: &str) -> &str {
+    id.split('/').next().unwrap_or_default()
 }
 
 impl Store {
@@ -181,12 +187,10 @@ impl Store {
         {
             let mut addrs = tx.open_table(ADDRESSES).map_err(|e| self.err(e))?;
             let mut last = tx.open_table(LAST).map_err(|e| self.err(e))?;
-            let prefix = format!("{}|", ep.network);
             let taken: BTreeSet<String> = addrs
-                .range(prefix.as_str()..)
+                .iter()
                 .map_err(|e| self.err(e))?
                 .filter_map(|r| r.ok().map(|(k, _)| k.value().to_owned()))
-                .take_while(|k| k.starts_with(&prefix))
                 .collect();
             ep.ips.clear();
             for (i, set) in sets.iter().enumerate() {
@@ -196,8 +200,7 @@ impl Store {
                     .map_err(|e| self.err(e))?
                     .and_then(|v| v.value().parse::<IpAddr>().ok());
                 let mine: Vec<IpAddr> = ep.ips.iter().map(|x| x.address.addr()).collect();
-                let Some((ip, ri)) =
-                    ipam::allocate(set, cursor, |a| mine.contains(&a) || taken.contains(&addr_key(&ep.network, a)))
+                let Some((ip, ri)) = ipam::allocate(set, cursor, |a| mine.contains(&a) || taken.contains(&addr_key(a)))
                 else {
                     // Dropping the transaction aborts it: nothing was reserved.
                     return Err(StoreError::Exhausted {
@@ -210,7 +213,7 @@ impl Store {
                 let prefix_len = set[ri].subnet.prefix_len();
                 let address = ipnet::IpNet::new(ip, prefix_len).map_err(|e| self.err(e))?;
                 ep.ips.push(EndpointIp { address, gateway: ipam::gateway(&set[ri]) });
-                addrs.insert(addr_key(&ep.network, ip).as_str(), ep.id.as_str()).map_err(|e| self.err(e))?;
+                addrs.insert(addr_key(ip).as_str(), ep.id.as_str()).map_err(|e| self.err(e))?;
                 last.insert(cursor_key.as_str(), ip.to_string().as_str()).map_err(|e| self.err(e))?;
             }
             let json = serde_json::to_vec(&ep).map_err(|e| self.err(e))?;
@@ -234,12 +237,9 @@ impl Store {
             let ep: Option<Endpoint> = serde_json::from_slice(&raw).ok();
             let mut addrs = tx.open_table(ADDRESSES)?;
             // Release by owner, not only by the record's list: an unreadable record frees too.
-            let network = id.split('/').next().unwrap_or_default();
-            let prefix = format!("{network}|");
             let mine: Vec<String> = addrs
-                .range(prefix.as_str()..)?
+                .iter()?
                 .filter_map(|r| r.ok().map(|(k, v)| (k.value().to_owned(), v.value().to_owned())))
-                .take_while(|(k, _)| k.starts_with(&prefix))
                 .filter(|(_, owner)| owner == id)
                 .map(|(k, _)| k)
                 .collect();
@@ -254,12 +254,13 @@ impl Store {
     pub fn addresses(&self, network: &str) -> Result<Vec<(IpAddr, String)>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(ADDRESSES).map_err(|e| self.err(e))?;
-        let prefix = format!("{network}|");
         let mut out = Vec::new();
-        for row in t.range(prefix.as_str()..).map_err(|e| self.err(e))? {
+        for row in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
-            let Some(ip) = k.value().strip_prefix(&prefix) else { break };
-            if let Ok(ip) = ip.parse() {
+            if network_of(v.value()) != network {
+                continue;
+            }
+            if let Ok(ip) = k.value().parse() {
                 out.push((ip, v.value().to_owned()));
             }
         }
@@ -332,6 +333,21 @@ mod tests {
         assert!(s.remove_endpoint("net/a/eth0").unwrap().is_none(), "idempotent");
         assert!(s.addresses("net").unwrap().is_empty());
         assert_eq!(s.reserve(ep("b"), &sets).unwrap().ips[0].address.addr().to_string(), "10.9.0.2");
+    }
+
+    #[test]
+    fn two_networks_over_one_range_never_share_an_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        let sets: Vec<Vec<IpRange>> = vec![vec![serde_json::from_str(r#"{"subnet":"10.9.0.0/29"}"#).unwrap()]];
+        let mut other = ep("b");
+        other.network = "other".into();
+        other.id = "other/b/eth0".into();
+        let a = s.reserve(ep("a"), &sets).unwrap();
+        let b = s.reserve(other, &sets).unwrap();
+        assert_ne!(a.ips[0].address.addr(), b.ips[0].address.addr());
+        assert_eq!(s.addresses("net").unwrap().len(), 1);
+        assert_eq!(s.addresses("other").unwrap().len(), 1);
     }
 
     #[test]
