@@ -505,6 +505,20 @@ impl HostNetworking {
         for lb in self.store.load_balancers()? {
             self.switch.load_balancer(&lb.name, Some(&lb))?;
         }
+        // First, quickly, every working endpoint's binding: the first compile may have numbered
+        // the ports differently from the last run, and until rebound an interface would be
+        // checked against another port's addresses.
+        for ep in self.store.endpoints()? {
+            if ep.state != EndpointState::Ready {
+                continue;
+            }
+            let mac = ep.mac.as_deref().and_then(links::parse_mac);
+            if let (Some(host_ifindex), Some(mac)) = (self.netlink.host_ifindex(&ep.host_interface).await?, mac) {
+                if let Err(e) = self.switch.attach(&ep, Made { host_ifindex, mac }) {
+                    tracing::warn!(endpoint = %ep.id, error = %e, "cannot rebind the endpoint yet");
+                }
+            }
+        }
         let mut owned = BTreeSet::new();
         for ep in self.store.endpoints()? {
             let id = ep.id.clone();
