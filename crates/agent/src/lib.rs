@@ -140,7 +140,7 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
     let mut tasks = Vec::new();
     let mut app = api::router(state.clone());
     let hns = if settings.host_networking {
-        let hns = host_networking(&settings, Arc::clone(&core), Arc::clone(&metrics), hooks.clone())?;
+        let hns = host_networking(&settings, Arc::clone(&core), Arc::clone(&metrics), hooks.clone()).await?;
         app = app.merge(hostnet::router(Arc::clone(&hns)));
         Some(hns)
     } else {
@@ -198,7 +198,7 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
 
 /// Opens the host networking service's store and its netlink connection (in the agent's
 /// namespace).
-fn host_networking(
+async fn host_networking(
     settings: &AgentSettings,
     core: Arc<Mutex<Core>>,
     metrics: Arc<Metrics>,
@@ -217,12 +217,28 @@ fn host_networking(
             c.tracker.set_local_load_balancer(&lb.name, Some(hostnet::local_load_balancer(&lb)));
         }
     }
-    let switch = Arc::new(hostnet::AgentSwitch::new(core, metrics, kernel));
-    // So are the recorded endpoints: their ports, host ports and outbound NAT stay programmed.
-    for ep in store.endpoints().map_err(|err| e(&err))? {
-        if ep.state == flowgate_hostnet::EndpointState::Ready {
-            switch.preload(&ep);
+    // So are the recorded endpoints: their ports, host ports and outbound NAT stay programmed,
+    // under the port numbers the kernel's interface bindings still name.
+    let endpoints: Vec<flowgate_hostnet::Endpoint> = store
+        .endpoints()
+        .map_err(|err| e(&err))?
+        .into_iter()
+        .filter(|ep| ep.state == flowgate_hostnet::EndpointState::Ready)
+        .collect();
+    if let Some(k) = &kernel {
+        let mut hints = Vec::new();
+        for ep in &endpoints {
+            if let Ok(Some(ifindex)) = netlink.host_ifindex(&ep.host_interface).await {
+                if let Some(port) = k.dataplane.bound_port(ifindex) {
+                    hints.push((hostnet::endpoint_key(ep), port));
+                }
+            }
         }
+        core.lock().unwrap_or_else(|p| p.into_inner()).compiler.prefer_ports(hints);
+    }
+    let switch = Arc::new(hostnet::AgentSwitch::new(core, metrics, kernel));
+    for ep in &endpoints {
+        switch.preload(ep);
     }
     Ok(Arc::new(flowgate_hostnet::HostNetworking::new(store, netlink, switch)))
 }

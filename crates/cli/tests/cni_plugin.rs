@@ -269,7 +269,14 @@ fn a_restarted_agent_keeps_working_endpoints_and_cleans_what_a_crash_left() {
     }
     let mut node = Node::start("restart");
     let conf = node.conf("fgtest", "10.244.1.0/24");
+    // A pod that comes and goes first, so that pod-a's port is not the lowest number: a restarted
+    // agent that renumbered ports would move it.
+    let (pod_0, _) = add_pod(&conf, "ctr-0", "shop", "gone");
     let (pod_a, a) = add_pod(&conf, "ctr-a", "shop", "client");
+    assert_eq!(cni("DEL", "ctr-0", Some(pod_0.path()), None, &conf).code, 0);
+    drop(pod_0);
+    let a_host = a["interfaces"][0]["name"].as_str().unwrap().to_owned();
+    let port_before = bound_port(&node, &a_host).expect("pod-a's interface is bound");
     let (pod_b, b) = add_pod(&conf, "ctr-b", "shop", "web-1");
     let _web = Server::tcp(&pod_b, "web-1", "0.0.0.0:8080");
     let _client = Server::tcp(&pod_a, "client", "0.0.0.0:8080");
@@ -327,6 +334,7 @@ fn a_restarted_agent_keeps_working_endpoints_and_cleans_what_a_crash_left() {
     let eps = node.api("GET", "/v1/endpoints", None).unwrap();
     let ids: Vec<&str> = eps.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["fgtest/ctr-a/eth0"]);
+    assert_eq!(bound_port(&node, &a_host), Some(port_before), "pod-a keeps its port number across the restart");
     // pod-a still works, under the switch: the next ADD reuses no address still held.
     let (pod_c, c) = add_pod(&conf, "ctr-c", "shop", "web-2");
     assert_ne!(ip_of(&c), ip_of(&a));
@@ -373,6 +381,16 @@ fn churn_leaves_no_interface_address_record_or_map_entry() {
     let state = node.api("GET", "/v1/state", None).unwrap();
     let ports = state["ports"].as_array().unwrap();
     assert!(ports.iter().all(|p| p["kind"] != "endpoint"), "no endpoint port is left: {ports:?}");
+}
+
+/// The port an interface of the node is bound to in the kernel (`fg_ports`).
+fn bound_port(node: &Node, iface: &str) -> Option<u32> {
+    let line = node.ns.ip(&["-o", "link", "show", iface]).ok()?;
+    let ifindex: u32 = line.split(':').next()?.trim().parse().ok()?;
+    let data = aya::maps::MapData::from_pin(node.pins().join("maps/fg_ports")).unwrap();
+    let map = aya::maps::Map::HashMap(data);
+    let ports = aya::maps::HashMap::<_, u32, flowgate_ebpf::maps::Port>::try_from(&map).unwrap();
+    ports.get(&ifindex, 0).ok().map(|p| p.port_id)
 }
 
 /// Entries of the kernel's per-endpoint maps: bound interfaces and endpoint addresses.

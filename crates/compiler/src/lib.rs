@@ -138,12 +138,21 @@ struct Inner {
 pub struct Compiler {
     requested_node: Option<String>,
     inner: Option<Inner>,
+    /// Port numbers endpoints had before (a restarted agent's kernel bindings name them).
+    port_hints: FxHashMap<ObjectKey, PortId>,
 }
 
 impl Compiler {
     /// A compiler for the node `node` (or the default node of the state, see [`select_node`]).
     pub fn new(node: Option<String>) -> Compiler {
-        Compiler { requested_node: node, inner: None }
+        Compiler { requested_node: node, inner: None, port_hints: FxHashMap::default() }
+    }
+
+    /// Asks that these endpoints keep these port numbers when compiled (where the number is free):
+    /// a restarted agent passes what the kernel's interface bindings still name, so its first
+    /// compile does not renumber the ports under them.
+    pub fn prefer_ports(&mut self, hints: impl IntoIterator<Item = (ObjectKey, PortId)>) {
+        self.port_hints.extend(hints);
     }
 
     /// The desired policy, once compiled.
@@ -172,6 +181,12 @@ impl Compiler {
         policy.snat_v4 = node.primary_v4;
         policy.snat_v6 = node.primary_v6;
         let mut delta = PolicyDelta::full();
+        // Endpoints keep their port numbers across full compiles (the kernel binds interfaces to
+        // them), and across restarts where the agent said what they were.
+        let mut hints = std::mem::take(&mut self.port_hints);
+        if let Some(old) = &self.inner {
+            hints.extend(old.endpoints.iter().map(|(k, id)| (k.clone(), *id)));
+        }
         let proxy = proxy::ServiceProxy::new(&node, &settings, &mut policy);
         let mut inner = Inner {
             node,
@@ -182,8 +197,11 @@ impl Compiler {
             outbound: None,
             local: local::LocalClaims::default(),
         };
-        let pods: Vec<ObjectKey> = state.pods.keys().chain(state.local_endpoints.keys()).cloned().collect();
-        inner.sync_pods(state, &pods, &mut delta);
+        // Those with a number first, so that no other endpoint takes it.
+        let (hinted, others): (Vec<ObjectKey>, Vec<ObjectKey>) =
+            state.pods.keys().chain(state.local_endpoints.keys()).cloned().partition(|k| hints.contains_key(k));
+        inner.sync_pods(state, &hinted, &hints, &mut delta);
+        inner.sync_pods(state, &others, &hints, &mut delta);
         inner.proxy.sync_all(state, &inner.node, &inner.settings, &mut inner.policy, &mut delta);
         for key in state.local_endpoints.keys() {
             inner.local.sync_host_ports(key, state, &inner.node, &mut inner.proxy, &mut inner.policy, &mut delta);
@@ -207,7 +225,7 @@ impl Compiler {
         }
         let mut delta = PolicyDelta::default();
         let pods: Vec<ObjectKey> = changes.pods.union(&changes.local_endpoints).cloned().collect();
-        inner.sync_pods(state, &pods, &mut delta);
+        inner.sync_pods(state, &pods, &FxHashMap::default(), &mut delta);
         if !changes.local_endpoints.is_empty() {
             // Their OutBoundNAT policies may switch outbound NAT on or off, or change exceptions.
             inner.sync_outbound_nat(state, &mut delta);
@@ -234,7 +252,13 @@ impl Compiler {
 
 impl Inner {
     /// Adds, updates or removes the endpoint ports of the given pods.
-    fn sync_pods(&mut self, state: &ClusterState, pods: &[ObjectKey], delta: &mut PolicyDelta) {
+    fn sync_pods(
+        &mut self,
+        state: &ClusterState,
+        pods: &[ObjectKey],
+        hints: &FxHashMap<ObjectKey, PortId>,
+        delta: &mut PolicyDelta,
+    ) {
         for key in pods {
             // An endpoint this node made is what the pod really sends from; else the API's view.
             let want = match state.local_endpoints.get(key) {
@@ -257,7 +281,16 @@ impl Inner {
                     delta.ports.insert(id);
                 }
                 (None, Some(ips)) => {
-                    let id = self.policy.add_endpoint(key.to_string(), ips);
+                    let free =
+                        |id: &PortId| *id != PortId::HOST && *id != PortId::UPLINK && self.policy.port(*id).is_none();
+                    let id = match hints.get(key).filter(|id| free(id)) {
+                        Some(id) => {
+                            let port = Port { kind: PortKind::Endpoint { pod: key.to_string() }, addresses: ips };
+                            self.policy.put_port(*id, Some(port));
+                            *id
+                        }
+                        None => self.policy.add_endpoint(key.to_string(), ips),
+                    };
                     self.endpoints.insert(key.clone(), id);
                     delta.ports.insert(id);
                 }

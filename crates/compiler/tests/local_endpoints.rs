@@ -150,3 +150,32 @@ fn host_networking_load_balancers_spread_reject_and_source_nat() {
     c.update(&state, &changed()).unwrap();
     assert!(summary(c.policy().unwrap(), &to_vip).contains("[]"), "gone");
 }
+
+#[test]
+fn endpoints_keep_their_port_numbers_across_full_compiles_and_restarts() {
+    let mut state = load_str(std::path::Path::new("node.yaml"), NODE).unwrap().state;
+    let ep = |ip: &str| LocalEndpoint { ips: vec![ip.parse().unwrap()], outbound_nat: None, host_ports: vec![] };
+    let (a, b) = (ObjectKey::new("shop", "a"), ObjectKey::new("shop", "b"));
+    state.local_endpoints.insert(a.clone(), ep("10.244.1.7"));
+    state.local_endpoints.insert(b.clone(), ep("10.244.1.8"));
+    let mut c = Compiler::new(None);
+    c.compile_full(&state).unwrap();
+    state.local_endpoints.remove(&a);
+    c.update(&state, &Changes { local_endpoints: [a.clone()].into(), ..Changes::default() }).unwrap();
+    let b_port = c.endpoint_port(&b).unwrap();
+    // A full compile (a configuration change) would otherwise hand b the lowest free number.
+    c.compile_full(&state).unwrap();
+    assert_eq!(c.endpoint_port(&b), Some(b_port), "kept across a full compile");
+    assert_eq!(c.policy().unwrap().port(b_port).unwrap().addresses, ep("10.244.1.8").ips);
+    // A new compiler (a restarted agent) told what the kernel binds b to.
+    let mut fresh = Compiler::new(None);
+    fresh.prefer_ports([(b.clone(), b_port)]);
+    fresh.compile_full(&state).unwrap();
+    assert_eq!(fresh.endpoint_port(&b), Some(b_port), "kept across a restart");
+    let mut unhinted = Compiler::new(None);
+    unhinted.compile_full(&state).unwrap();
+    assert_ne!(unhinted.endpoint_port(&b), Some(b_port), "the test means something: without the hint it moves");
+    // The pod's address still leads to its port.
+    let t = trace(fresh.policy().unwrap(), &key("10.244.1.8:40000", "203.0.113.20:443", Proto::TCP));
+    assert!(t.steps.iter().any(|s| s.contains("shop/b")), "{:?}", t.steps);
+}
