@@ -32,6 +32,15 @@ enum Command {
         #[arg(long, default_value = "/run/flowgate/flowgate.sock")]
         socket: PathBuf,
     },
+    /// List the pods' endpoints the agent made (one line each: id, pod, addresses, host interface).
+    Endpoints {
+        /// The agent's API socket.
+        #[arg(long, default_value = "/run/flowgate/flowgate.sock")]
+        socket: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
 }
 
 /// Output format.
@@ -82,6 +91,24 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Trace(args) => trace_cmd::run(args),
+        Command::Endpoints { socket, output } => {
+            match flowgate_hostnet::client::request(&socket, "GET", "/v1/endpoints", None) {
+                Ok(v) => {
+                    let eps: Vec<flowgate_hostnet::Endpoint> = serde_json::from_value(v).unwrap_or_default();
+                    for ep in &eps {
+                        match output {
+                            Output::Json => println!("{}", serde_json::to_string(ep).unwrap_or_default()),
+                            Output::Text => println!("{}", endpoint_line(ep)),
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flowgate endpoints: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Status { socket } => match flowgate_hostnet::client::request(&socket, "GET", "/v1/status", None) {
             Ok(v) => {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -93,4 +120,12 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// One endpoint for people: `id  pod  addresses  host-interface  state`.
+fn endpoint_line(ep: &flowgate_hostnet::Endpoint) -> String {
+    let pod = ep.pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_else(|| "-".into());
+    let ips: Vec<String> = ep.ips.iter().map(|i| i.address.addr().to_string()).collect();
+    let state = format!("{:?}", ep.state).to_lowercase();
+    format!("{}  {}  {}  {}  {state}", ep.id, pod, ips.join(","), ep.host_interface)
 }

@@ -117,6 +117,18 @@ fn pods_made_by_the_plugin_are_endpoints_of_the_switch() {
     assert!(addrs.contains("10.244.1.2/32"), "{addrs}");
     let routes = pod_a.ip(&["route", "show"]).unwrap();
     assert!(routes.contains("default via 10.244.1.1 dev eth0"), "{routes}");
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["endpoints", "--socket"])
+        .arg(node.socket())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains("fgtest/ctr-a/eth0  shop/client  10.244.1.2  ")
+            && listed.contains("fgtest/ctr-b/eth0  shop/web-1  10.244.1.3  ")
+            && listed.lines().all(|l| l.ends_with("  ready")),
+        "flowgate endpoints:\n{listed}"
+    );
     let host_if = a["interfaces"][0]["name"].as_str().unwrap();
     assert!(node.host_interfaces().contains(&host_if.to_owned()));
     let host_routes = node.ns.ip(&["route", "show"]).unwrap();
