@@ -357,18 +357,27 @@ async fn network(State(h): Hns, Path(name): Path<String>) -> Response {
     answer(h.network(&name))
 }
 
-async fn put_network(State(h): Hns, Path(name): Path<String>, body: Bytes) -> Response {
-    let n: Network = match serde_json::from_slice(&body) {
-        Ok(n) => n,
-        Err(e) => return bad_body(&e),
-    };
-    if n.name != name {
-        return error(&HnsError::Invalid(flowgate_hostnet::FieldError::new(
+/// A named object from a PUT body whose name must be the path's; the error answer otherwise.
+fn named_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    path_name: &str,
+    name: impl Fn(&T) -> &str,
+) -> Result<T, Box<Response>> {
+    let v: T = serde_json::from_slice(body).map_err(|e| Box::new(bad_body(&e)))?;
+    if name(&v) != path_name {
+        return Err(Box::new(error(&HnsError::Invalid(flowgate_hostnet::FieldError::new(
             "name",
-            format!("{:?} differs from the path's {name:?}", n.name),
-        )));
+            format!("{:?} differs from the path's {path_name:?}", name(&v)),
+        )))));
     }
-    answer(h.put_network(n).await)
+    Ok(v)
+}
+
+async fn put_network(State(h): Hns, Path(name): Path<String>, body: Bytes) -> Response {
+    match named_body(&body, &name, |n: &Network| &n.name) {
+        Ok(n) => answer(h.put_network(n).await),
+        Err(r) => *r,
+    }
 }
 
 async fn delete_network(State(h): Hns, Path(name): Path<String>) -> Response {
@@ -425,17 +434,10 @@ async fn load_balancer(State(h): Hns, Path(name): Path<String>) -> Response {
 }
 
 async fn put_load_balancer(State(h): Hns, Path(name): Path<String>, body: Bytes) -> Response {
-    let lb: LoadBalancer = match serde_json::from_slice(&body) {
-        Ok(l) => l,
-        Err(e) => return bad_body(&e),
-    };
-    if lb.name != name {
-        return error(&HnsError::Invalid(flowgate_hostnet::FieldError::new(
-            "name",
-            format!("{:?} differs from the path's {name:?}", lb.name),
-        )));
+    match named_body(&body, &name, |l: &LoadBalancer| &l.name) {
+        Ok(lb) => answer(h.put_load_balancer(lb).await),
+        Err(r) => *r,
     }
-    answer(h.put_load_balancer(lb).await)
 }
 
 async fn delete_load_balancer(State(h): Hns, Path(name): Path<String>) -> Response {

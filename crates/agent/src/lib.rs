@@ -246,8 +246,7 @@ async fn host_networking(
 /// Reconciles the recorded endpoints with the kernel once the switch is compiled (their ports
 /// must exist before their interfaces are bound), retrying while it fails.
 async fn reconcile_when_compiled(hns: Arc<flowgate_hostnet::HostNetworking>, core: Arc<Mutex<Core>>) {
-    // Bindings of the last run may name ports that the first compile numbered differently: they
-    // are rewritten as soon as it is done.
+    // The endpoints' bindings and programs are restored as soon as the first compile is done.
     let mut delay = std::time::Duration::from_millis(2);
     loop {
         let compiled = core.lock().map(|c| c.compiler.policy().is_some()).unwrap_or(false);

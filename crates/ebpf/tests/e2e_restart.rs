@@ -50,54 +50,13 @@ const ECHO_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an agent may take from start to its first successful sync.
 const AGENT_READY: Duration = Duration::from_secs(10);
 
-const MANIFESTS: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node}
-status:
-  addresses:
-  - {type: InternalIP, address: 192.168.77.1}
----
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-mode: nftables
-clusterCIDR: 10.244.0.0/16
-detectLocalMode: ClusterCIDR
----
-apiVersion: networking.k8s.io/v1
-kind: ServiceCIDR
-metadata: {name: kubernetes}
-spec:
-  cidrs: [10.96.0.0/16]
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: pod-a
-  labels: {app: web}
-spec:
-  nodeName: node
-  containers:
-  - {name: main, image: 'registry.k8s.io/e2e-test-images/agnhost:2.53'}
-status:
-  podIP: 10.244.1.2
-  podIPs:
-  - {ip: 10.244.1.2}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: pod-b
-  labels: {app: web}
-spec:
-  nodeName: node
-  containers:
-  - {name: main, image: 'registry.k8s.io/e2e-test-images/agnhost:2.53'}
-status:
-  podIP: 10.244.1.3
-  podIPs:
-  - {ip: 10.244.1.3}
----
+/// The whole cluster of this test.
+fn manifests() -> String {
+    format!("{}{SERVICES}", e2e::NODE_AND_PODS)
+}
+
+/// The Services of this test, after the shared node and pods ([`e2e::NODE_AND_PODS`]).
+const SERVICES: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: web}
@@ -218,7 +177,7 @@ impl Dirs {
         let root = std::env::temp_dir().join(format!("flowgate-e2e-restart-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("manifests")).unwrap();
-        std::fs::write(root.join("manifests/cluster.yaml"), MANIFESTS).unwrap();
+        std::fs::write(root.join("manifests/cluster.yaml"), manifests()).unwrap();
         Dirs { root }
     }
     fn manifests(&self) -> PathBuf {

@@ -62,54 +62,13 @@ const MIN_ATTEMPTS: usize = 6;
 const BULK_UP: usize = 32 * 1024;
 const BULK_DOWN: usize = 64 * 1024;
 
-const MANIFESTS: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node}
-status:
-  addresses:
-  - {type: InternalIP, address: 192.168.77.1}
----
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-mode: nftables
-clusterCIDR: 10.244.0.0/16
-detectLocalMode: ClusterCIDR
----
-apiVersion: networking.k8s.io/v1
-kind: ServiceCIDR
-metadata: {name: kubernetes}
-spec:
-  cidrs: [10.96.0.0/16]
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: pod-a
-  labels: {app: web}
-spec:
-  nodeName: node
-  containers:
-  - {name: main, image: 'registry.k8s.io/e2e-test-images/agnhost:2.53'}
-status:
-  podIP: 10.244.1.2
-  podIPs:
-  - {ip: 10.244.1.2}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: pod-b
-  labels: {app: web}
-spec:
-  nodeName: node
-  containers:
-  - {name: main, image: 'registry.k8s.io/e2e-test-images/agnhost:2.53'}
-status:
-  podIP: 10.244.1.3
-  podIPs:
-  - {ip: 10.244.1.3}
----
+/// The whole cluster of this test.
+fn manifests() -> String {
+    format!("{}{SERVICES}", e2e::NODE_AND_PODS)
+}
+
+/// The Services of this test, after the shared node and pods ([`e2e::NODE_AND_PODS`]).
+const SERVICES: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: web}
@@ -420,7 +379,7 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         // Policy: compiled from the manifests for node "node".
-        let state = flowgate_cluster::load_str(Path::new("e2e-manifests.yaml"), MANIFESTS).unwrap().state;
+        let state = flowgate_cluster::load_str(Path::new("e2e-manifests.yaml"), &manifests()).unwrap().state;
         let policy = flowgate_compiler::compile(&state, Some("node")).unwrap().policy;
 
         let topo = build_topology();

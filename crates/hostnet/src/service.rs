@@ -280,25 +280,9 @@ impl HostNetworking {
             tracing::info!(endpoint = %id, "ADD for an attachment that exists: replacing it");
             self.teardown(&old).await?;
         }
-        let sets = match (&req.ip_ranges, network.use_pod_cidr) {
-            (Some(r), _) => r.clone(),
-            (None, false) => network.ranges.clone(),
-            (None, true) => {
-                let cidrs = self.switch.pod_cidrs();
-                if cidrs.is_empty() {
-                    return Err(SwitchError::NotReady(format!(
-                        "network {:?} takes its ranges from the node's podCIDRs, and the node has none yet",
-                        network.name
-                    ))
-                    .into());
-                }
-                let sets: Vec<Vec<crate::IpRange>> = cidrs
-                    .into_iter()
-                    .map(|subnet| vec![crate::IpRange { subnet, range_start: None, range_end: None, gateway: None }])
-                    .collect();
-                crate::objects::validate_ranges(&sets, "the node's podCIDRs")?;
-                sets
-            }
+        let sets = match &req.ip_ranges {
+            Some(r) => r.clone(),
+            None => self.ranges_of(&network)?,
         };
         let dns = network.dns.for_pod(
             req.dns.as_ref(),
@@ -433,22 +417,37 @@ impl HostNetworking {
         Ok(removed)
     }
 
+    /// The range sets a network hands addresses out of: its own, or (`usePodCIDR`) one per podCIDR
+    /// of the node.
+    fn ranges_of(&self, network: &Network) -> Result<Vec<Vec<crate::IpRange>>, HnsError> {
+        if !network.use_pod_cidr {
+            return Ok(network.ranges.clone());
+        }
+        let cidrs = self.switch.pod_cidrs();
+        if cidrs.is_empty() {
+            return Err(SwitchError::NotReady(format!(
+                "network {:?} takes its ranges from the node's podCIDRs, and the node has none yet",
+                network.name
+            ))
+            .into());
+        }
+        let sets: Vec<Vec<crate::IpRange>> = cidrs
+            .into_iter()
+            .map(|subnet| vec![crate::IpRange { subnet, range_start: None, range_end: None, gateway: None }])
+            .collect();
+        crate::objects::validate_ranges(&sets, "the node's podCIDRs")?;
+        Ok(sets)
+    }
+
     /// Whether ADD can succeed on `network` (CNI STATUS): it exists and every range set has a free
     /// address. The problem when not.
     pub fn status(&self, network: &str) -> Result<Result<(), String>, HnsError> {
         let n = self.network(network)?;
         let used = self.store.addresses(network)?;
-        let ranges = if n.use_pod_cidr {
-            let cidrs = self.switch.pod_cidrs();
-            if cidrs.is_empty() {
-                return Ok(Err(format!("network {network:?}: the node has no podCIDRs yet")));
-            }
-            cidrs
-                .into_iter()
-                .map(|subnet| vec![crate::IpRange { subnet, range_start: None, range_end: None, gateway: None }])
-                .collect()
-        } else {
-            n.ranges.clone()
+        let ranges = match self.ranges_of(&n) {
+            Ok(r) => r,
+            Err(HnsError::Switch(SwitchError::NotReady(why))) => return Ok(Err(why)),
+            Err(e) => return Ok(Err(e.to_string())),
         };
         for (i, set) in ranges.iter().enumerate() {
             let in_set = used.iter().filter(|(ip, _)| set.iter().any(|r| r.subnet.contains(ip))).count() as u128;
@@ -504,20 +503,6 @@ impl HostNetworking {
         let mut done = Reconciled::default();
         for lb in self.store.load_balancers()? {
             self.switch.load_balancer(&lb.name, Some(&lb))?;
-        }
-        // First, quickly, every working endpoint's binding: the first compile may have numbered
-        // the ports differently from the last run, and until rebound an interface would be
-        // checked against another port's addresses.
-        for ep in self.store.endpoints()? {
-            if ep.state != EndpointState::Ready {
-                continue;
-            }
-            let mac = ep.mac.as_deref().and_then(links::parse_mac);
-            if let (Some(host_ifindex), Some(mac)) = (self.netlink.host_ifindex(&ep.host_interface).await?, mac) {
-                if let Err(e) = self.switch.attach(&ep, Made { host_ifindex, mac }) {
-                    tracing::warn!(endpoint = %ep.id, error = %e, "cannot rebind the endpoint yet");
-                }
-            }
         }
         let mut owned = BTreeSet::new();
         for ep in self.store.endpoints()? {

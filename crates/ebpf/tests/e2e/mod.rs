@@ -27,6 +27,59 @@ pub const CLIENT_IP: &str = "192.168.77.2";
 pub const GATEWAY: &str = "10.244.1.1";
 pub const UPLINK: &str = "uplink0";
 
+/// The node (192.168.77.1, uplink `uplink0`), kube-proxy's configuration, the ServiceCIDR and the
+/// two pods ([`PODS`]) as Kubernetes objects: the start of `e2e_traffic`'s and `e2e_restart`'s
+/// manifests, each followed by its own Services.
+pub const NODE_AND_PODS: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node}
+status:
+  addresses:
+  - {type: InternalIP, address: 192.168.77.1}
+---
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+clusterCIDR: 10.244.0.0/16
+detectLocalMode: ClusterCIDR
+---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec:
+  cidrs: [10.96.0.0/16]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: pod-a
+  labels: {app: web}
+spec:
+  nodeName: node
+  containers:
+  - {name: main, image: 'registry.k8s.io/e2e-test-images/agnhost:2.53'}
+status:
+  podIP: 10.244.1.2
+  podIPs:
+  - {ip: 10.244.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: pod-b
+  labels: {app: web}
+spec:
+  nodeName: node
+  containers:
+  - {name: main, image: 'registry.k8s.io/e2e-test-images/agnhost:2.53'}
+status:
+  podIP: 10.244.1.3
+  podIPs:
+  - {ip: 10.244.1.3}
+---
+"#;
+
 /// (name, address, host-side interface in the node namespace)
 pub const PODS: [(&str, &str, &str); 2] = [("pod-a", "10.244.1.2", "veth-a"), ("pod-b", "10.244.1.3", "veth-b")];
 
