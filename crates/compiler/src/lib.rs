@@ -7,7 +7,8 @@
 //! - endpoint ports for the node's pods ([`endpoint_ips`]);
 //! - the service proxy ([`proxy`]): Services + EndpointSlices + Node + KubeProxyConfiguration →
 //!   the `lb` and `service-filter` layers, with kube-proxy's nftables-mode semantics;
-//! - outbound NAT on the endpoints, when flowgate's configuration enables it.
+//! - outbound NAT on the endpoints, when flowgate's configuration enables it;
+//! - NetworkPolicy ([`policy`]): Pods + Namespaces + NetworkPolicies → each endpoint's ACL layers.
 //!
 //! [`Compiler`] does the same incrementally: given what changed ([`Changes`]), it updates the
 //! desired policy touching only the affected Services and pods, and reports the touched parts as a
@@ -20,6 +21,7 @@
 pub mod endpoints;
 pub mod local;
 pub mod node;
+pub mod policy;
 pub mod proxy;
 pub mod services;
 pub mod settings;
@@ -130,6 +132,7 @@ struct Inner {
     /// The outbound NAT sets (exceptions, sources), once outbound NAT was on.
     outbound: Option<(SetId, SetId)>,
     local: local::LocalClaims,
+    policies: policy::PolicyCompiler,
 }
 
 /// The incremental compiler: keeps the desired switch policy of one node and updates it with what
@@ -196,6 +199,7 @@ impl Compiler {
             endpoints: FxHashMap::default(),
             outbound: None,
             local: local::LocalClaims::default(),
+            policies: policy::PolicyCompiler::default(),
         };
         // Those with a number first, so that no other endpoint takes it.
         let (hinted, others): (Vec<ObjectKey>, Vec<ObjectKey>) =
@@ -210,6 +214,7 @@ impl Compiler {
             inner.local.sync_load_balancer(name, state, &mut inner.proxy, &mut inner.policy, &mut delta);
         }
         inner.sync_outbound_nat(state, &mut delta);
+        inner.policies.sync(state, &inner.node, &inner.endpoints, &mut inner.policy, &mut delta);
         self.inner = Some(inner);
         Ok(delta)
     }
@@ -245,6 +250,13 @@ impl Compiler {
         }
         for key in &services {
             inner.proxy.sync_service(key, state, &inner.node, &inner.settings, &mut inner.policy, &mut delta);
+        }
+        if !changes.pods.is_empty()
+            || !changes.namespaces.is_empty()
+            || !changes.network_policies.is_empty()
+            || !changes.local_endpoints.is_empty()
+        {
+            inner.policies.sync(state, &inner.node, &inner.endpoints, &mut inner.policy, &mut delta);
         }
         Ok(delta)
     }

@@ -43,8 +43,9 @@ impl Dataplane for ModelDataplane {
         let backend_sets: Vec<_> =
             delta.backend_sets.iter().map(|id| (*id, desired.backend_set(*id).cloned())).collect();
         let rules: Vec<_> = delta.rules.iter().map(|r| (r.clone(), desired.rules_at(r).map(<[_]>::to_vec))).collect();
+        let acls: Vec<_> = delta.acls.iter().map(|id| (*id, desired.acls.get(id).cloned())).collect();
         let host = delta.host.then(|| (desired.host_addresses.clone(), desired.snat_v4, desired.snat_v6));
-        let entries = ports.len() + sets.len() + backend_sets.len() + rules.len();
+        let entries = ports.len() + sets.len() + backend_sets.len() + rules.len() + acls.len();
         let mut p = self.programmed.write().map_err(|_| poisoned())?;
         // Rule groups the desired policy has but the programmed one lacks (a group created by an
         // incremental update) come over whole.
@@ -68,6 +69,9 @@ impl Dataplane for ModelDataplane {
         }
         for (r, v) in rules {
             p.put_rules(&r, v);
+        }
+        for (id, a) in acls {
+            p.put_acl(id, a);
         }
         if let Some((addrs, v4, v6)) = host {
             p.host_addresses = addrs;

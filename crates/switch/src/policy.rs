@@ -93,6 +93,8 @@ pub struct PolicyDelta {
     pub backend_sets: FxHashSet<BackendSetId>,
     /// Rule lists added, changed or removed.
     pub rules: FxHashSet<RuleRef>,
+    /// Endpoints whose ACL layers were added, changed or removed.
+    pub acls: FxHashSet<PortId>,
 }
 
 impl PolicyDelta {
@@ -109,6 +111,7 @@ impl PolicyDelta {
             && self.sets.is_empty()
             && self.backend_sets.is_empty()
             && self.rules.is_empty()
+            && self.acls.is_empty()
     }
 
     /// Adds everything another delta marks.
@@ -119,11 +122,17 @@ impl PolicyDelta {
         self.sets.extend(other.sets);
         self.backend_sets.extend(other.backend_sets);
         self.rules.extend(other.rules);
+        self.acls.extend(other.acls);
     }
 
     /// Number of marked keys (a measure of the sync's size).
     pub fn len(&self) -> usize {
-        self.ports.len() + self.sets.len() + self.backend_sets.len() + self.rules.len() + usize::from(self.host)
+        self.ports.len()
+            + self.sets.len()
+            + self.backend_sets.len()
+            + self.rules.len()
+            + self.acls.len()
+            + usize::from(self.host)
     }
 }
 
@@ -227,7 +236,8 @@ pub struct SwitchPolicy {
     backend_sets: Slots<BackendSet>,
     /// Node-wide layers, in walking order (load balancing, service filter, outbound NAT).
     pub layers: Vec<Layer>,
-    /// Per-endpoint ACL layers, keyed by port: (egress, ingress).
+    /// Per-endpoint ACL layers, keyed by port: (egress, ingress). An endpoint without an entry,
+    /// or a layer without groups, lets every packet through in that direction.
     pub acls: FxHashMap<PortId, (Layer, Layer)>,
     endpoint_by_addr: FxHashMap<IpAddr, PortId>,
     empty: PrefixSet,
@@ -307,6 +317,18 @@ impl SwitchPolicy {
             }
         }
         self.ports.put(id.0, port);
+    }
+
+    /// Places an endpoint's ACL layers (egress, ingress), or removes them with `None`.
+    pub fn put_acl(&mut self, id: PortId, acl: Option<(Layer, Layer)>) {
+        match acl {
+            Some(a) => {
+                self.acls.insert(id, a);
+            }
+            None => {
+                self.acls.remove(&id);
+            }
+        }
     }
 
     /// Places an address set (or nothing) at exactly `id`.

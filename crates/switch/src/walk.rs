@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::layer::LayerKind;
+use crate::layer::{Layer, LayerKind};
 use crate::packet::FlowKey;
 use crate::policy::SwitchPolicy;
 use crate::port::{PortId, PortKind};
@@ -102,8 +102,8 @@ fn terminal(action: Action) -> Option<Path> {
     }
 }
 
-/// Walks what comes before backend selection: the pod-to-itself shortcut, anti-spoofing, the source
-/// endpoint's egress ACL and the load-balancing layer.
+/// Walks what comes before backend selection: the pod-to-itself shortcut, anti-spoofing and the
+/// load-balancing layer.
 pub(crate) fn head(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps: &mut impl Steps) -> Head {
     let Some(port) = policy.port(ingress) else {
         steps.push(|| format!("unknown ingress port {}", ingress.0));
@@ -126,15 +126,6 @@ pub(crate) fn head(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
             steps.push(|| format!("anti-spoofing: {} is not an address of this endpoint", key.src));
             return Head::Done(Path::stop(Verdict::Drop, DropReason::Spoofed));
         }
-        if let Some((egress_acl, _)) = policy.acls.get(&ingress) {
-            let v = egress_acl.evaluate(policy, key, ingress_kind);
-            if let Some(rule) = v.rule {
-                steps.push(|| format!("{}: {}", LayerKind::AclOut.name(), rule.name));
-            }
-            if let Some(p) = terminal(v.action) {
-                return Head::Done(p);
-            }
-        }
     }
     let Some(lb) = policy.layer(LayerKind::Lb) else {
         return Head::Pass;
@@ -153,8 +144,8 @@ pub(crate) fn head(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
     }
 }
 
-/// Walks the rest for one destination: the service filter, masquerade, the route, outbound NAT and
-/// the destination endpoint's ingress ACL. `dnat` is the chosen backend, if the head chose DNAT.
+/// Walks the rest for one destination: the service filter, the source endpoint's egress ACL,
+/// masquerade, the route, outbound NAT and the destination endpoint's ingress ACL. `dnat` is the chosen backend, if the head chose DNAT.
 pub(crate) fn tail(
     policy: &SwitchPolicy,
     ingress: PortId,
@@ -183,6 +174,14 @@ pub(crate) fn tail(
             return p;
         }
     }
+    // The source endpoint's egress ACL judges the translated destination (a Service's backend).
+    if ingress_kind == IngressKind::Endpoint {
+        if let Some((egress_acl, _)) = policy.acls.get(&ingress) {
+            if let Some(p) = acl(egress_acl, policy, &current, ingress_kind, steps) {
+                return p;
+            }
+        }
+    }
     let egress = if let Some(p) = policy.endpoint_for(current.dst) {
         p
     } else if policy.is_host_address(current.dst) {
@@ -202,16 +201,42 @@ pub(crate) fn tail(
     if masquerade {
         steps.push(|| "masquerade: source rewritten to a node address".to_string());
     }
+    // The destination endpoint's ingress ACL judges the client's own address (before masquerade).
     if let Some((_, ingress_acl)) = policy.acls.get(&egress) {
-        let v = ingress_acl.evaluate(policy, &current, ingress_kind);
-        if let Some(rule) = v.rule {
-            steps.push(|| format!("{}: {}", LayerKind::AclIn.name(), rule.name));
-        }
-        if let Some(p) = terminal(v.action) {
+        if let Some(p) = acl(ingress_acl, policy, &current, ingress_kind, steps) {
             return p;
         }
     }
     let label = policy.port(egress).map(|p| p.label()).unwrap_or_default();
     steps.push(|| format!("to {label} ({})", current.dst_socket()));
     Path { verdict: Verdict::Allow, reason: None, dnat: dnat.map(|(_, b)| b), masquerade, egress }
+}
+
+/// Evaluates an endpoint's ACL layer; the path when it stops the packet.
+fn acl(
+    layer: &Layer,
+    policy: &SwitchPolicy,
+    key: &FlowKey,
+    ingress: IngressKind,
+    steps: &mut impl Steps,
+) -> Option<Path> {
+    if layer.groups.is_empty() {
+        return None;
+    }
+    let v = layer.evaluate(policy, key, ingress);
+    match v.rule {
+        Some(rule) => steps.push(|| format!("{}: {} -> {}", layer.kind.name(), rule.name, action_word(v.action))),
+        None => steps.push(|| format!("{}: no rule matches -> allow", layer.kind.name())),
+    }
+    terminal(v.action)
+}
+
+fn action_word(a: Action) -> &'static str {
+    match a {
+        Action::Allow => "allow",
+        Action::Drop(_) => "drop",
+        Action::Reject(_) => "reject",
+        Action::Dnat(_) => "dnat",
+        Action::Snat => "snat",
+    }
 }

@@ -1,0 +1,573 @@
+//! NetworkPolicy (networking.k8s.io/v1): policies, pods and namespaces compiled into the ACL layers
+//! of each endpoint on the node — an egress layer (judged on the translated destination) and an
+//! ingress layer (judged on the client's address), as the switch walks them.
+//!
+//! The documented semantics, all here and nowhere else:
+//!
+//! - A policy selects pods of its own namespace (`spec.podSelector`, `{}` = all). A pod selected by
+//!   a policy with `Ingress` (or `Egress`) in its types is isolated in that direction: only what
+//!   some rule of some selecting policy allows passes (a union; the order of policies does not
+//!   matter). A pod no policy selects for a direction is not isolated in it.
+//! - `policyTypes` absent: `Ingress`, plus `Egress` when the policy has egress rules.
+//! - A rule allows traffic from (to) any of its peers on any of its ports; a missing or empty
+//!   peer list means every address, a missing or empty port list every port of every protocol.
+//! - A peer: `podSelector` alone = pods of the policy's namespace; `namespaceSelector` alone =
+//!   every pod of the selected namespaces; both = the selected pods of the selected namespaces;
+//!   `ipBlock` = the CIDR minus its exceptions (pods' addresses included). Selectors use
+//!   matchLabels and matchExpressions (In, NotIn, Exists, DoesNotExist); namespaces carry the
+//!   `kubernetes.io/metadata.name` label whether or not the manifest gives it. Pods with
+//!   `hostNetwork`, without an address, or finished (`Succeeded`, `Failed`) are never peers.
+//! - A port: `protocol` (default TCP), a number, a range (`port`..`endPort`) or a name; a name is
+//!   looked up in the container ports of the pod receiving the traffic (the selected pod for
+//!   ingress, the peer pod for egress); a name no container declares with that protocol matches
+//!   nothing.
+//! - Traffic from the pod's own node (its addresses) is always allowed in.
+//! - Stateful: the switch's flow table lets replies of an allowed connection through in both
+//!   directions; the ACLs judge a connection's first packet (and re-check it after a change).
+//!
+//! [`PolicyCompiler::sync`] recompiles what a change can affect and reports only the endpoints
+//! whose ACLs changed; address sets are shared by content.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use rustc_hash::FxHashMap;
+
+use flowgate_cluster::k8s_openapi::api::core::v1::Pod;
+use flowgate_cluster::k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use flowgate_cluster::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use flowgate_cluster::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use flowgate_cluster::{parse_cidr_sloppy, parse_ip_sloppy, ClusterState, ObjectKey};
+use flowgate_switch::{
+    Action, AddrMatch, Conditions, DropReason, Layer, LayerKind, PolicyDelta, PortId, PortRange, PrefixSet, Proto,
+    Rule, RuleGroup, RuleIndex, SetId, SwitchPolicy,
+};
+
+use crate::node::NodeView;
+
+/// The name of the rule group holding an endpoint's NetworkPolicy rules in its ACL layers.
+pub const GROUP: &str = "network-policy";
+
+/// The label every namespace carries with its own name.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// One allow rule of an ACL, before its addresses become an address set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct AclRule {
+    /// For trace: the policy, the rule and the port.
+    name: String,
+    /// The remote addresses (source for ingress, destination for egress); `None` = any.
+    remote: Option<Vec<IpNet>>,
+    /// The protocol; `None` = any.
+    proto: Option<Proto>,
+    /// The local (ingress) or remote (egress) destination ports; `None` = any.
+    ports: Option<(u16, u16)>,
+}
+
+/// One direction of an endpoint: isolated (with the rules that allow) or not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Direction {
+    /// The policies that select the pod for this direction; empty = not isolated.
+    selected_by: Vec<String>,
+    /// The allow rules, in policy order then rule order.
+    rules: Vec<AclRule>,
+}
+
+/// What an endpoint's ACLs are compiled from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct EndpointAcl {
+    egress: Direction,
+    ingress: Direction,
+}
+
+impl EndpointAcl {
+    fn is_open(&self) -> bool {
+        self.egress.selected_by.is_empty() && self.ingress.selected_by.is_empty()
+    }
+
+    fn remotes(&self) -> impl Iterator<Item = &Vec<IpNet>> {
+        self.egress.rules.iter().chain(&self.ingress.rules).filter_map(|r| r.remote.as_ref())
+    }
+}
+
+/// Compiles NetworkPolicies into the ACL layers of the node's endpoints, keeping what it compiled
+/// so that a sync reports only the endpoints whose ACLs changed.
+#[derive(Debug, Default)]
+pub struct PolicyCompiler {
+    compiled: FxHashMap<PortId, EndpointAcl>,
+    /// Address sets by content, with the number of ACLs referring to each.
+    sets: FxHashMap<Vec<IpNet>, (SetId, usize)>,
+}
+
+/// A pod as a peer: its namespace, labels, addresses and named ports.
+struct PeerPod<'a> {
+    namespace: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    ips: Vec<IpAddr>,
+    pod: &'a Pod,
+}
+
+/// The cluster as policies see it, built once per sync.
+struct View<'a> {
+    namespaces: BTreeMap<&'a str, BTreeMap<String, String>>,
+    pods: Vec<PeerPod<'a>>,
+    empty: BTreeMap<String, String>,
+}
+
+impl<'a> View<'a> {
+    fn new(state: &'a ClusterState) -> View<'a> {
+        let mut namespaces: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+        for (name, ns) in &state.namespaces {
+            let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+            labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
+            namespaces.insert(name.as_str(), labels);
+        }
+        for key in state.pods.keys().chain(state.network_policies.keys()) {
+            namespaces
+                .entry(key.namespace.as_str())
+                .or_insert_with(|| BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), key.namespace.clone())]));
+        }
+        let pods = state
+            .pods
+            .iter()
+            .filter_map(|(key, pod)| {
+                let ips = peer_ips(pod)?;
+                Some(PeerPod { namespace: key.namespace.as_str(), labels: labels(pod), ips, pod })
+            })
+            .collect();
+        View { namespaces, pods, empty: BTreeMap::new() }
+    }
+
+    fn namespace_labels(&self, ns: &str) -> &BTreeMap<String, String> {
+        self.namespaces.get(ns).unwrap_or(&self.empty)
+    }
+
+    /// The pods a peer with selectors names (for a policy in namespace `ns`).
+    fn peer_pods(&self, ns: &str, peer: &NetworkPolicyPeer) -> Vec<usize> {
+        self.pods
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                let ns_ok = match &peer.namespace_selector {
+                    Some(sel) => selects(sel, self.namespace_labels(p.namespace)),
+                    None => p.namespace == ns,
+                };
+                ns_ok && peer.pod_selector.as_ref().map(|sel| selects(sel, p.labels)).unwrap_or(true)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+fn labels(pod: &Pod) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
+}
+
+/// The addresses of a pod that can be a peer: not host-network, not finished, with an address.
+fn peer_ips(pod: &Pod) -> Option<Vec<IpAddr>> {
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in status.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(status.pod_ip.as_deref()) {
+        if let Some(ip) = parse_ip_sloppy(ip) {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    (!ips.is_empty()).then_some(ips)
+}
+
+/// Whether a label selector selects an object with these labels (an empty selector selects all).
+pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    for (k, v) in sel.match_labels.iter().flatten() {
+        if labels.get(k) != Some(v) {
+            return false;
+        }
+    }
+    for req in sel.match_expressions.iter().flatten() {
+        let values = req.values.as_deref().unwrap_or_default();
+        let have = labels.get(&req.key);
+        let ok = match req.operator.as_str() {
+            "In" => have.map(|v| values.contains(v)).unwrap_or(false),
+            "NotIn" => have.map(|v| !values.contains(v)).unwrap_or(true),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// The policy's types, with the documented inference when absent.
+fn policy_types(np: &NetworkPolicy) -> (bool, bool) {
+    let Some(spec) = &np.spec else { return (false, false) };
+    match spec.policy_types.as_deref() {
+        Some(types) if !types.is_empty() => (types.iter().any(|t| t == "Ingress"), types.iter().any(|t| t == "Egress")),
+        _ => (true, spec.egress.as_ref().map(|e| !e.is_empty()).unwrap_or(false)),
+    }
+}
+
+/// `cidr` minus every prefix of `except`, as prefixes.
+fn subtract(net: IpNet, except: &[IpNet]) -> Vec<IpNet> {
+    if except.iter().any(|e| e.contains(&net)) {
+        return Vec::new();
+    }
+    if !except.iter().any(|e| net.contains(e)) {
+        return vec![net];
+    }
+    match net.subnets(net.prefix_len() + 1) {
+        Ok(halves) => halves.flat_map(|h| subtract(h, except)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The (protocol, name or range) of a policy port.
+enum PolicyPort<'a> {
+    Range(Proto, Option<(u16, u16)>),
+    Named(Proto, &'a str),
+}
+
+fn policy_port(p: &NetworkPolicyPort) -> Option<PolicyPort<'_>> {
+    let proto = Proto::from_name(p.protocol.as_deref().unwrap_or("TCP"))?;
+    Some(match &p.port {
+        None => PolicyPort::Range(proto, None),
+        Some(IntOrString::Int(n)) => {
+            let first = u16::try_from(*n).ok()?;
+            let last = p.end_port.map(u16::try_from).transpose().ok()?.unwrap_or(first);
+            PolicyPort::Range(proto, Some((first, last)))
+        }
+        Some(IntOrString::String(name)) => PolicyPort::Named(proto, name.as_str()),
+    })
+}
+
+/// The number a pod's containers give a named port with this protocol.
+fn named_port(pod: &Pod, name: &str, proto: Proto) -> Option<u16> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers.iter().flat_map(|c| c.ports.iter().flatten()).find_map(|p| {
+        let p_proto = Proto::from_name(p.protocol.as_deref().unwrap_or("TCP"))?;
+        (p.name.as_deref() == Some(name) && p_proto == proto).then(|| u16::try_from(p.container_port).ok()).flatten()
+    })
+}
+
+fn port_label(proto: Option<Proto>, ports: Option<(u16, u16)>) -> String {
+    let proto = proto.map(|p| p.name().to_ascii_uppercase()).unwrap_or_else(|| "any protocol".into());
+    match ports {
+        None => format!("{proto}, any port"),
+        Some((a, b)) if a == b => format!("port {a}/{proto}"),
+        Some((a, b)) => format!("ports {a}-{b}/{proto}"),
+    }
+}
+
+/// A peer resolved: pods (indices into the view) and address blocks.
+#[derive(Default)]
+struct Resolved {
+    pods: Vec<usize>,
+    blocks: Vec<IpNet>,
+    any: bool,
+}
+
+/// Compiles the allow rules of one rule (`peers`, `ports`) of a policy for the endpoint `me`.
+#[allow(clippy::too_many_arguments)]
+fn rules_of(
+    view: &View<'_>,
+    me: &Pod,
+    name: &str,
+    ingress: bool,
+    resolved: &Resolved,
+    ports: &[NetworkPolicyPort],
+    out: &mut Vec<AclRule>,
+) {
+    let addresses = |pods: &mut dyn Iterator<Item = usize>| -> Vec<IpNet> {
+        let mut nets: BTreeSet<IpNet> = resolved.blocks.iter().copied().collect();
+        for i in pods {
+            nets.extend(view.pods[i].ips.iter().map(|ip| IpNet::from(*ip)));
+        }
+        nets.into_iter().collect()
+    };
+    let remote_all = || -> Option<Vec<IpNet>> {
+        if resolved.any {
+            None
+        } else {
+            Some(addresses(&mut resolved.pods.iter().copied()))
+        }
+    };
+    if ports.is_empty() {
+        let remote = remote_all();
+        if remote.as_ref().map(|r| !r.is_empty()).unwrap_or(true) {
+            out.push(AclRule { name: format!("{name}, any port"), remote, proto: None, ports: None });
+        }
+        return;
+    }
+    for p in ports {
+        match policy_port(p) {
+            None => {}
+            Some(PolicyPort::Range(proto, range)) => {
+                let remote = remote_all();
+                if remote.as_ref().map(|r| !r.is_empty()).unwrap_or(true) {
+                    out.push(AclRule {
+                        name: format!("{name}, {}", port_label(Some(proto), range)),
+                        remote,
+                        proto: Some(proto),
+                        ports: range,
+                    });
+                }
+            }
+            Some(PolicyPort::Named(proto, port_name)) if ingress => {
+                // The name is the selected pod's own port.
+                if let Some(n) = named_port(me, port_name, proto) {
+                    let remote = remote_all();
+                    if remote.as_ref().map(|r| !r.is_empty()).unwrap_or(true) {
+                        out.push(AclRule {
+                            name: format!("{name}, port {port_name:?} = {n}/{}", proto.name().to_ascii_uppercase()),
+                            remote,
+                            proto: Some(proto),
+                            ports: Some((n, n)),
+                        });
+                    }
+                }
+            }
+            Some(PolicyPort::Named(proto, port_name)) => {
+                // The name is each destination pod's port: the peer's pods (and pods inside its
+                // address blocks), grouped by the number the name has there.
+                let mut by_number: BTreeMap<u16, BTreeSet<IpNet>> = BTreeMap::new();
+                let candidates: Vec<usize> = if resolved.any || !resolved.blocks.is_empty() {
+                    let mut c: BTreeSet<usize> = resolved.pods.iter().copied().collect();
+                    for (i, pod) in view.pods.iter().enumerate() {
+                        if resolved.any || pod.ips.iter().any(|ip| resolved.blocks.iter().any(|b| b.contains(ip))) {
+                            c.insert(i);
+                        }
+                    }
+                    c.into_iter().collect()
+                } else {
+                    resolved.pods.clone()
+                };
+                for i in candidates {
+                    let pod = &view.pods[i];
+                    if let Some(n) = named_port(pod.pod, port_name, proto) {
+                        let nets = by_number.entry(n).or_default();
+                        for ip in &pod.ips {
+                            // Only the addresses the peer names.
+                            if resolved.any
+                                || resolved.pods.contains(&i)
+                                || resolved.blocks.iter().any(|b| b.contains(ip))
+                            {
+                                nets.insert(IpNet::from(*ip));
+                            }
+                        }
+                    }
+                }
+                for (n, nets) in by_number {
+                    if nets.is_empty() {
+                        continue;
+                    }
+                    out.push(AclRule {
+                        name: format!("{name}, port {port_name:?} = {n}/{}", proto.name().to_ascii_uppercase()),
+                        remote: Some(nets.into_iter().collect()),
+                        proto: Some(proto),
+                        ports: Some((n, n)),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Resolves a rule's peer list.
+fn resolve(view: &View<'_>, ns: &str, peers: &[NetworkPolicyPeer]) -> Resolved {
+    if peers.is_empty() {
+        return Resolved { any: true, ..Resolved::default() };
+    }
+    let mut r = Resolved::default();
+    let mut pods: BTreeSet<usize> = BTreeSet::new();
+    for peer in peers {
+        if let Some(block) = &peer.ip_block {
+            let Some(net) = parse_cidr_sloppy(&block.cidr) else { continue };
+            let except: Vec<IpNet> =
+                block.except.iter().flatten().filter_map(|e| parse_cidr_sloppy(e)).map(|n| n.trunc()).collect();
+            r.blocks.extend(subtract(net.trunc(), &except));
+        } else {
+            pods.extend(view.peer_pods(ns, peer));
+        }
+    }
+    r.pods = pods.into_iter().collect();
+    r
+}
+
+impl PolicyCompiler {
+    /// Recompiles the ACLs of the node's endpoints (`endpoints`: pod → port) from the state, and
+    /// writes those that changed into `policy`, marking them in `delta`.
+    pub fn sync(
+        &mut self,
+        state: &ClusterState,
+        node: &NodeView,
+        endpoints: &FxHashMap<ObjectKey, PortId>,
+        policy: &mut SwitchPolicy,
+        delta: &mut PolicyDelta,
+    ) {
+        let view = View::new(state);
+        // Peers resolved once per policy rule, shared by every endpoint the policy selects.
+        let mut memo: FxHashMap<(&ObjectKey, bool, usize), Resolved> = FxHashMap::default();
+        let node_nets: Vec<IpNet> = {
+            let set: BTreeSet<IpNet> = node.addresses.iter().map(|a| IpNet::from(*a)).collect();
+            set.into_iter().collect()
+        };
+        let mut want: FxHashMap<PortId, EndpointAcl> = FxHashMap::default();
+        for (key, port) in endpoints {
+            let Some(pod) = state.pods.get(key) else { continue };
+            if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+                continue;
+            }
+            let mut acl = EndpointAcl::default();
+            let pod_labels = labels(pod);
+            for (pkey, np) in state.network_policies.range(
+                ObjectKey::new(key.namespace.clone(), String::new())
+                    ..=ObjectKey::new(key.namespace.clone(), "\u{10ffff}"),
+            ) {
+                let Some(spec) = &np.spec else { continue };
+                if !spec.pod_selector.as_ref().map(|s| selects(s, pod_labels)).unwrap_or(true) {
+                    continue;
+                }
+                let (ing, eg) = policy_types(np);
+                if ing {
+                    acl.ingress.selected_by.push(pkey.to_string());
+                    for (i, rule) in spec.ingress.iter().flatten().enumerate() {
+                        let peers = rule.from.as_deref().unwrap_or_default();
+                        let r = memo.entry((pkey, true, i)).or_insert_with(|| resolve(&view, &pkey.namespace, peers));
+                        let name = format!("{pkey} ingress rule {i}");
+                        rules_of(
+                            &view,
+                            pod,
+                            &name,
+                            true,
+                            r,
+                            rule.ports.as_deref().unwrap_or_default(),
+                            &mut acl.ingress.rules,
+                        );
+                    }
+                }
+                if eg {
+                    acl.egress.selected_by.push(pkey.to_string());
+                    for (i, rule) in spec.egress.iter().flatten().enumerate() {
+                        let peers = rule.to.as_deref().unwrap_or_default();
+                        let r = memo.entry((pkey, false, i)).or_insert_with(|| resolve(&view, &pkey.namespace, peers));
+                        let name = format!("{pkey} egress rule {i}");
+                        rules_of(
+                            &view,
+                            pod,
+                            &name,
+                            false,
+                            r,
+                            rule.ports.as_deref().unwrap_or_default(),
+                            &mut acl.egress.rules,
+                        );
+                    }
+                }
+            }
+            if !acl.ingress.selected_by.is_empty() && !node_nets.is_empty() {
+                acl.ingress.rules.insert(
+                    0,
+                    AclRule {
+                        name: "traffic from the pod's own node".into(),
+                        remote: Some(node_nets.clone()),
+                        proto: None,
+                        ports: None,
+                    },
+                );
+            }
+            if !acl.is_open() {
+                want.insert(*port, acl);
+            }
+        }
+        let gone: Vec<PortId> = self.compiled.keys().filter(|p| !want.contains_key(p)).copied().collect();
+        for port in gone {
+            if let Some(old) = self.compiled.remove(&port) {
+                self.release(&old, policy, delta);
+            }
+            policy.put_acl(port, None);
+            delta.acls.insert(port);
+        }
+        for (port, acl) in want {
+            if self.compiled.get(&port) == Some(&acl) {
+                continue;
+            }
+            for remote in acl.remotes() {
+                self.acquire(remote, policy, delta);
+            }
+            let layers = (self.layer(LayerKind::AclOut, &acl.egress), self.layer(LayerKind::AclIn, &acl.ingress));
+            policy.put_acl(port, Some(layers));
+            delta.acls.insert(port);
+            if let Some(old) = self.compiled.insert(port, acl) {
+                self.release(&old, policy, delta);
+            }
+        }
+    }
+
+    fn acquire(&mut self, remote: &[IpNet], policy: &mut SwitchPolicy, delta: &mut PolicyDelta) {
+        if let Some((_, n)) = self.sets.get_mut(remote) {
+            *n += 1;
+            return;
+        }
+        let id = policy.add_set(format!("network-policy peers ({} prefixes)", remote.len()), {
+            PrefixSet::from_nets(remote.iter().copied())
+        });
+        delta.sets.insert(id);
+        self.sets.insert(remote.to_vec(), (id, 1));
+    }
+
+    fn release(&mut self, acl: &EndpointAcl, policy: &mut SwitchPolicy, delta: &mut PolicyDelta) {
+        for remote in acl.remotes() {
+            if let Some((id, n)) = self.sets.get_mut(remote) {
+                *n -= 1;
+                if *n == 0 {
+                    let id = *id;
+                    self.sets.remove(remote);
+                    policy.remove_set(id);
+                    delta.sets.insert(id);
+                }
+            }
+        }
+    }
+
+    /// The ACL layer of one direction: nothing when the pod is not isolated; else the allow rules
+    /// and a final default deny naming the policies that isolate it.
+    fn layer(&self, kind: LayerKind, d: &Direction) -> Layer {
+        let mut layer = Layer::new(kind);
+        if d.selected_by.is_empty() {
+            return layer;
+        }
+        let mut rules: Vec<Rule> = Vec::with_capacity(d.rules.len() + 1);
+        for r in &d.rules {
+            let remote = r.remote.as_ref().and_then(|nets| self.sets.get(nets)).map(|(id, _)| AddrMatch::In(*id));
+            let mut c = Conditions {
+                proto: r.proto,
+                dport: r.ports.map(|(first, last)| PortRange { first, last }),
+                ..Conditions::any()
+            };
+            if kind == LayerKind::AclIn {
+                c.src = remote;
+            } else {
+                c.dst = remote;
+            }
+            rules.push(Rule { name: Arc::from(r.name.as_str()), conditions: c, action: Action::Allow });
+        }
+        rules.push(Rule::new(
+            format!("default deny (isolated by {})", d.selected_by.join(", ")),
+            Conditions::any(),
+            Action::Drop(DropReason::PolicyDenied),
+        ));
+        layer.add_group(RuleGroup { name: GROUP, priority: 0, index: RuleIndex::Ordered(rules) });
+        layer
+    }
+}
