@@ -203,6 +203,39 @@ struct fg_endpoint_key {
 	struct fg_addr addr;
 };
 
+/* ---- endpoint ACLs (NetworkPolicy) ---------------------------------------------------------- */
+
+/* An endpoint's ACL in one direction is a table, shared by every endpoint whose ACL compiles to the
+ * same entries. A packet costs two LPM lookups per table, whatever the number of rules:
+ *   fg_acl_classes:  (table, remote address) -> address class (key: struct fg_set_key with the
+ *                    table id in `set`, FG_SET_V4 on IPv4 entries; no match = class 0);
+ *   fg_acl_verdicts: (table, class, protocol, destination port prefix) -> the rule that allows.
+ * No verdict entry = the table's default: drop (policy-denied). */
+#define FG_NO_ACL 0xffffffffu
+
+/* fg_acl_endpoints: an address of an endpoint on this node -> its tables (FG_NO_ACL = open) */
+struct fg_acl_endpoint {
+	__u32 egress;
+	__u32 ingress;
+};
+
+/* prefixlen counts table (32) + class (32) + proto (8) + the port's leading bits (0..16);
+ * 64 = every protocol and port of the class. */
+struct fg_acl_port_key {
+	__u32 prefixlen;
+	__u32 table;
+	__u32 class;
+	__u8 proto;
+	__u8 port[2];            /* network order */
+	__u8 pad;
+};
+
+struct fg_acl_verdict {
+	__u32 rule;              /* index of the allowing rule in the layer, for people */
+	__u8 action;             /* enum fg_action: ALLOW */
+	__u8 pad[3];
+};
+
 /* Drop reasons: the same numbers as flowgate_switch::DropReason. */
 enum fg_drop_reason {
 	FG_REASON_NONE = 0,

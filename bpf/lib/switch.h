@@ -2,7 +2,8 @@
 /*
  * The switch: the flow table first; on a miss, the layer walk of a connection's first packet —
  * the same walk as the model engine (crates/switch/src/walk.rs): the load-balancing layer, backend
- * choice, the service filter on the translated destination, masquerade and outbound NAT — then
+ * choice, the service filter on the translated destination, the endpoints' ACLs, masquerade and
+ * outbound NAT — then
  * the transposition is stored for both directions and applied.
  */
 #ifndef FLOWGATE_SWITCH_H
@@ -13,6 +14,7 @@
 #include "parse.h"
 #include "reject.h"
 #include "icmp.h"
+#include "acl.h"
 
 /* Whether address `a` is in set `set`: one hash lookup for single addresses, then the LPM trie only
  * for sets that also hold prefixes of a's family. */
@@ -163,6 +165,14 @@ static __always_inline void fg_decide(const struct fg_pkt *p, __u8 ingress, cons
 			d->dnat = 0;
 			return;
 		}
+	}
+	/* The endpoints' ACLs, on the translated destination and the client's own address. */
+	if (fg_acl_check(src, &dst, p->key.proto, d->dnat ? d->backend.port : p->key.dport,
+			 ingress == FG_INGRESS_ENDPOINT)) {
+		d->verdict = FG_VERDICT_DROP;
+		d->reason = FG_REASON_POLICY_DENIED;
+		d->dnat = 0;
+		return;
 	}
 	d->masq = (flags & FG_F_MASQUERADE) || ((flags & FG_F_HAIRPIN) && d->dnat && fg_addr_eq(&d->backend.addr, src));
 	/* Outbound NAT on the endpoint. */

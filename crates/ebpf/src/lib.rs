@@ -17,6 +17,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod acl;
 pub mod backend;
 pub mod bpffs;
 pub mod compile;

@@ -339,6 +339,47 @@ pub struct EndpointKey {
     pub addr: Addr,
 }
 
+/// `FG_NO_ACL`: an endpoint direction no ACL applies to.
+pub const NO_ACL: u32 = u32::MAX;
+
+/// `struct fg_acl_endpoint`: an endpoint address's ACL tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AclEndpoint {
+    /// Egress table id, or [`NO_ACL`].
+    pub egress: u32,
+    /// Ingress table id, or [`NO_ACL`].
+    pub ingress: u32,
+}
+
+/// `struct fg_acl_port_key` without its `prefixlen` (the data of an LPM key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AclPortData {
+    /// Table id.
+    pub table: u32,
+    /// Address class.
+    pub class: u32,
+    /// IP protocol.
+    pub proto: u8,
+    /// Destination port, network order.
+    pub port: [u8; 2],
+    /// Padding.
+    pub pad: u8,
+}
+
+/// `struct fg_acl_verdict`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AclVerdict {
+    /// Index of the deciding rule in the layer.
+    pub rule: u32,
+    /// `enum fg_action` (ALLOW).
+    pub action: u8,
+    /// Padding.
+    pub pad: [u8; 3],
+}
+
 /// `struct fg_last`: the outcome of the last packet on this CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -395,6 +436,9 @@ macro_rules! pod {
     )*};
 }
 pod!(
+    AclEndpoint,
+    AclPortData,
+    AclVerdict,
     Addr,
     Rule,
     RuleList,
@@ -436,6 +480,9 @@ mod tests {
         assert_eq!(std::mem::size_of::<Last>(), 16);
         assert_eq!(std::mem::size_of::<Port>(), 12);
         assert_eq!(std::mem::size_of::<EndpointKey>(), 20);
+        assert_eq!(std::mem::size_of::<AclEndpoint>(), 8);
+        assert_eq!(std::mem::size_of::<AclPortData>() + 4, 16);
+        assert_eq!(std::mem::size_of::<AclVerdict>(), 8);
     }
 
     #[test]

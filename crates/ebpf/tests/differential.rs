@@ -338,6 +338,10 @@ fn kernel_programs_agree_with_the_model_on_every_scenario() {
         kernel.program(&policy);
         for p in doc.get("probes").and_then(|p| p.as_sequence()).into_iter().flatten() {
             let key = parse_probe(p["from"].as_str().unwrap(), p["to"].as_str().unwrap());
+            if key.src == key.dst && policy.endpoint_for(key.src).is_some() {
+                // A pod's packet to its own address never leaves the pod: no program sees it.
+                continue;
+            }
             let what = format!("{name}: {}", p["name"].as_str().unwrap_or(""));
             match kernel.check(&policy, key, &what) {
                 Checked::Compared => compared += 1,
