@@ -21,7 +21,7 @@
 //!   looked up in the container ports of the pod receiving the traffic (the selected pod for
 //!   ingress, the peer pod for egress); a name no container declares with that protocol matches
 //!   nothing.
-//! - Traffic from the pod's own node (its addresses) is always allowed in.
+//! - Traffic from and to the pod's own node (its addresses) is always allowed.
 //! - Stateful: the switch's flow table lets replies of an allowed connection through in both
 //!   directions; the ACLs judge a connection's first packet (and re-check it after a change).
 //!
@@ -475,16 +475,14 @@ impl PolicyCompiler {
                     }
                 }
             }
-            if !acl.ingress.selected_by.is_empty() && !node_nets.is_empty() {
-                acl.ingress.rules.insert(
-                    0,
-                    AclRule {
-                        name: "traffic from the pod's own node".into(),
-                        remote: Some(node_nets.clone()),
-                        proto: None,
-                        ports: None,
-                    },
-                );
+            for (d, name) in [
+                (&mut acl.ingress, "traffic from the pod's own node"),
+                (&mut acl.egress, "traffic to the pod's own node"),
+            ] {
+                if !d.selected_by.is_empty() && !node_nets.is_empty() {
+                    let rule = AclRule { name: name.into(), remote: Some(node_nets.clone()), proto: None, ports: None };
+                    d.rules.insert(0, rule);
+                }
             }
             if !acl.is_open() {
                 want.insert(*port, acl);

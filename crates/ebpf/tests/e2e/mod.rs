@@ -1,9 +1,10 @@
 //! Shared setup of the end-to-end tests with real traffic (`e2e_traffic.rs`, `e2e_restart.rs`,
-//! `e2e_outbound.rs`): a "node" namespace standing for the host (programs attached
+//! `e2e_outbound.rs`, `e2e_policy.rs`): a "node" namespace standing for the host (programs attached
 //! there with TCX, nothing in the machine's root namespace), pods as namespaces behind veth pairs,
 //! a client outside behind the node's uplink. Addresses: pods 10.244.1.0/24 (gateway 10.244.1.1
 //! on every host-side veth), uplink 192.168.77.0/24, Services 10.96.0.0/16; no namespace has a
-//! route out of the test's own ranges.
+//! route out of the test's own ranges ([`build_node_with_pods`] takes the pods' addresses and
+//! gateway from its caller).
 //!
 //! Each test file uses part of this module.
 
@@ -142,6 +143,33 @@ pub fn build_topology() -> Topology {
         node_accepts_local(&node, dev);
     }
     Topology { node, client, pods }
+}
+
+/// A node namespace and pods behind veth pairs, with no uplink: every pod `(address,
+/// host-side interface)` gets `address/32` on its `eth0`, an on-link route to `gateway` and a
+/// default route via it; the node has `gateway/32` on every host-side interface and an on-link /32
+/// route to each pod, forwards, and has rp_filter off (as [`build_topology`] does for its pods).
+/// The pods are returned in the order given.
+pub fn build_node_with_pods(gateway: &str, pods: &[(&str, &str)]) -> (Netns, Vec<Netns>) {
+    let node = Netns::new().unwrap();
+    let pod_ns: Vec<Netns> = pods.iter().map(|_| Netns::new().unwrap()).collect();
+    sysctl(&node, "net/ipv4/ip_forward", "1");
+    for conf in ["all", "default"] {
+        sysctl(&node, &format!("net/ipv4/conf/{conf}/rp_filter"), "0");
+        sysctl(&node, &format!("net/ipv4/conf/{conf}/send_redirects"), "0");
+    }
+    node.ip(&["link", "set", "lo", "up"]).unwrap();
+    for ((ip, host_if), pod) in pods.iter().zip(&pod_ns) {
+        node.add_veth_to(host_if, pod, "eth0").unwrap();
+        node.ip(&["addr", "add", &format!("{gateway}/32"), "dev", host_if]).unwrap();
+        node.ip(&["route", "add", &format!("{ip}/32"), "dev", host_if, "scope", "link"]).unwrap();
+        sysctl(&node, &format!("net/ipv4/conf/{host_if}/rp_filter"), "0");
+        pod.ip(&["link", "set", "lo", "up"]).unwrap();
+        pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]).unwrap();
+        pod.ip(&["route", "add", &format!("{gateway}/32"), "dev", "eth0", "scope", "link"]).unwrap();
+        pod.ip(&["route", "add", "default", "via", gateway, "dev", "eth0"]).unwrap();
+    }
+    (node, pod_ns)
 }
 
 /// rp_filter off and accept_local on for `dev` in the node namespace.
