@@ -349,11 +349,21 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 		fg_reverse_key(&w->rev, &p->key, &w->fwd);
 	if (have_keep && w->keep.verdict == FG_VERDICT_ALLOW) {
 		/* The old reply entry goes when its key changes; under the same key it is overwritten
-		 * below, never deleted first (a reply on another CPU must never miss it). */
+		 * below, never deleted first (a reply on another CPU must never miss it). A connection
+		 * the new policy stops is closed in both directions: its reply entry becomes a drop, so
+		 * that a packet of the other side cannot open it again as a new flow. */
 		fg_reverse_key(&w->old_rev, &p->key, &w->keep);
-		if (w->fwd.verdict != FG_VERDICT_ALLOW || !fg_addr_eq(&w->old_rev.src, &w->rev.src) ||
-		    !fg_addr_eq(&w->old_rev.dst, &w->rev.dst) || w->old_rev.sport != w->rev.sport ||
-		    w->old_rev.dport != w->rev.dport)
+		if (w->fwd.verdict != FG_VERDICT_ALLOW) {
+			struct fg_flow *back = &w->back;
+			__builtin_memset(back, 0, sizeof(*back));
+			back->verdict = FG_VERDICT_DROP;
+			back->reason = w->fwd.reason;
+			back->flags = FG_FLOW_REPLY;
+			back->generation = cfg->generation;
+			back->last_seen_ns = bpf_ktime_get_ns();
+			bpf_map_update_elem(&fg_flows, &w->old_rev, back, BPF_ANY);
+		} else if (!fg_addr_eq(&w->old_rev.src, &w->rev.src) || !fg_addr_eq(&w->old_rev.dst, &w->rev.dst) ||
+			   w->old_rev.sport != w->rev.sport || w->old_rev.dport != w->rev.dport)
 			bpf_map_delete_elem(&fg_flows, &w->old_rev);
 	}
 	w->fwd.last_seen_ns = bpf_ktime_get_ns();

@@ -84,7 +84,8 @@ impl Switch {
     /// Processes one packet entering on `ingress` at time `now` (seconds, any epoch).
     pub fn process(&mut self, ingress: PortId, key: FlowKey, now: u64) -> Outcome {
         if let Some(entry) = self.flows.get(&key) {
-            if entry.generation == self.generation {
+            // Replies follow their connection's forward entry, which is the one re-checked.
+            if entry.generation == self.generation || entry.reply {
                 return apply(&key, entry.transposition, true);
             }
             let entry = *entry;
@@ -122,6 +123,26 @@ impl Switch {
             if let Some(reply) = reply_key(&origin, &forward.transposition) {
                 if let Some(e) = self.flows.get_mut(&reply) {
                     e.generation = generation;
+                }
+            }
+            true
+        } else if let (Transposition::Forward { .. }, Verdict::Drop | Verdict::Reject) =
+            (forward.transposition, path.verdict)
+        {
+            // A connection the new policy stops is closed in both directions: its reply entry
+            // becomes a drop, so that a packet of the other side cannot open it again as a new
+            // flow.
+            let reason = path.reason.unwrap_or(DropReason::PolicyDenied);
+            let stopped =
+                if path.verdict == Verdict::Drop { Transposition::Drop(reason) } else { Transposition::Reject(reason) };
+            if let Some(e) = self.flows.get_mut(&origin) {
+                e.generation = generation;
+                e.transposition = stopped;
+            }
+            if let Some(reply) = reply_key(&origin, &forward.transposition) {
+                if let Some(e) = self.flows.get_mut(&reply) {
+                    e.generation = generation;
+                    e.transposition = Transposition::Drop(reason);
                 }
             }
             true
