@@ -214,7 +214,7 @@ impl Compiler {
             inner.local.sync_load_balancer(name, state, &mut inner.proxy, &mut inner.policy, &mut delta);
         }
         inner.sync_outbound_nat(state, &mut delta);
-        inner.policies.sync(state, &inner.node, &inner.endpoints, &mut inner.policy, &mut delta);
+        inner.policies.sync(state, &inner.node, &inner.endpoints, None, &mut inner.policy, &mut delta);
         self.inner = Some(inner);
         Ok(delta)
     }
@@ -256,7 +256,7 @@ impl Compiler {
             || !changes.network_policies.is_empty()
             || !changes.local_endpoints.is_empty()
         {
-            inner.policies.sync(state, &inner.node, &inner.endpoints, &mut inner.policy, &mut delta);
+            inner.policies.sync(state, &inner.node, &inner.endpoints, Some(changes), &mut inner.policy, &mut delta);
         }
         Ok(delta)
     }

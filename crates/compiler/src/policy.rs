@@ -70,7 +70,7 @@ struct AclRule {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Direction {
     /// The policies that select the pod for this direction; empty = not isolated.
-    selected_by: Vec<String>,
+    selected_by: Vec<ObjectKey>,
     /// The allow rules, in policy order then rule order.
     rules: Vec<AclRule>,
 }
@@ -97,6 +97,10 @@ impl EndpointAcl {
 #[derive(Debug, Default)]
 pub struct PolicyCompiler {
     compiled: FxHashMap<PortId, EndpointAcl>,
+    /// The endpoints each policy selects (in either direction).
+    by_policy: FxHashMap<ObjectKey, rustc_hash::FxHashSet<PortId>>,
+    /// What peers see of every pod, as last compiled.
+    pods: FxHashMap<ObjectKey, PeerInfo>,
     /// Address sets by content, with the number of ACLs referring to each.
     sets: FxHashMap<Vec<IpNet>, (SetId, usize)>,
 }
@@ -384,6 +388,112 @@ fn rules_of(
     }
 }
 
+/// The ACLs of one endpoint: every policy of its namespace that selects its pod.
+fn endpoint_acl<'s>(
+    state: &'s ClusterState,
+    view: &View<'_>,
+    key: &ObjectKey,
+    pod: &Pod,
+    node_nets: &[IpNet],
+    memo: &mut FxHashMap<(&'s ObjectKey, bool, usize), Resolved>,
+) -> EndpointAcl {
+    let mut acl = EndpointAcl::default();
+    let pod_labels = labels(pod);
+    let range =
+        ObjectKey::new(key.namespace.clone(), String::new())..=ObjectKey::new(key.namespace.clone(), "\u{10ffff}");
+    for (pkey, np) in state.network_policies.range(range) {
+        let Some(spec) = &np.spec else { continue };
+        if !spec.pod_selector.as_ref().map(|s| selects(s, pod_labels)).unwrap_or(true) {
+            continue;
+        }
+        let (ing, eg) = policy_types(np);
+        if ing {
+            acl.ingress.selected_by.push(pkey.clone());
+            for (i, rule) in spec.ingress.iter().flatten().enumerate() {
+                let peers = rule.from.as_deref().unwrap_or_default();
+                let r = memo.entry((pkey, true, i)).or_insert_with(|| resolve(view, &pkey.namespace, peers));
+                let name = format!("{pkey} ingress rule {i}");
+                let ports = rule.ports.as_deref().unwrap_or_default();
+                rules_of(view, pod, &name, true, r, ports, &mut acl.ingress.rules);
+            }
+        }
+        if eg {
+            acl.egress.selected_by.push(pkey.clone());
+            for (i, rule) in spec.egress.iter().flatten().enumerate() {
+                let peers = rule.to.as_deref().unwrap_or_default();
+                let r = memo.entry((pkey, false, i)).or_insert_with(|| resolve(view, &pkey.namespace, peers));
+                let name = format!("{pkey} egress rule {i}");
+                let ports = rule.ports.as_deref().unwrap_or_default();
+                rules_of(view, pod, &name, false, r, ports, &mut acl.egress.rules);
+            }
+        }
+    }
+    for (d, name) in
+        [(&mut acl.ingress, "traffic from the pod's own node"), (&mut acl.egress, "traffic to the pod's own node")]
+    {
+        if !d.selected_by.is_empty() && !node_nets.is_empty() {
+            let rule = AclRule { name: name.into(), remote: Some(node_nets.to_vec()), proto: None, ports: None };
+            d.rules.insert(0, rule);
+        }
+    }
+    acl
+}
+
+/// What a policy's peers can see of a pod: enough to tell, after the pod changed, whether the
+/// policy's peers named it before.
+#[derive(Clone, Debug)]
+struct PeerInfo {
+    namespace: String,
+    labels: BTreeMap<String, String>,
+}
+
+impl PeerInfo {
+    fn of(key: &ObjectKey, pod: &Pod) -> Option<PeerInfo> {
+        // Only pods with an address are peers.
+        peer_ips(pod)?;
+        Some(PeerInfo { namespace: key.namespace.clone(), labels: labels(pod).clone() })
+    }
+}
+
+/// Whether a policy's peers name this pod (or may, through the named ports of a rule with
+/// address blocks, which are looked up in the pods inside them).
+fn names_peer(np: &NetworkPolicy, pkey: &ObjectKey, pod: &PeerInfo, view: &View<'_>) -> bool {
+    let Some(spec) = &np.spec else { return false };
+    let rules = spec
+        .ingress
+        .iter()
+        .flatten()
+        .map(|r| (r.from.as_deref().unwrap_or_default(), r.ports.as_deref().unwrap_or_default()))
+        .chain(
+            spec.egress
+                .iter()
+                .flatten()
+                .map(|r| (r.to.as_deref().unwrap_or_default(), r.ports.as_deref().unwrap_or_default())),
+        );
+    for (peers, ports) in rules {
+        let named = ports.iter().any(|p| matches!(p.port, Some(IntOrString::String(_))));
+        if peers.is_empty() && named {
+            return true;
+        }
+        for peer in peers {
+            if peer.ip_block.is_some() {
+                if named {
+                    return true;
+                }
+                continue;
+            }
+            let ns_ok = match &peer.namespace_selector {
+                Some(sel) => selects(sel, view.namespace_labels(&pod.namespace)),
+                None => pod.namespace == pkey.namespace,
+            };
+            if ns_ok && peer.pod_selector.as_ref().map(|sel| selects(sel, &pod.labels)).unwrap_or(true) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// Resolves a rule's peer list.
 fn resolve(view: &View<'_>, ns: &str, peers: &[NetworkPolicyPeer]) -> Resolved {
     if peers.is_empty() {
@@ -406,108 +516,138 @@ fn resolve(view: &View<'_>, ns: &str, peers: &[NetworkPolicyPeer]) -> Resolved {
 }
 
 impl PolicyCompiler {
-    /// Recompiles the ACLs of the node's endpoints (`endpoints`: pod → port) from the state, and
-    /// writes those that changed into `policy`, marking them in `delta`.
+    /// Compiles the ACLs of the node's endpoints (`endpoints`: pod → port) from the state and
+    /// writes those that changed into `policy`, marking them in `delta`. With `changes`, only the
+    /// endpoints a change can affect are compiled again: those whose pod changed, and those
+    /// selected (before or after) by a policy that changed or whose peers match a changed pod (as
+    /// it was or as it is); a namespace change compiles everything.
     pub fn sync(
         &mut self,
         state: &ClusterState,
         node: &NodeView,
         endpoints: &FxHashMap<ObjectKey, PortId>,
+        changes: Option<&crate::Changes>,
         policy: &mut SwitchPolicy,
         delta: &mut PolicyDelta,
     ) {
         let view = View::new(state);
+        let affected: Vec<(&ObjectKey, PortId)> = match changes.filter(|c| c.namespaces.is_empty()) {
+            None => {
+                self.pods = state.pods.iter().filter_map(|(k, p)| Some((k.clone(), PeerInfo::of(k, p)?))).collect();
+                endpoints.iter().map(|(k, p)| (k, *p)).collect()
+            }
+            Some(c) => self.affected(state, &view, endpoints, c),
+        };
         // Peers resolved once per policy rule, shared by every endpoint the policy selects.
         let mut memo: FxHashMap<(&ObjectKey, bool, usize), Resolved> = FxHashMap::default();
         let node_nets: Vec<IpNet> = {
             let set: BTreeSet<IpNet> = node.addresses.iter().map(|a| IpNet::from(*a)).collect();
             set.into_iter().collect()
         };
-        let mut want: FxHashMap<PortId, EndpointAcl> = FxHashMap::default();
-        for (key, port) in endpoints {
-            let Some(pod) = state.pods.get(key) else { continue };
-            if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
-                continue;
-            }
-            let mut acl = EndpointAcl::default();
-            let pod_labels = labels(pod);
-            for (pkey, np) in state.network_policies.range(
-                ObjectKey::new(key.namespace.clone(), String::new())
-                    ..=ObjectKey::new(key.namespace.clone(), "\u{10ffff}"),
-            ) {
-                let Some(spec) = &np.spec else { continue };
-                if !spec.pod_selector.as_ref().map(|s| selects(s, pod_labels)).unwrap_or(true) {
-                    continue;
-                }
-                let (ing, eg) = policy_types(np);
-                if ing {
-                    acl.ingress.selected_by.push(pkey.to_string());
-                    for (i, rule) in spec.ingress.iter().flatten().enumerate() {
-                        let peers = rule.from.as_deref().unwrap_or_default();
-                        let r = memo.entry((pkey, true, i)).or_insert_with(|| resolve(&view, &pkey.namespace, peers));
-                        let name = format!("{pkey} ingress rule {i}");
-                        rules_of(
-                            &view,
-                            pod,
-                            &name,
-                            true,
-                            r,
-                            rule.ports.as_deref().unwrap_or_default(),
-                            &mut acl.ingress.rules,
-                        );
-                    }
-                }
-                if eg {
-                    acl.egress.selected_by.push(pkey.to_string());
-                    for (i, rule) in spec.egress.iter().flatten().enumerate() {
-                        let peers = rule.to.as_deref().unwrap_or_default();
-                        let r = memo.entry((pkey, false, i)).or_insert_with(|| resolve(&view, &pkey.namespace, peers));
-                        let name = format!("{pkey} egress rule {i}");
-                        rules_of(
-                            &view,
-                            pod,
-                            &name,
-                            false,
-                            r,
-                            rule.ports.as_deref().unwrap_or_default(),
-                            &mut acl.egress.rules,
-                        );
-                    }
-                }
-            }
-            for (d, name) in [
-                (&mut acl.ingress, "traffic from the pod's own node"),
-                (&mut acl.egress, "traffic to the pod's own node"),
-            ] {
-                if !d.selected_by.is_empty() && !node_nets.is_empty() {
-                    let rule = AclRule { name: name.into(), remote: Some(node_nets.clone()), proto: None, ports: None };
-                    d.rules.insert(0, rule);
-                }
-            }
-            if !acl.is_open() {
-                want.insert(*port, acl);
-            }
+        let mut want: Vec<(PortId, Option<EndpointAcl>)> = Vec::with_capacity(affected.len());
+        for (key, port) in affected {
+            let acl = state
+                .pods
+                .get(key)
+                .filter(|pod| pod.spec.as_ref().and_then(|s| s.host_network) != Some(true))
+                .map(|pod| endpoint_acl(state, &view, key, pod, &node_nets, &mut memo))
+                .filter(|acl| !acl.is_open());
+            want.push((port, acl));
         }
-        let gone: Vec<PortId> = self.compiled.keys().filter(|p| !want.contains_key(p)).copied().collect();
-        for port in gone {
-            if let Some(old) = self.compiled.remove(&port) {
-                self.release(&old, policy, delta);
-            }
-            policy.put_acl(port, None);
-            delta.acls.insert(port);
-        }
+        // Endpoints that are gone.
+        let live: rustc_hash::FxHashSet<PortId> = endpoints.values().copied().collect();
+        want.extend(self.compiled.keys().filter(|p| !live.contains(p)).map(|p| (*p, None)));
         for (port, acl) in want {
-            if self.compiled.get(&port) == Some(&acl) {
+            if self.compiled.get(&port) == acl.as_ref() {
                 continue;
             }
-            for remote in acl.remotes() {
-                self.acquire(remote, policy, delta);
+            match acl {
+                None => {
+                    if let Some(old) = self.compiled.remove(&port) {
+                        self.unindex(port, &old);
+                        self.release(&old, policy, delta);
+                    }
+                    policy.put_acl(port, None);
+                }
+                Some(acl) => {
+                    for remote in acl.remotes() {
+                        self.acquire(remote, policy, delta);
+                    }
+                    let layers =
+                        (self.layer(LayerKind::AclOut, &acl.egress), self.layer(LayerKind::AclIn, &acl.ingress));
+                    policy.put_acl(port, Some(layers));
+                    for p in acl.ingress.selected_by.iter().chain(&acl.egress.selected_by) {
+                        self.by_policy.entry(p.clone()).or_default().insert(port);
+                    }
+                    if let Some(old) = self.compiled.insert(port, acl) {
+                        self.unindex(port, &old);
+                        self.release(&old, policy, delta);
+                    }
+                    // (Re-added: the old entry's policies may also be the new one's.)
+                    if let Some(acl) = self.compiled.get(&port) {
+                        for p in acl.ingress.selected_by.iter().chain(&acl.egress.selected_by) {
+                            self.by_policy.entry(p.clone()).or_default().insert(port);
+                        }
+                    }
+                }
             }
-            let layers = (self.layer(LayerKind::AclOut, &acl.egress), self.layer(LayerKind::AclIn, &acl.ingress));
-            policy.put_acl(port, Some(layers));
             delta.acls.insert(port);
-            if let Some(old) = self.compiled.insert(port, acl) {
-                self.release(&old, policy, delta);
+        }
+    }
+
+    /// The endpoints a change can affect (see [`PolicyCompiler::sync`]); keeps the peers' view of
+    /// the changed pods up to date.
+    fn affected<'e>(
+        &mut self,
+        state: &ClusterState,
+        view: &View<'_>,
+        endpoints: &'e FxHashMap<ObjectKey, PortId>,
+        c: &crate::Changes,
+    ) -> Vec<(&'e ObjectKey, PortId)> {
+        let mut ports: BTreeSet<PortId> = BTreeSet::new();
+        let mut policies: BTreeSet<ObjectKey> = c.network_policies.clone();
+        for key in c.pods.iter().chain(&c.local_endpoints) {
+            if let Some(port) = endpoints.get(key) {
+                ports.insert(*port);
+            }
+            let old = self.pods.remove(key);
+            let new = state.pods.get(key).and_then(|p| PeerInfo::of(key, p));
+            for (pkey, np) in &state.network_policies {
+                if [&old, &new].into_iter().flatten().any(|peer| names_peer(np, pkey, peer, view)) {
+                    policies.insert(pkey.clone());
+                }
+            }
+            if let Some(new) = new {
+                self.pods.insert(key.clone(), new);
+            }
+        }
+        for pkey in &policies {
+            if let Some(old) = self.by_policy.get(pkey) {
+                ports.extend(old.iter().copied());
+            }
+            let Some(sel) = state.network_policies.get(pkey).and_then(|np| np.spec.as_ref()) else { continue };
+            for (key, port) in endpoints.iter().filter(|(k, _)| k.namespace == pkey.namespace) {
+                let selected = state
+                    .pods
+                    .get(key)
+                    .map(|pod| sel.pod_selector.as_ref().map(|s| selects(s, labels(pod))).unwrap_or(true))
+                    .unwrap_or(false);
+                if selected {
+                    ports.insert(*port);
+                }
+            }
+        }
+        let by_port: FxHashMap<PortId, &ObjectKey> = endpoints.iter().map(|(k, p)| (*p, k)).collect();
+        ports.into_iter().filter_map(|p| by_port.get(&p).map(|k| (*k, p))).collect()
+    }
+
+    fn unindex(&mut self, port: PortId, acl: &EndpointAcl) {
+        for p in acl.ingress.selected_by.iter().chain(&acl.egress.selected_by) {
+            if let Some(set) = self.by_policy.get_mut(p) {
+                set.remove(&port);
+                if set.is_empty() {
+                    self.by_policy.remove(p);
+                }
             }
         }
     }
@@ -561,7 +701,10 @@ impl PolicyCompiler {
             rules.push(Rule { name: Arc::from(r.name.as_str()), conditions: c, action: Action::Allow });
         }
         rules.push(Rule::new(
-            format!("default deny (isolated by {})", d.selected_by.join(", ")),
+            format!(
+                "default deny (isolated by {})",
+                d.selected_by.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
             Conditions::any(),
             Action::Drop(DropReason::PolicyDenied),
         ));

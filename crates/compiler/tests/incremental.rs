@@ -1,6 +1,6 @@
 //! The incremental compiler agrees with a full compile: every scenario's objects are added one at a
-//! time, then removed one at a time (in a scrambled order), and after every step the probes of the
-//! scenario trace the same through the incrementally updated policy as through a policy compiled
+//! time, every pod's labels are changed and restored, then objects are removed one at a time (in a
+//! scrambled order), and after every step the probes of the scenario trace the same through the incrementally updated policy as through a policy compiled
 //! from scratch for the same state.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +17,8 @@ enum Obj {
     Slice(ObjectKey),
     Pod(ObjectKey),
     ServiceCidr(String),
+    NetworkPolicy(ObjectKey),
+    Namespace(String),
 }
 
 fn objects(state: &ClusterState) -> Vec<Obj> {
@@ -25,6 +27,8 @@ fn objects(state: &ClusterState) -> Vec<Obj> {
     v.extend(state.endpoint_slices.keys().cloned().map(Obj::Slice));
     v.extend(state.pods.keys().cloned().map(Obj::Pod));
     v.extend(state.service_cidrs.keys().cloned().map(Obj::ServiceCidr));
+    v.extend(state.network_policies.keys().cloned().map(Obj::NetworkPolicy));
+    v.extend(state.namespaces.keys().cloned().map(Obj::Namespace));
     // A fixed scramble, so slices sometimes arrive before their Service.
     let n = v.len();
     let mut order: Vec<usize> = (0..n).collect();
@@ -66,6 +70,22 @@ fn copy(obj: &Obj, from: &ClusterState, to: &mut ClusterState, add: bool) -> Cha
                 to.service_cidrs.remove(k);
             }
             c.service_cidrs = true;
+        }
+        Obj::NetworkPolicy(k) => {
+            if add {
+                to.network_policies.insert(k.clone(), from.network_policies[k].clone());
+            } else {
+                to.network_policies.remove(k);
+            }
+            c.network_policies.insert(k.clone());
+        }
+        Obj::Namespace(k) => {
+            if add {
+                to.namespaces.insert(k.clone(), from.namespaces[k].clone());
+            } else {
+                to.namespaces.remove(k);
+            }
+            c.namespaces.insert(k.clone());
         }
     }
     c
@@ -136,7 +156,6 @@ fn incremental_updates_match_full_compiles() {
         // Start from the node-level objects only.
         let mut state = ClusterState {
             nodes: full_state.nodes.clone(),
-            namespaces: full_state.namespaces.clone(),
             kube_proxy: full_state.kube_proxy.clone(),
             flowgate: full_state.flowgate.clone(),
             ..ClusterState::default()
@@ -154,6 +173,19 @@ fn incremental_updates_match_full_compiles() {
             compiler.update(&state, &changes).unwrap();
             check(&state, &compiler, &format!("adding {o:?}"));
             steps += 1;
+        }
+        // Every pod's labels changed, then restored (policies select and name pods by them).
+        for key in full_state.pods.keys() {
+            let original = full_state.pods[key].clone();
+            let mut relabeled = original.clone();
+            relabeled.metadata.labels = Some([("relabeled".to_string(), "yes".to_string())].into());
+            for (what, pod) in [("relabeling", relabeled), ("restoring the labels of", original)] {
+                state.pods.insert(key.clone(), pod);
+                let changes = Changes { pods: [key.clone()].into(), ..Changes::default() };
+                compiler.update(&state, &changes).unwrap();
+                check(&state, &compiler, &format!("{what} {key}"));
+                steps += 1;
+            }
         }
         for o in objs.iter().rev().step_by(2) {
             let changes = copy(o, &full_state, &mut state, false);
