@@ -311,22 +311,6 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 	if (!cfg)
 		return FG_PASS;
 
-	/* Anti-spoofing: an endpoint sends only with its own MAC and addresses. */
-	if (ingress == FG_INGRESS_ENDPOINT) {
-		__u32 ifindex = skb->ifindex;
-		struct fg_port *port = bpf_map_lookup_elem(&fg_ports, &ifindex);
-		if (port) {
-			struct ethhdr eth;
-			if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
-				return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
-			struct fg_endpoint_key ek = { .port_id = port->port_id };
-			ek.addr = p->key.src;
-			if ((port->has_mac && !fg_mac_eq(eth.h_source, port->mac)) ||
-			    !bpf_map_lookup_elem(&fg_endpoint_addrs, &ek))
-				return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_SPOOFED, 0);
-		}
-	}
-
 	struct fg_flow *f = bpf_map_lookup_elem(&fg_flows, &p->key);
 	int have_keep = 0;
 	if (f) {
@@ -395,20 +379,65 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 /* Not a TC action: "this was not an ICMP packet". */
 #define FG_NOT_ICMP (-2)
 
-/* ICMP errors first (their own subprogram), then everything else: the two never share a stack
- * frame, which keeps the deepest call chain inside the verifier's 512 bytes. */
-static __attribute__((noinline)) int fg_icmp_entry(struct __sk_buff *skb)
+/* ICMP first (its own subprogram), then everything else: the two never share a stack frame,
+ * which keeps the deepest call chain inside the verifier's 512 bytes. An echo request is judged by
+ * the endpoints' ACLs (as protocol ICMP, port 0: only rules that name no port let it through);
+ * errors about translated flows are translated back; the rest passes. */
+static __attribute__((noinline)) int fg_icmp_entry(struct __sk_buff *skb, __u32 ingress)
 {
 	struct fg_pkt p;
 	if (fg_parse(skb, &p) != FG_PARSE_ICMP)
 		return FG_NOT_ICMP;
+	__u8 type;
+	if (bpf_skb_load_bytes(skb, p.l4_off, &type, 1) < 0)
+		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
+	if (type == (p.v6 ? 128 : 8)) {
+		if (fg_acl_check(&p.key.src, &p.key.dst, p.key.proto, 0, ingress == FG_INGRESS_ENDPOINT))
+			return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_POLICY_DENIED, 0);
+		return fg_verdict_ret(skb, 0, FG_VERDICT_ALLOW, 0, 0);
+	}
 	return fg_icmp_error(skb, p.l3_off, p.l4_off, p.v6);
+}
+
+/* Anti-spoofing: every frame an endpoint sends carries its MAC (when known) and, for IP, one of
+ * its addresses as the source, whatever the protocol (IPv6 link-local and unspecified sources —
+ * neighbor discovery — excepted). ARP passes; other ethertypes (VLAN tags included) are dropped. */
+static __attribute__((noinline)) int fg_endpoint_source_ok(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct fg_port *port = bpf_map_lookup_elem(&fg_ports, &ifindex);
+	if (!port)
+		return 1;
+	struct ethhdr eth;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+		return 0;
+	if (port->has_mac && !fg_mac_eq(eth.h_source, port->mac))
+		return 0;
+	struct fg_endpoint_key ek = { .port_id = port->port_id };
+	if (eth.h_proto == bpf_htons(ETH_P_IP)) {
+		__u32 saddr;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 12, &saddr, 4) < 0)
+			return 0;
+		fg_addr_v4(&ek.addr, saddr);
+	} else if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 8, &ek.addr, 16) < 0)
+			return 0;
+		if ((ek.addr.w[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000))
+			return 1;
+		if (!(ek.addr.w[0] | ek.addr.w[1] | ek.addr.w[2] | ek.addr.w[3]))
+			return 1;
+	} else {
+		return eth.h_proto == bpf_htons(ETH_P_ARP);
+	}
+	return bpf_map_lookup_elem(&fg_endpoint_addrs, &ek) != 0;
 }
 
 /* The whole switch for one packet entering through a port of kind `ingress`. */
 static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 {
-	int r = fg_icmp_entry(skb);
+	if (ingress == FG_INGRESS_ENDPOINT && !fg_endpoint_source_ok(skb))
+		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_SPOOFED, 0);
+	int r = fg_icmp_entry(skb, ingress);
 	if (r != FG_NOT_ICMP)
 		return r;
 	return fg_switch_packet(skb, ingress);

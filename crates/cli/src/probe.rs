@@ -53,12 +53,22 @@ pub fn parse_probe(from: &str, to: &str) -> Result<FlowKey, String> {
     let (dst_part, proto) = match to.rsplit_once('/') {
         Some((d, p)) => {
             let proto = Proto::from_name(p)
-                .filter(|p| p.has_ports())
-                .ok_or_else(|| format!("--to {to:?}: unknown protocol {p:?} (tcp, udp or sctp)"))?;
+                .filter(|p| p.has_ports() || p.name() == "icmp")
+                .ok_or_else(|| format!("--to {to:?}: unknown protocol {p:?} (tcp, udp, sctp or icmp)"))?;
             (d, proto)
         }
         None => (to, Proto::TCP),
     };
+    if !proto.has_ports() {
+        // An ICMP (ICMPv6 for IPv6) echo request: no ports.
+        let (src, _) = parse_host_port(from).map_err(|e| format!("--from {e}"))?;
+        let (dst, _) = parse_host_port(dst_part).map_err(|e| format!("--to {e}"))?;
+        if src.is_ipv4() != dst.is_ipv4() {
+            return Err(format!("--from {from:?} and --to {to:?} are of different IP families"));
+        }
+        let proto = if dst.is_ipv4() { Proto::ICMP } else { Proto::ICMPV6 };
+        return Ok(FlowKey::new(SocketAddr::new(src, 0), SocketAddr::new(dst, 0), proto));
+    }
     let (dst, dport) = parse_host_port(dst_part).map_err(|e| format!("--to {e}"))?;
     let dport = dport.ok_or_else(|| format!("--to {to:?}: a destination port is required (DST:DPORT[/PROTO])"))?;
     if src.is_ipv4() != dst.is_ipv4() {

@@ -21,8 +21,9 @@ use rustc_hash::FxHashMap;
 
 use flowgate_switch::{Action, AddrMatch, Layer, LayerKind, Proto, Rule, RuleIndex, SetId, SwitchPolicy};
 
-/// The protocols whose packets the switch walks (and ACLs judge).
-pub const PROTOCOLS: [Proto; 3] = [Proto::TCP, Proto::UDP, Proto::SCTP];
+/// The protocols ACLs judge: those whose connections the switch walks, and ICMP echo requests
+/// (as port 0).
+pub const PROTOCOLS: [Proto; 5] = [Proto::TCP, Proto::UDP, Proto::SCTP, Proto::ICMP, Proto::ICMPV6];
 
 /// A verdict entry: a class, optionally narrowed to a protocol and a destination port prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -385,9 +386,13 @@ mod tests {
                         IpNet::V6(n) => IpAddr::V6((u128::from(n.network()) + u128::from(rng.below(300))).into()),
                     }
                 };
-                let proto = PROTOCOLS[rng.below(3) as usize];
-                let port = [0u16, 1, 79, 80, 81, 82, 89, 90, 91, 999, 1000, 1001, 2000, 2001, 65534, 65535]
-                    [rng.below(16) as usize];
+                let proto = PROTOCOLS[rng.below(PROTOCOLS.len() as u64) as usize];
+                let port = if proto.has_ports() {
+                    [0u16, 1, 79, 80, 81, 82, 89, 90, 91, 999, 1000, 1001, 2000, 2001, 65534, 65535]
+                        [rng.below(16) as usize]
+                } else {
+                    0
+                };
                 let local = if remote.is_ipv4() { local } else { "fd00::9".parse().unwrap() };
                 let key = if kind == LayerKind::AclIn {
                     FlowKey::new((remote, 40000).into(), (local, port).into(), proto)

@@ -85,6 +85,7 @@ fn frame_of(key: &FlowKey) -> Vec<u8> {
     let l4 = match key.proto {
         Proto::UDP => L4Spec::udp(key.sport, key.dport),
         Proto::SCTP => L4Spec::sctp(key.sport, key.dport),
+        Proto::ICMP | Proto::ICMPV6 => L4Spec::icmp_echo(7, 1),
         _ => L4Spec::tcp(key.sport, key.dport, tcp::Flags::SYN),
     };
     build_frame(&FrameSpec::new(ips, l4).with_payload(b"flowgate".to_vec()))
@@ -189,6 +190,23 @@ impl Kernel {
         let what = format!("{what} ({key})");
         let input = frame_of(&key);
         let (r, last) = self.run(prog, &input);
+        if !key.proto.has_ports() {
+            // An echo request: only the ACLs decide, nothing is rewritten or cached.
+            let got = match (r.retval, last.verdict) {
+                (TC_ACT_OK, maps::verdict::ALLOW) if r.output == input => Verdict::Allow,
+                // The node's own ICMP is not the switch's business (its pods always accept it).
+                (TC_ACT_OK, _) if prog == 2 && r.output == input => Verdict::Allow,
+                (TC_ACT_SHOT, maps::verdict::DROP) => Verdict::Drop,
+                _ => return Checked::Failed(format!("{what}: kernel retval {} verdict {}", r.retval, last.verdict)),
+            };
+            if got != want.verdict || (got == Verdict::Drop && Some(last.reason) != want.reason.map(|r| r as u8)) {
+                return Checked::Failed(format!(
+                    "{what}: model {:?} ({:?}), kernel {got:?} (reason {})",
+                    want.verdict, want.reason, last.reason
+                ));
+            }
+            return Checked::Compared;
+        }
         match want.verdict {
             Verdict::Allow => {
                 // The node's own packets are routed again (a redirect) when their destination changed.
@@ -768,15 +786,15 @@ fn random_policy_state(seed: u64) -> (Vec<serde_json::Value>, Vec<serde_json::Va
         if *src == dst {
             continue;
         }
-        let (proto, dport) =
-            if dst.starts_with("172.") { (Proto::TCP, 80) } else { ports[r.below(ports.len() as u64) as usize] };
-        probes.push(FlowKey {
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            proto,
-            sport: 40000 + r.below(1000) as u16,
-            dport,
-        });
+        let (proto, dport) = if dst.starts_with("172.") {
+            (Proto::TCP, 80)
+        } else if r.chance(12) {
+            (Proto::ICMP, 0)
+        } else {
+            ports[r.below(ports.len() as u64) as usize]
+        };
+        let sport = if proto.has_ports() { 40000 + r.below(1000) as u16 } else { 0 };
+        probes.push(FlowKey { src: src.parse().unwrap(), dst: dst.parse().unwrap(), proto, sport, dport });
     }
     (items, policies, probes)
 }

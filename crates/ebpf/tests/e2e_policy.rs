@@ -931,3 +931,107 @@ fn an_established_connection_a_new_policy_denies_stalls_and_resumes_when_lifted(
     eprintln!("denied: {dropped} segments dropped as policy-denied; lifted: resumed after {:?}", lifted.elapsed());
     assert_eq!(echo(&mut s, "three\n", Duration::from_secs(2)).unwrap(), "three\n", "after the policy");
 }
+
+/// One ICMP echo request from inside `ns` to `dst`; whether a reply came within `wait`.
+fn ping(ns: &Netns, dst: Ipv4Addr, wait: Duration) -> bool {
+    ns.run(|| {
+        #[allow(unsafe_code)]
+        // SAFETY: plain socket calls on a descriptor this function owns; buffers outlive the calls.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+            assert!(fd >= 0, "raw socket: {}", io::Error::last_os_error());
+            let fd = OwnedFd::from_raw_fd(fd);
+            let ident = (std::process::id() & 0xffff) as u16;
+            let mut msg = [8u8, 0, 0, 0, (ident >> 8) as u8, ident as u8, 0, 1, b'f', b'g', b'a', b't', b'e', 0, 0, 0];
+            let sum = msg.chunks(2).fold(0u32, |a, c| a + u32::from(u16::from_be_bytes([c[0], c[1]])));
+            let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+            msg[2..4].copy_from_slice(&sum.to_be_bytes());
+            let to = sockaddr(SocketAddrV4::new(dst, 0));
+            let sent = libc::sendto(
+                fd.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            assert_eq!(sent, msg.len() as isize, "sendto: {}", io::Error::last_os_error());
+            let deadline = Instant::now() + wait;
+            let mut buf = [0u8; 1500];
+            while Instant::now() < deadline {
+                let left = deadline - Instant::now();
+                let tv = libc::timeval { tv_sec: left.as_secs() as _, tv_usec: left.subsec_micros().max(1) as _ };
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
+                let n = libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n < 28 {
+                    continue;
+                }
+                // An echo reply (type 0) to our identifier, from `dst`.
+                let ihl = usize::from(buf[0] & 0x0f) * 4;
+                let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+                if from == dst && buf[ihl] == 0 && buf[ihl + 4..ihl + 6] == ident.to_be_bytes() {
+                    return true;
+                }
+            }
+            false
+        }
+    })
+    .unwrap()
+}
+
+/// ICMP under NetworkPolicy: an echo request is judged by the endpoints' ACLs as protocol ICMP with
+/// no port — a pod isolated for ingress answers pings only from peers a rule without ports allows.
+/// Pods y/a (client) and x/a (server) of the x/y/z model, under no policy, the default deny of
+/// `80-netpol-xyz-default-deny-ingress.yaml`, and the allow-all of `83-netpol-xyz-allow-all-ingress.yaml`;
+/// the model (`flowgate trace` with `/icmp`) says the same.
+#[test]
+fn pings_follow_network_policy() {
+    if !flowgate_ebpf::privileged_test("pings_follow_network_policy") {
+        return;
+    }
+    let mut h = Harness::new(&BTreeSet::new(), &BTreeSet::new());
+    let mut compiler: Option<Compiler> = None;
+    let mut previous: Option<ClusterState> = None;
+    let mut failures = Vec::new();
+    let open = {
+        let sc = load_scenario(&scenario_dir().join("80-netpol-xyz-default-deny-ingress.yaml"));
+        let mut s = flowgate_cluster::load_str(Path::new(&sc.name), &sc.manifests).unwrap().state;
+        s.network_policies.clear();
+        (sc.node, s)
+    };
+    let steps: Vec<(&str, ClusterState, bool)> = vec![
+        ("no policy", open.1.clone(), true),
+        ("80-netpol-xyz-default-deny-ingress.yaml", ClusterState::default(), false),
+        ("83-netpol-xyz-allow-all-ingress.yaml", ClusterState::default(), true),
+    ];
+    for (what, state, want) in steps {
+        let state = if what.ends_with(".yaml") {
+            let sc = load_scenario(&scenario_dir().join(what));
+            flowgate_cluster::load_str(Path::new(&sc.name), &sc.manifests).unwrap().state
+        } else {
+            state
+        };
+        let c = compiler.get_or_insert_with(|| Compiler::new(open.0.clone()));
+        let delta = match &previous {
+            None => c.compile_full(&state).unwrap(),
+            Some(old) => c.update(&state, &changes(old, &state)).unwrap(),
+        };
+        h.dataplane.apply(c.policy().unwrap(), &delta).unwrap();
+        h.bind(c.policy().unwrap()).unwrap();
+        let key = FlowKey::new("10.0.1.21:0".parse().unwrap(), "10.0.1.11:0".parse().unwrap(), Proto::ICMP);
+        let model = flowgate_switch::trace(c.policy().unwrap(), &key).verdict == Verdict::Allow;
+        let got = ping(&h.pods[3], Ipv4Addr::new(10, 0, 1, 11), Duration::from_millis(if want { 2000 } else { 600 }));
+        eprintln!("{what}: y/a pings x/a: model {model}, kernel {got}, expected {want}");
+        if model != want || got != want {
+            failures.push(format!("{what}: y/a -> x/a ping: expected {want}, model {model}, kernel {got}"));
+        }
+        previous = Some(state);
+    }
+    assert!(failures.is_empty(), "{failures:#?}\n{}", h.evidence.report());
+}

@@ -1,6 +1,7 @@
 //! Anti-spoofing on endpoints: once a pod's host-side interface is bound to its port, packets
-//! entering through it must carry the pod's MAC and one of its addresses; anything else is dropped
-//! (reason "spoofed") before any translation. Run on a real veth's ifindex (the program reads
+//! entering through it must carry the pod's MAC and one of its addresses, whatever their protocol
+//! (IPv6 link-local sources and ARP excepted); anything else is dropped (reason "spoofed") before
+//! any translation. Run on a real veth's ifindex (the program reads
 //! `skb->ifindex`), inside a throw-away network namespace.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -57,6 +58,33 @@ fn endpoints_cannot_send_as_someone_else() {
         assert_eq!(run(&frame("10.0.1.5", pod_mac)).0, 0, "the pod itself passes");
         assert_eq!(run(&frame("10.0.1.99", pod_mac)), (2, 6), "another address: dropped as spoofed");
         assert_eq!(run(&frame("10.0.1.5", [2, 0, 0, 0, 0, 1])), (2, 6), "another MAC: dropped as spoofed");
+        // Whatever the protocol: ICMP, a protocol the switch does not walk (GRE), a fragment.
+        let echo = |src: &str, dst: &str| {
+            let ips = IpPair::new(src.parse().unwrap(), dst.parse().unwrap()).unwrap();
+            let mut f = build_frame(&FrameSpec::new(ips, L4Spec::icmp_echo(1, 1)));
+            f[6..12].copy_from_slice(&pod_mac);
+            f
+        };
+        assert_eq!(run(&echo("10.0.1.5", "10.0.2.7")).0, 0, "the pod's own ping passes");
+        assert_eq!(run(&echo("10.0.1.99", "10.0.2.7")), (2, 6), "a ping from another address: spoofed");
+        let mut gre = frame("10.0.1.99", pod_mac);
+        gre[14 + 9] = 47;
+        assert_eq!(run(&gre), (2, 6), "GRE from another address: spoofed");
+        gre[14 + 12..14 + 16].copy_from_slice(&[10, 0, 1, 5]);
+        assert_eq!(run(&gre).0, 0, "GRE from the pod's address passes (not the switch's protocol)");
+        let mut fragment = frame("10.0.1.99", pod_mac);
+        fragment[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes());
+        assert_eq!(run(&fragment), (2, 6), "a later fragment from another address: spoofed");
+        // IPv6 neighbor discovery comes from link-local addresses; ARP passes; VLAN tags do not.
+        assert_eq!(run(&echo("fe80::1", "fe80::2")).0, 0, "link-local source passes");
+        let mut arp = vec![0xffu8; 6];
+        arp.extend_from_slice(&pod_mac);
+        arp.extend_from_slice(&[0x08, 0x06]);
+        arp.extend_from_slice(&[0u8; 28]);
+        assert_eq!(run(&arp).0, 0, "ARP passes");
+        let mut tagged = frame("10.0.1.5", pod_mac);
+        tagged[12..14].copy_from_slice(&[0x81, 0x00]);
+        assert_eq!(run(&tagged), (2, 6), "a VLAN-tagged frame: dropped");
 
         // The pod goes away: its address is no longer accepted on that interface either.
         let empty = flowgate_compiler::compile(

@@ -35,9 +35,14 @@ pub fn trace(policy: &SwitchPolicy, key: &FlowKey) -> Trace {
     trace_from(policy, policy.ingress_port_for(key.src), key)
 }
 
-/// Traces `key` entering on `ingress`.
+/// Traces `key` entering on `ingress`. A key whose protocol has no ports (ICMP, ICMPv6) stands for
+/// an echo request.
 pub fn trace_from(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey) -> Trace {
     let mut steps: Vec<String> = Vec::new();
+    if !key.proto.has_ports() {
+        let path = walk::echo(policy, ingress, key, &mut steps);
+        return aggregate(policy, vec![path], steps);
+    }
     let paths: Vec<walk::Path> = match walk::head(policy, ingress, key, &mut steps) {
         Head::Done(p) => vec![p],
         Head::Pass => vec![walk::tail(policy, ingress, key, None, &mut steps)],

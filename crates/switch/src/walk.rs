@@ -240,3 +240,45 @@ fn action_word(a: Action) -> &'static str {
         Action::Snat => "snat",
     }
 }
+
+/// The walk of an ICMP echo request (ICMP or ICMPv6, ports 0): the switch neither balances nor
+/// translates ICMP, so only anti-spoofing and the endpoints' ACLs apply — as protocol ICMP with
+/// port 0, which only rules that name no port let through.
+pub(crate) fn echo(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps: &mut impl Steps) -> Path {
+    let Some(port) = policy.port(ingress) else {
+        steps.push(|| format!("unknown ingress port {}", ingress.0));
+        return Path::stop(Verdict::Drop, DropReason::Spoofed);
+    };
+    let ingress_kind = IngressKind::from(&port.kind);
+    steps.push(|| format!("from {} (ICMP echo request)", port.label()));
+    if let PortKind::Endpoint { .. } = port.kind {
+        if port.addresses.contains(&key.dst) {
+            steps.push(|| "destination is the pod's own address: never leaves the pod".to_string());
+            return Path { verdict: Verdict::Allow, reason: None, dnat: None, masquerade: false, egress: ingress };
+        }
+        if !port.addresses.contains(&key.src) {
+            steps.push(|| format!("anti-spoofing: {} is not an address of this endpoint", key.src));
+            return Path::stop(Verdict::Drop, DropReason::Spoofed);
+        }
+        if let Some((egress_acl, _)) = policy.acls.get(&ingress) {
+            if let Some(p) = acl(egress_acl, policy, key, ingress_kind, steps) {
+                return p;
+            }
+        }
+    }
+    let egress = if let Some(p) = policy.endpoint_for(key.dst) {
+        p
+    } else if policy.is_host_address(key.dst) {
+        PortId::HOST
+    } else {
+        PortId::UPLINK
+    };
+    if let Some((_, ingress_acl)) = policy.acls.get(&egress) {
+        if let Some(p) = acl(ingress_acl, policy, key, ingress_kind, steps) {
+            return p;
+        }
+    }
+    let label = policy.port(egress).map(|p| p.label()).unwrap_or_default();
+    steps.push(|| format!("to {label} ({})", key.dst));
+    Path { verdict: Verdict::Allow, reason: None, dnat: None, masquerade: false, egress }
+}
