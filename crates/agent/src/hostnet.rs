@@ -14,8 +14,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flowgate_cluster::{HostPort, LoadBalancerPort, LocalEndpoint, LocalLoadBalancer, ObjectKey};
+use flowgate_cluster::{HostPort, LoadBalancerPort, LocalAcl, LocalEndpoint, LocalLoadBalancer, ObjectKey};
 use flowgate_hostnet::links::Made;
+use flowgate_hostnet::objects::{acl_port_range, AclAction, AclDirection};
 use flowgate_hostnet::{
     Endpoint, EndpointRequest, HnsError, HostNetworking, LoadBalancer, Network, Policy, Protocol, Switch, SwitchError,
 };
@@ -96,7 +97,7 @@ impl AgentSwitch {
             all.remove(key);
             return None;
         }
-        let mut merged = LocalEndpoint { ips: Vec::new(), outbound_nat: None, host_ports: Vec::new() };
+        let mut merged = LocalEndpoint::default();
         for a in of_pod.values() {
             for ip in &a.ips {
                 if !merged.ips.contains(ip) {
@@ -107,6 +108,11 @@ impl AgentSwitch {
                 merged.outbound_nat.get_or_insert_with(Vec::new).extend(ex.iter().copied());
             }
             merged.host_ports.extend(a.host_ports.iter().cloned());
+            for acl in &a.acls {
+                if !merged.acls.contains(acl) {
+                    merged.acls.push(acl.clone());
+                }
+            }
         }
         Some(merged)
     }
@@ -138,7 +144,22 @@ fn local(ep: &Endpoint) -> LocalEndpoint {
             _ => None,
         })
         .collect();
-    LocalEndpoint { ips: ep.addresses(), outbound_nat, host_ports }
+    let acls = ep
+        .policies
+        .iter()
+        .filter_map(|p| match p {
+            Policy::Acl { action, direction, priority, protocol, remote_addresses, ports } => Some(LocalAcl {
+                allow: *action == AclAction::Allow,
+                inbound: *direction == AclDirection::In,
+                priority: *priority,
+                protocol: protocol.map(|p| protocol_name(p).to_owned()),
+                remote: remote_addresses.clone(),
+                ports: ports.iter().filter_map(|p| acl_port_range(p)).collect(),
+            }),
+            _ => None,
+        })
+        .collect();
+    LocalEndpoint { ips: ep.addresses(), outbound_nat, host_ports, acls }
 }
 
 /// The compiler's view of a load balancer.

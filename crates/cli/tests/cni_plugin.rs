@@ -494,3 +494,42 @@ fn a_pod_on_two_networks_sends_from_both_of_its_addresses() {
     assert_eq!(cni("DEL", "srv", None, None, &one).code, 0);
     assert!(node.host_interfaces().is_empty());
 }
+
+/// A network's ACL policies (the host networking service's `ACL` type, `acls` in the network
+/// configuration) are every pod's first ACL rules, by ascending priority, enforced in the kernel:
+/// here "allow out TCP 8080" (priority 5) before "block out TCP 8080-8090" (priority 20), so a pod
+/// reaches another on 8080 but not on 8081, and `flowgate trace --live` names the rule.
+#[test]
+fn a_networks_acl_policies_allow_and_block_in_the_kernel() {
+    if !root("a_networks_acl_policies_allow_and_block_in_the_kernel") {
+        return;
+    }
+    let node = Node::start("acl");
+    let mut conf = node.conf("acl", "10.244.1.0/24");
+    conf["acls"] = json!([
+        {"action": "Block", "direction": "Out", "protocol": "tcp", "ports": ["8080-8090"], "priority": 20},
+        {"action": "Allow", "direction": "Out", "protocol": "tcp", "ports": ["8080"], "priority": 5},
+    ]);
+    let (a, _) = add_pod(&conf, "acl-a", "shop", "a");
+    let (b, rb) = add_pod(&conf, "acl-b", "shop", "b");
+    let b_ip = ip_of(&rb);
+    let _open = Server::tcp(&b, "b", "0.0.0.0:8080");
+    let _closed = Server::tcp(&b, "b", "0.0.0.0:8081");
+    assert_eq!(ask(&a, &format!("{b_ip}:8080")).unwrap(), "b 10.244.1.2");
+    let blocked = ask(&a, &format!("{b_ip}:8081"));
+    assert!(blocked.is_err(), "8081 must be blocked: {blocked:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["trace", "--live", "--socket"])
+        .arg(node.socket())
+        .args(["--from", "10.244.1.2", "--to", &format!("{b_ip}:8081"), "-o", "json"])
+        .output()
+        .unwrap();
+    let t: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(t["verdict"], "drop", "{t}");
+    assert_eq!(t["reason"], "policy-denied", "{t}");
+    assert!(t["steps"].to_string().contains("ACL policy (priority 20): block out"), "{t}");
+    for id in ["acl-a", "acl-b"] {
+        assert_eq!(cni("DEL", id, None, None, &conf).code, 0);
+    }
+    assert!(node.host_interfaces().is_empty());
+}

@@ -20,6 +20,6 @@ pub use config::{FlowgateConfiguration, KubeProxyConfiguration};
 pub use error::{FieldError, ManifestError};
 pub use ip::{parse_cidr_sloppy, parse_ip_sloppy};
 pub use manifest::{load_paths, load_str, Loaded, Loader};
-pub use state::{ClusterState, HostPort, LoadBalancerPort, LocalEndpoint, LocalLoadBalancer, ObjectKey};
+pub use state::{ClusterState, HostPort, LoadBalancerPort, LocalAcl, LocalEndpoint, LocalLoadBalancer, ObjectKey};
 
 pub use k8s_openapi;

@@ -86,7 +86,7 @@ pub struct LoadBalancerPort {
 
 /// An endpoint made on this node by its host networking service: the addresses it was given are
 /// what the pod sends from, whether or not the API server reports them yet.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct LocalEndpoint {
     /// Its addresses.
     pub ips: Vec<std::net::IpAddr>,
@@ -94,6 +94,25 @@ pub struct LocalEndpoint {
     pub outbound_nat: Option<Vec<ipnet::IpNet>>,
     /// Host ports forwarded to it (`PortMapping` policies, the CNI `portMappings` capability).
     pub host_ports: Vec<HostPort>,
+    /// Its ACL rules (`ACL` policies), in the order given.
+    pub acls: Vec<LocalAcl>,
+}
+
+/// An ACL rule of a local endpoint (the host networking service's `ACL` policy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalAcl {
+    /// Allow (true) or block.
+    pub allow: bool,
+    /// Connections to the endpoint (true) or from it.
+    pub inbound: bool,
+    /// Lower first.
+    pub priority: u16,
+    /// `TCP`, `UDP`, `SCTP`; any when absent.
+    pub protocol: Option<String>,
+    /// Remote prefixes; any when empty.
+    pub remote: Vec<ipnet::IpNet>,
+    /// Destination port ranges; any when empty.
+    pub ports: Vec<(u16, u16)>,
 }
 
 /// A port of the node forwarded to a local endpoint (a pod's `hostPort`).

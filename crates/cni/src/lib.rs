@@ -277,6 +277,10 @@ pub struct NetConf {
     /// Outbound NAT.
     #[serde(rename = "outboundNAT", default)]
     pub outbound_nat: Option<OutboundNat>,
+    /// ACL rules every pod of the network gets (the host networking service's `ACL` policy),
+    /// tried by ascending priority before the pod's NetworkPolicy rules.
+    #[serde(default)]
+    pub acls: Vec<AclConf>,
     /// Capability arguments.
     #[serde(default)]
     pub runtime_config: RuntimeConfig,
@@ -286,6 +290,28 @@ pub struct NetConf {
     /// GC's valid attachments.
     #[serde(rename = "cni.dev/valid-attachments", default)]
     pub valid_attachments: Option<Vec<Value>>,
+}
+
+/// One entry of `acls` in the network configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AclConf {
+    /// `Allow` or `Block`.
+    pub action: flowgate_hostnet::objects::AclAction,
+    /// `In` (connections to the pod) or `Out` (from it).
+    pub direction: flowgate_hostnet::objects::AclDirection,
+    /// Lower first.
+    #[serde(default)]
+    pub priority: u16,
+    /// `tcp`, `udp` or `sctp`; any when absent.
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    /// Remote prefixes; any when empty.
+    #[serde(default)]
+    pub remote_addresses: Vec<IpNet>,
+    /// Destination ports, `"80"` or `"8000-8100"`; any when empty.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> CniError {
@@ -343,6 +369,17 @@ impl NetConf {
         if let Some(o) = self.outbound_nat.as_ref().filter(|o| o.enabled) {
             policies.push(Policy::OutboundNat { exceptions: o.exceptions.clone() });
         }
+        let first_acl = policies.len();
+        for a in &self.acls {
+            policies.push(Policy::Acl {
+                action: a.action,
+                direction: a.direction,
+                priority: a.priority,
+                protocol: a.protocol,
+                remote_addresses: a.remote_addresses.clone(),
+                ports: a.ports.clone(),
+            });
+        }
         let n = Network {
             name: self.name.clone(),
             ranges,
@@ -356,7 +393,14 @@ impl NetConf {
             let field = match e.field.as_str() {
                 f if f.starts_with("ranges") || f == "usePodCIDR" => format!("ipam.{f}"),
                 "name" => "name".to_owned(),
-                f => f.to_owned(),
+                f => match f.strip_prefix("policies[").and_then(|r| r.split_once(']')) {
+                    // The network's policies are outboundNAT, then the acls entries.
+                    Some((i, rest)) => match i.parse::<usize>() {
+                        Ok(i) if i >= first_acl => format!("acls[{}]{rest}", i - first_acl),
+                        _ => f.to_owned(),
+                    },
+                    None => f.to_owned(),
+                },
             };
             invalid(FieldError { field, message: e.message })
         };
@@ -582,5 +626,20 @@ mod tests {
         let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/n"), ("CNI_IFNAME", "eth0")])
             .unwrap();
         assert!(c.endpoint_request(&e).unwrap_err().msg.contains("portMappings[0].protocol"));
+        // ACL rules: checked, and the error names the entry of `acls`.
+        let with_acls = |acls: &str| {
+            parse(&format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{{"usePodCIDR":true}},"outboundNAT":{{}},"acls":{acls}}}"#
+            ))
+        };
+        let ok = with_acls(r#"[{"action":"Block","direction":"Out","protocol":"tcp","remoteAddresses":["169.254.169.254/32"],"ports":["80"]}]"#).unwrap();
+        assert!(matches!(ok.network().unwrap().policies.last(), Some(Policy::Acl { .. })));
+        let bad =
+            with_acls(r#"[{"action":"Allow","direction":"In"},{"action":"Block","direction":"In","ports":["1-2"]}]"#)
+                .unwrap();
+        let e = bad.network().unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("acls[1].protocol"), "{}", e.msg);
+        assert_eq!(with_acls(r#"[{"action":"Deny","direction":"In"}]"#).unwrap_err().code, 6);
     }
 }

@@ -25,6 +25,9 @@
 //! - Stateful: the switch's flow table lets replies of an allowed connection through in both
 //!   directions; the ACLs judge a connection's first packet (and re-check it after a change).
 //!
+//! An endpoint the node's host networking service made may also carry `ACL` policies of its own
+//! (allow or block, by priority): they come first in its layers, before the NetworkPolicy rules.
+//!
 //! [`PolicyCompiler::sync`] recompiles what a change can affect and reports only the endpoints
 //! whose ACLs changed; address sets are shared by content.
 
@@ -39,7 +42,7 @@ use flowgate_cluster::k8s_openapi::api::core::v1::Pod;
 use flowgate_cluster::k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use flowgate_cluster::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use flowgate_cluster::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use flowgate_cluster::{parse_cidr_sloppy, parse_ip_sloppy, ClusterState, ObjectKey};
+use flowgate_cluster::{parse_cidr_sloppy, parse_ip_sloppy, ClusterState, LocalAcl, LocalEndpoint, ObjectKey};
 use flowgate_switch::{
     Action, AddrMatch, Conditions, DropReason, Layer, LayerKind, PolicyDelta, PortId, PortRange, PrefixSet, Proto,
     Rule, RuleGroup, RuleIndex, SetId, SwitchPolicy,
@@ -64,6 +67,8 @@ struct AclRule {
     proto: Option<Proto>,
     /// The local (ingress) or remote (egress) destination ports; `None` = any.
     ports: Option<(u16, u16)>,
+    /// Allow (NetworkPolicy rules always) or drop (an endpoint's `ACL` policy may block).
+    allow: bool,
 }
 
 /// One direction of an endpoint: isolated (with the rules that allow) or not.
@@ -84,7 +89,7 @@ struct EndpointAcl {
 
 impl EndpointAcl {
     fn is_open(&self) -> bool {
-        self.egress.selected_by.is_empty() && self.ingress.selected_by.is_empty()
+        [&self.egress, &self.ingress].iter().all(|d| d.selected_by.is_empty() && d.rules.is_empty())
     }
 
     fn remotes(&self) -> impl Iterator<Item = &Vec<IpNet>> {
@@ -310,7 +315,7 @@ fn rules_of(
     if ports.is_empty() {
         let remote = remote_all();
         if remote.as_ref().map(|r| !r.is_empty()).unwrap_or(true) {
-            out.push(AclRule { name: format!("{name}, any port"), remote, proto: None, ports: None });
+            out.push(AclRule { name: format!("{name}, any port"), remote, proto: None, ports: None, allow: true });
         }
         return;
     }
@@ -325,6 +330,7 @@ fn rules_of(
                         remote,
                         proto: Some(proto),
                         ports: range,
+                        allow: true,
                     });
                 }
             }
@@ -338,6 +344,7 @@ fn rules_of(
                             remote,
                             proto: Some(proto),
                             ports: Some((n, n)),
+                            allow: true,
                         });
                     }
                 }
@@ -381,6 +388,7 @@ fn rules_of(
                         remote: Some(nets.into_iter().collect()),
                         proto: Some(proto),
                         ports: Some((n, n)),
+                        allow: true,
                     });
                 }
             }
@@ -393,11 +401,15 @@ fn endpoint_acl<'s>(
     state: &'s ClusterState,
     view: &View<'_>,
     key: &ObjectKey,
-    pod: &Pod,
+    pod: Option<&Pod>,
     node_nets: &[IpNet],
     memo: &mut FxHashMap<(&'s ObjectKey, bool, usize), Resolved>,
 ) -> EndpointAcl {
     let mut acl = EndpointAcl::default();
+    let Some(pod) = pod else {
+        acl.add_local_rules(state.local_endpoints.get(key));
+        return acl;
+    };
     let pod_labels = labels(pod);
     let range =
         ObjectKey::new(key.namespace.clone(), String::new())..=ObjectKey::new(key.namespace.clone(), "\u{10ffff}");
@@ -432,11 +444,56 @@ fn endpoint_acl<'s>(
         [(&mut acl.ingress, "traffic from the pod's own node"), (&mut acl.egress, "traffic to the pod's own node")]
     {
         if !d.selected_by.is_empty() && !node_nets.is_empty() {
-            let rule = AclRule { name: name.into(), remote: Some(node_nets.to_vec()), proto: None, ports: None };
+            let rule =
+                AclRule { name: name.into(), remote: Some(node_nets.to_vec()), proto: None, ports: None, allow: true };
             d.rules.insert(0, rule);
         }
     }
+    acl.add_local_rules(state.local_endpoints.get(key));
     acl
+}
+
+impl EndpointAcl {
+    /// Puts the endpoint's own `ACL` policies (from the host networking service) first, by
+    /// ascending priority.
+    fn add_local_rules(&mut self, local: Option<&LocalEndpoint>) {
+        let Some(local) = local else { return };
+        let mut acls: Vec<&LocalAcl> = local.acls.iter().collect();
+        acls.sort_by_key(|a| a.priority);
+        let (mut ingress, mut egress) = (Vec::new(), Vec::new());
+        for a in acls {
+            let proto = a.protocol.as_deref().and_then(Proto::from_name);
+            let remote = (!a.remote.is_empty()).then(|| {
+                let set: BTreeSet<IpNet> = a.remote.iter().map(|n| n.trunc()).collect();
+                set.into_iter().collect::<Vec<_>>()
+            });
+            let ranges: Vec<Option<(u16, u16)>> =
+                if a.ports.is_empty() { vec![None] } else { a.ports.iter().copied().map(Some).collect() };
+            for ports in ranges {
+                let name = format!(
+                    "ACL policy (priority {}): {} {} {}, {}",
+                    a.priority,
+                    if a.allow { "allow" } else { "block" },
+                    if a.inbound { "in from" } else { "out to" },
+                    match &remote {
+                        None => "any address".to_string(),
+                        Some(r) => r.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+                    },
+                    port_label(proto, ports)
+                );
+                let rule = AclRule { name, remote: remote.clone(), proto, ports, allow: a.allow };
+                if a.inbound {
+                    ingress.push(rule);
+                } else {
+                    egress.push(rule);
+                }
+            }
+        }
+        ingress.append(&mut self.ingress.rules);
+        self.ingress.rules = ingress;
+        egress.append(&mut self.egress.rules);
+        self.egress.rules = egress;
+    }
 }
 
 /// What a policy's peers can see of a pod: enough to tell, after the pod changed, whether the
@@ -546,12 +603,8 @@ impl PolicyCompiler {
         };
         let mut want: Vec<(PortId, Option<EndpointAcl>)> = Vec::with_capacity(affected.len());
         for (key, port) in affected {
-            let acl = state
-                .pods
-                .get(key)
-                .filter(|pod| pod.spec.as_ref().and_then(|s| s.host_network) != Some(true))
-                .map(|pod| endpoint_acl(state, &view, key, pod, &node_nets, &mut memo))
-                .filter(|acl| !acl.is_open());
+            let pod = state.pods.get(key).filter(|pod| pod.spec.as_ref().and_then(|s| s.host_network) != Some(true));
+            let acl = Some(endpoint_acl(state, &view, key, pod, &node_nets, &mut memo)).filter(|acl| !acl.is_open());
             want.push((port, acl));
         }
         // Endpoints that are gone.
@@ -682,7 +735,7 @@ impl PolicyCompiler {
     /// and a final default deny naming the policies that isolate it.
     fn layer(&self, kind: LayerKind, d: &Direction) -> Layer {
         let mut layer = Layer::new(kind);
-        if d.selected_by.is_empty() {
+        if d.selected_by.is_empty() && d.rules.is_empty() {
             return layer;
         }
         let mut rules: Vec<Rule> = Vec::with_capacity(d.rules.len() + 1);
@@ -698,7 +751,13 @@ impl PolicyCompiler {
             } else {
                 c.dst = remote;
             }
-            rules.push(Rule { name: Arc::from(r.name.as_str()), conditions: c, action: Action::Allow });
+            let action = if r.allow { Action::Allow } else { Action::Drop(DropReason::PolicyDenied) };
+            rules.push(Rule { name: Arc::from(r.name.as_str()), conditions: c, action });
+        }
+        if d.selected_by.is_empty() {
+            // Only the endpoint's own ACL policies: what they do not match passes.
+            layer.add_group(RuleGroup { name: GROUP, priority: 0, index: RuleIndex::Ordered(rules) });
+            return layer;
         }
         rules.push(Rule::new(
             format!(

@@ -69,13 +69,13 @@ fn local_endpoints_are_ports_with_host_ports_and_outbound_nat() {
                 protocol: "TCP".into(),
                 host_ip: None,
             }],
+            acls: vec![],
         },
     );
     let bare = ObjectKey::new("", "net/ctr-1/eth0");
-    state.local_endpoints.insert(
-        bare.clone(),
-        LocalEndpoint { ips: vec!["10.244.1.6".parse().unwrap()], outbound_nat: None, host_ports: vec![] },
-    );
+    state
+        .local_endpoints
+        .insert(bare.clone(), LocalEndpoint { ips: vec!["10.244.1.6".parse().unwrap()], ..LocalEndpoint::default() });
     let changes = Changes { local_endpoints: [web.clone(), bare.clone()].into(), ..Changes::default() };
     c.update(&state, &changes).unwrap();
     let p = c.policy().unwrap();
@@ -154,7 +154,7 @@ fn host_networking_load_balancers_spread_reject_and_source_nat() {
 #[test]
 fn endpoints_keep_their_port_numbers_across_full_compiles_and_restarts() {
     let mut state = load_str(std::path::Path::new("node.yaml"), NODE).unwrap().state;
-    let ep = |ip: &str| LocalEndpoint { ips: vec![ip.parse().unwrap()], outbound_nat: None, host_ports: vec![] };
+    let ep = |ip: &str| LocalEndpoint { ips: vec![ip.parse().unwrap()], ..LocalEndpoint::default() };
     let (a, b) = (ObjectKey::new("shop", "a"), ObjectKey::new("shop", "b"));
     state.local_endpoints.insert(a.clone(), ep("10.244.1.7"));
     state.local_endpoints.insert(b.clone(), ep("10.244.1.8"));
@@ -178,4 +178,82 @@ fn endpoints_keep_their_port_numbers_across_full_compiles_and_restarts() {
     // The pod's address still leads to its port.
     let t = trace(fresh.policy().unwrap(), &key("10.244.1.8:40000", "203.0.113.20:443", Proto::TCP));
     assert!(t.steps.iter().any(|s| s.contains("shop/b")), "{:?}", t.steps);
+}
+
+/// An endpoint's own ACL policies come first, by ascending priority, then its pod's NetworkPolicy
+/// rules (and the default deny they bring); without NetworkPolicy, what they do not match passes.
+/// Incremental updates give what a full compile gives.
+#[test]
+fn acl_policies_come_before_network_policy_rules() {
+    use flowgate_cluster::LocalAcl;
+    use flowgate_switch::{DropReason, Verdict};
+    let mut state = load_str(std::path::Path::new("node.yaml"), NODE).unwrap().state;
+    let web = ObjectKey::new("shop", "web-1");
+    let mut c = Compiler::new(None);
+    c.compile_full(&state).unwrap();
+    let acl = |allow: bool, inbound: bool, priority: u16, remote: &str, ports: Vec<(u16, u16)>| LocalAcl {
+        allow,
+        inbound,
+        priority,
+        protocol: Some("TCP".into()),
+        remote: vec![remote.parse().unwrap()],
+        ports,
+    };
+    state.local_endpoints.insert(
+        web.clone(),
+        LocalEndpoint {
+            ips: vec!["10.244.1.50".parse().unwrap()],
+            acls: vec![
+                acl(false, true, 20, "10.0.0.0/8", vec![]),
+                acl(true, true, 10, "10.244.7.7/32", vec![(8080, 8080)]),
+                acl(false, false, 1, "169.254.169.254/32", vec![(80, 80)]),
+            ],
+            ..LocalEndpoint::default()
+        },
+    );
+    let changes = Changes { local_endpoints: [web.clone()].into(), ..Changes::default() };
+    c.update(&state, &changes).unwrap();
+    let verdict = |c: &Compiler, from: &str, to: &str| {
+        let t = trace(c.policy().unwrap(), &key(from, to, Proto::TCP));
+        (t.verdict, t.reason)
+    };
+    let denied = (Verdict::Drop, Some(DropReason::PolicyDenied));
+    let allowed = (Verdict::Allow, None);
+    let cases = [
+        ("10.244.7.7:40000", "10.244.1.50:8080", allowed), // priority 10 allows before 20 blocks
+        ("10.244.7.7:40000", "10.244.1.50:9090", denied),  // only the block matches
+        ("10.244.2.9:40000", "10.244.1.50:8080", denied),
+        ("203.0.113.9:40000", "10.244.1.50:8080", allowed), // no rule: no isolation, passes
+        ("10.244.1.50:40000", "169.254.169.254:80", denied),
+        ("10.244.1.50:40000", "169.254.169.254:443", allowed),
+    ];
+    for (from, to, want) in cases {
+        assert_eq!(verdict(&c, from, to), want, "{from} -> {to} (ACL policies only)");
+    }
+    // A NetworkPolicy isolating the pod for ingress, allowing 203.0.113.0/24: the ACL policies still
+    // decide first, then the NetworkPolicy's allow, then its default deny.
+    let np = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: outside-only, namespace: shop}
+spec:
+  podSelector: {}
+  ingress: [{from: [{ipBlock: {cidr: 203.0.113.0/24}}]}]
+"#;
+    let with_np = load_str(std::path::Path::new("np.yaml"), np).unwrap().state;
+    state.network_policies.extend(with_np.network_policies);
+    let changes = Changes { network_policies: [ObjectKey::new("shop", "outside-only")].into(), ..Changes::default() };
+    c.update(&state, &changes).unwrap();
+    let full = flowgate_compiler::compile(&state, None).unwrap().policy;
+    let cases = [
+        ("10.244.7.7:40000", "10.244.1.50:8080", allowed),
+        ("203.0.113.9:40000", "10.244.1.50:8080", allowed),
+        ("198.51.100.1:40000", "10.244.1.50:8080", denied), // the NetworkPolicy's default deny
+        ("10.244.2.9:40000", "10.244.1.50:8080", denied),
+    ];
+    for (from, to, want) in cases {
+        assert_eq!(verdict(&c, from, to), want, "{from} -> {to} (with the NetworkPolicy)");
+        let t = trace(&full, &key(from, to, Proto::TCP));
+        assert_eq!((t.verdict, t.reason), want, "{from} -> {to}: full compile");
+    }
 }

@@ -166,6 +166,80 @@ pub enum Policy {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host_ip: Option<IpAddr>,
     },
+    /// A 5-tuple ACL rule on the endpoint (HNS's ACL policy): connections in `direction` whose
+    /// remote address, protocol and destination port match are allowed or blocked. Rules are tried
+    /// by ascending `priority` (then in order), before the pod's NetworkPolicy rules; with no
+    /// NetworkPolicy isolating the pod, what no rule matches is allowed.
+    #[serde(rename = "ACL", rename_all = "camelCase")]
+    Acl {
+        /// Allow or Block.
+        action: AclAction,
+        /// In or Out.
+        direction: AclDirection,
+        /// Lower first.
+        #[serde(default)]
+        priority: u16,
+        /// The protocol; any when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protocol: Option<Protocol>,
+        /// Remote prefixes; any address when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remote_addresses: Vec<IpNet>,
+        /// Destination ports (`"80"`, `"8000-8100"`): the endpoint's own for In, the remote's
+        /// for Out; every port when empty (then `protocol` may be absent).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ports: Vec<String>,
+    },
+}
+
+impl Policy {
+    /// Checks an ACL policy's fields (`field` names the policy); other policies are checked where
+    /// they are used.
+    pub fn validate_acl(&self, field: &str) -> Result<(), FieldError> {
+        let Policy::Acl { protocol, ports, .. } = self else { return Ok(()) };
+        for (i, p) in ports.iter().enumerate() {
+            if acl_port_range(p).is_none() {
+                return Err(FieldError::new(
+                    format!("{field}.ports[{i}]"),
+                    format!("{p:?} is not a port or a range (\"80\", \"8000-8100\"; 1..65535)"),
+                ));
+            }
+        }
+        if !ports.is_empty() && protocol.is_none() {
+            return Err(FieldError::new(format!("{field}.protocol"), "ports need a protocol (tcp, udp or sctp)"));
+        }
+        Ok(())
+    }
+}
+
+/// What an [`Policy::Acl`] rule does with the traffic it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AclAction {
+    /// Let it through.
+    Allow,
+    /// Drop it.
+    Block,
+}
+
+/// Which traffic of the endpoint an [`Policy::Acl`] rule judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AclDirection {
+    /// Connections to the endpoint (the remote address is the client).
+    In,
+    /// Connections from the endpoint (the remote address is the server).
+    Out,
+}
+
+/// Parses an ACL port entry: `"80"` or `"8000-8100"`.
+pub fn acl_port_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?),
+        None => {
+            let p = s.trim().parse::<u16>().ok()?;
+            (p, p)
+        }
+    };
+    (a >= 1 && a <= b).then_some((a, b))
 }
 
 /// The Kubernetes pod an endpoint belongs to (from `K8S_POD_NAMESPACE` / `K8S_POD_NAME`).
@@ -387,6 +461,7 @@ impl Network {
                     "a PortMapping belongs to an endpoint, not a network",
                 ));
             }
+            p.validate_acl(&format!("policies[{i}]"))?;
         }
         Ok(())
     }
@@ -512,6 +587,7 @@ impl EndpointRequest {
                     ));
                 }
             }
+            p.validate_acl(&format!("policies[{i}]"))?;
         }
         Ok(())
     }
@@ -574,5 +650,27 @@ mod tests {
             r#"[{"type":"OutBoundNAT","exceptions":["10.0.0.0/8"]},{"type":"PortMapping","hostPort":8080,"containerPort":80,"protocol":"tcp"}]"#
         );
         assert_eq!(serde_json::from_str::<Vec<Policy>>(&s).unwrap(), p);
+    }
+
+    #[test]
+    fn acl_policies_parse_and_are_checked() {
+        let p: Policy = serde_json::from_str(
+            r#"{"type":"ACL","action":"Block","direction":"Out","priority":100,"protocol":"tcp",
+                "remoteAddresses":["169.254.169.254/32"],"ports":["80","8000-8100"]}"#,
+        )
+        .unwrap();
+        assert!(p.validate_acl("policies[0]").is_ok());
+        assert_eq!(acl_port_range("8000-8100"), Some((8000, 8100)));
+        assert_eq!(acl_port_range("0"), None);
+        assert_eq!(acl_port_range("90-80"), None);
+        let bad: Policy =
+            serde_json::from_str(r#"{"type":"ACL","action":"Allow","direction":"In","ports":["80"]}"#).unwrap();
+        assert_eq!(bad.validate_acl("policies[2]").unwrap_err().field, "policies[2].protocol");
+        let bad: Policy = serde_json::from_str(
+            r#"{"type":"ACL","action":"Allow","direction":"In","protocol":"udp","ports":["http"]}"#,
+        )
+        .unwrap();
+        assert_eq!(bad.validate_acl("policies[0]").unwrap_err().field, "policies[0].ports[0]");
+        assert!(serde_json::from_str::<Policy>(r#"{"type":"ACL","action":"Deny","direction":"In"}"#).is_err());
     }
 }
