@@ -372,6 +372,14 @@ impl EbpfDataplane {
         guard.0.ports.get(&ifindex, 0).ok().map(|p| flowgate_switch::PortId(p.port_id))
     }
 
+    /// How many entries the ACL maps hold: (endpoint addresses, address classes, verdicts) — what
+    /// tests compare to prove that nothing is left behind.
+    pub fn acl_entry_counts(&self) -> (usize, usize, usize) {
+        let Ok(guard) = self.inner.lock() else { return (0, 0, 0) };
+        let m = &guard.0;
+        (m.acl_endpoints.keys().count(), m.acl_classes.keys().count(), m.acl_verdicts.keys().count())
+    }
+
     /// Forgets an interface's binding.
     pub fn unbind_endpoint(&self, ifindex: u32) -> Result<(), DataplaneError> {
         let mut guard = self.inner.lock().map_err(|_| err("lock", "poisoned"))?;
