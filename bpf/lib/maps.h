@@ -159,6 +159,7 @@ enum fg_verdict {
 #define FG_FLOW_REWRITE_SRC 0x1
 #define FG_FLOW_REWRITE_DST 0x2
 #define FG_FLOW_REPLY 0x4
+#define FG_FLOW_CLOSED 0x8       /* TCP: a FIN or RST was seen (either direction) */
 
 /* A header transposition: what every later packet of this direction gets. */
 struct fg_flow {

@@ -198,6 +198,21 @@ static __always_inline void fg_reverse_key(struct fg_flow_key *rev, const struct
 	rev->dport = (f->flags & FG_FLOW_REWRITE_SRC) ? f->new_sport : k->sport;
 }
 
+/* How long a closed TCP connection (a FIN or RST seen) and an idle UDP or SCTP flow keep their
+ * masquerade source port before a new connection may take it over (load-time constants; TCP
+ * connections that are not closed keep theirs until the flow table evicts them). */
+volatile const __u64 FG_CLOSED_TIMEOUT_NS = 10000000000ull;
+volatile const __u64 FG_IDLE_TIMEOUT_NS = 300000000000ull;
+
+/* Whether the connection an entry belongs to is over. */
+static __always_inline int fg_flow_expired(const struct fg_flow *f, __u8 proto, __u64 now)
+{
+	__u64 idle = now - f->last_seen_ns;
+	if (f->flags & FG_FLOW_CLOSED)
+		return idle > FG_CLOSED_TIMEOUT_NS;
+	return proto != IPPROTO_TCP && idle > FG_IDLE_TIMEOUT_NS;
+}
+
 /* Builds the forward transposition from a decision; picks the masquerade source port. */
 static __always_inline int fg_transposition(const struct fg_pkt *p, const struct fg_config *cfg, const struct fg_decision *d,
 					    const struct fg_flow *keep, struct fg_flow *f)
@@ -231,13 +246,23 @@ static __always_inline int fg_transposition(const struct fg_pkt *p, const struct
 		return 0;
 	}
 	__u16 port = p->key.sport;
+	__u64 now = bpf_ktime_get_ns();
 #pragma unroll
 	for (int i = 0; i < 8; i++) {
 		f->new_sport = port;
 		struct fg_flow_key rev;
 		fg_reverse_key(&rev, &p->key, f);
-		if (!bpf_map_lookup_elem(&fg_flows, &rev))
+		struct fg_flow *o = bpf_map_lookup_elem(&fg_flows, &rev);
+		if (!o)
 			return 0;
+		if (fg_flow_expired(o, p->key.proto, now)) {
+			/* The connection that held this port is over: both of its entries go. */
+			struct fg_flow_key old;
+			fg_reverse_key(&old, &rev, o);
+			bpf_map_delete_elem(&fg_flows, &old);
+			bpf_map_delete_elem(&fg_flows, &rev);
+			return 0;
+		}
 		port = bpf_htons(1024 + bpf_get_prandom_u32() % (65536 - 1024));
 	}
 	return -1;
@@ -272,6 +297,21 @@ static __always_inline int fg_mac_eq(const __u8 *a, const __u8 *b)
 {
 	/* (memcmp would become a call the loader cannot resolve) */
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
+}
+
+/* A FIN or RST closes the connection: both of its entries are marked, so that its masquerade
+ * port can be taken over once it has been idle for FG_CLOSED_TIMEOUT_NS. */
+static __always_inline void fg_tcp_closing(struct __sk_buff *skb, const struct fg_pkt *p, struct fg_flow *f,
+					   struct fg_flow_key *other)
+{
+	__u8 flags;
+	if (bpf_skb_load_bytes(skb, p->l4_off + 13, &flags, 1) < 0 || !(flags & 0x05)) /* FIN, RST */
+		return;
+	f->flags |= FG_FLOW_CLOSED;
+	fg_reverse_key(other, &p->key, f);
+	struct fg_flow *o = bpf_map_lookup_elem(&fg_flows, other);
+	if (o)
+		o->flags |= FG_FLOW_CLOSED;
 }
 
 /* The switch for a TCP, UDP or SCTP packet (a subprogram with its own stack frame). */
@@ -317,6 +357,8 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 		if (f->generation == cfg->generation || (f->flags & FG_FLOW_REPLY)) {
 			fg_count(FG_COUNTER_FLOW_HIT);
 			f->last_seen_ns = bpf_ktime_get_ns();
+			if (p->key.proto == IPPROTO_TCP && !(f->flags & FG_FLOW_CLOSED))
+				fg_tcp_closing(skb, p, f, &w->rev);
 			if (f->verdict == FG_VERDICT_ALLOW && fg_apply(skb, p, f) < 0)
 				return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
 			return fg_verdict_ret(skb, p, f->verdict, f->reason, 1);
