@@ -21,6 +21,8 @@ enum fg_parse_result {
 	FG_PARSE_ICMP = 3,       /* ICMP or ICMPv6: l3_off, l4_off, v6 and the outer addresses are set */
 };
 
+#define FG_MAX_EXT_HEADERS 4
+
 static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_pkt *p)
 {
 	void *data = (void *)(long)skb->data;
@@ -55,6 +57,35 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_pkt *p)
 		p->l4_off = p->l3_off + sizeof(struct ipv6hdr);
 		p->l4_len = bpf_ntohs(ip6->payload_len);
 		p->v6 = 1;
+		/* Extension headers before the transport header: skipped, so that a Hop-by-Hop, Routing,
+		 * Destination Options, Authentication or (first) Fragment header never hides a
+		 * connection from the switch. More than FG_MAX_EXT_HEADERS of them: dropped. */
+#pragma unroll
+		for (int i = 0; i < FG_MAX_EXT_HEADERS; i++) {
+			__u8 h[4];
+			if (proto != 0 && proto != 43 && proto != 60 && proto != 51 && proto != 44)
+				break;
+			if (bpf_skb_load_bytes(skb, p->l4_off, h, sizeof(h)) < 0)
+				return FG_PARSE_MALFORMED;
+			__u32 len;
+			if (proto == 44) {
+				/* Fragment: a later fragment carries no ports (not ours, as for IPv4). */
+				if ((h[2] << 8 | h[3]) & 0xfff8)
+					return FG_PARSE_PASS;
+				len = 8;
+			} else if (proto == 51) {
+				len = ((__u32)h[1] + 2) * 4;
+			} else {
+				len = ((__u32)h[1] + 1) * 8;
+			}
+			proto = h[0];
+			p->l4_off += len;
+			if (p->l4_len < len)
+				return FG_PARSE_MALFORMED;
+			p->l4_len -= len;
+		}
+		if (proto == 0 || proto == 43 || proto == 60 || proto == 51 || proto == 44)
+			return FG_PARSE_MALFORMED;
 	} else {
 		return FG_PARSE_PASS;
 	}

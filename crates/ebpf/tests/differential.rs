@@ -343,6 +343,53 @@ impl Kernel {
     }
 }
 
+/// `frame` (IPv6) with an extension header between the IPv6 and the transport header: a
+/// Destination Options header (`60`, padding only) or an atomic Fragment header (`44`).
+fn with_extension_header(frame: &[u8], kind: u8) -> Vec<u8> {
+    let (l3, l4) = (14, 14 + 40);
+    let next = frame[l3 + 6];
+    let ext: [u8; 8] = match kind {
+        60 => [next, 0, 1, 4, 0, 0, 0, 0],
+        _ => [next, 0, 0, 0, 0x12, 0x34, 0x56, 0x78],
+    };
+    let mut f = frame[..l4].to_vec();
+    f.extend_from_slice(&ext);
+    f.extend_from_slice(&frame[l4..]);
+    f[l3 + 6] = kind;
+    let len = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) + 8;
+    f[l3 + 4..l3 + 6].copy_from_slice(&len.to_be_bytes());
+    f
+}
+
+impl Kernel {
+    /// An IPv6 probe again with each kind of extension header (and a source port of its own, so no
+    /// cached flow decides): the kernel's verdict must still be the model's.
+    fn check_extension_headers(&mut self, policy: &SwitchPolicy, key: FlowKey, what: &str) -> Vec<String> {
+        let mut failures = Vec::new();
+        let prog = match policy.ingress_port_for(key.src) {
+            PortId::HOST => 2,
+            PortId::UPLINK => 0,
+            _ => 1,
+        };
+        for (n, kind) in [60u8, 44].into_iter().enumerate() {
+            let mut key = key;
+            key.sport = key.sport.wrapping_add(7000 + n as u16);
+            let want = trace(policy, &key).verdict;
+            let (r, last) = self.run(prog, &with_extension_header(&frame_of(&key), kind));
+            let got = match (r.retval, last.verdict) {
+                (TC_ACT_SHOT, _) => Verdict::Drop,
+                (TC_ACT_REDIRECT, maps::verdict::REJECT) => Verdict::Reject,
+                (TC_ACT_OK | TC_ACT_REDIRECT, _) => Verdict::Allow,
+                _ => Verdict::Drop,
+            };
+            if got != want {
+                failures.push(format!("{what} ({key}) with extension header {kind}: model {want:?}, kernel {got:?}"));
+            }
+        }
+        failures
+    }
+}
+
 #[test]
 fn kernel_programs_agree_with_the_model_on_every_scenario() {
     if !flowgate_ebpf::privileged_test("kernel_programs_agree_with_the_model_on_every_scenario") {
@@ -354,6 +401,7 @@ fn kernel_programs_agree_with_the_model_on_every_scenario() {
     files.retain(|p| p.extension().and_then(|e| e.to_str()) == Some("yaml"));
     files.sort();
     let mut compared = 0;
+    let mut extension_probes = 0;
     let mut failures = Vec::new();
     for file in files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
@@ -381,9 +429,17 @@ fn kernel_programs_agree_with_the_model_on_every_scenario() {
                 Checked::Compared => compared += 1,
                 Checked::Failed(f) => failures.push(f),
             }
+            if key.src.is_ipv6() && key.proto.has_ports() {
+                failures.extend(kernel.check_extension_headers(&policy, key, &what));
+                extension_probes += 2;
+            }
         }
     }
-    eprintln!("{compared} probes compared with the kernel, {} failures", failures.len());
+    eprintln!(
+        "{compared} probes compared with the kernel (and {extension_probes} IPv6 ones with extension headers), {} failures",
+        failures.len()
+    );
+    assert!(extension_probes >= 40, "only {extension_probes} probes with extension headers");
     assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
     assert!(compared >= 250, "only {compared} probes compared");
 }
