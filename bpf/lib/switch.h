@@ -353,6 +353,16 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 
 	struct fg_flow *f = bpf_map_lookup_elem(&fg_flows, &p->key);
 	int have_keep = 0;
+	if (f && f->generation != cfg->generation && (f->flags & FG_FLOW_REPLY)) {
+		/* A reply follows its connection's forward entry, which is re-checked when the opening
+		 * side sends. Without one (evicted), the reply entry goes and the packet is decided as
+		 * a new connection: no reply entry outlives the policy that allowed its connection. */
+		fg_reverse_key(&w->rev, &p->key, f);
+		if (!bpf_map_lookup_elem(&fg_flows, &w->rev)) {
+			bpf_map_delete_elem(&fg_flows, &p->key);
+			f = 0;
+		}
+	}
 	if (f) {
 		if (f->generation == cfg->generation || (f->flags & FG_FLOW_REPLY)) {
 			fg_count(FG_COUNTER_FLOW_HIT);
@@ -373,6 +383,15 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 		return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_NAT_EXHAUSTED, 0);
 	if (w->fwd.verdict == FG_VERDICT_ALLOW)
 		fg_reverse_key(&w->rev, &p->key, &w->fwd);
+	else if (have_keep && (w->keep.flags & (FG_FLOW_REWRITE_SRC | FG_FLOW_REWRITE_DST))) {
+		/* A stopped connection keeps its translation (backend, masquerade port), so that it
+		 * resumes as it was if a later policy lets it through again. */
+		w->fwd.flags |= w->keep.flags & (FG_FLOW_REWRITE_SRC | FG_FLOW_REWRITE_DST);
+		w->fwd.new_src = w->keep.new_src;
+		w->fwd.new_sport = w->keep.new_sport;
+		w->fwd.new_dst = w->keep.new_dst;
+		w->fwd.new_dport = w->keep.new_dport;
+	}
 	if (have_keep && w->keep.verdict == FG_VERDICT_ALLOW) {
 		/* The old reply entry goes when its key changes; under the same key it is overwritten
 		 * below, never deleted first (a reply on another CPU must never miss it). A connection
@@ -387,6 +406,17 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 			back->flags = FG_FLOW_REPLY;
 			back->generation = cfg->generation;
 			back->last_seen_ns = bpf_ktime_get_ns();
+			/* (With the reply's translation, so that it still leads to its forward entry.) */
+			if (w->keep.flags & FG_FLOW_REWRITE_DST) {
+				back->flags |= FG_FLOW_REWRITE_SRC;
+				back->new_src = p->key.dst;
+				back->new_sport = p->key.dport;
+			}
+			if (w->keep.flags & FG_FLOW_REWRITE_SRC) {
+				back->flags |= FG_FLOW_REWRITE_DST;
+				back->new_dst = p->key.src;
+				back->new_dport = p->key.sport;
+			}
 			bpf_map_update_elem(&fg_flows, &w->old_rev, back, BPF_ANY);
 		} else if (!fg_addr_eq(&w->old_rev.src, &w->rev.src) || !fg_addr_eq(&w->old_rev.dst, &w->rev.dst) ||
 			   w->old_rev.sport != w->rev.sport || w->old_rev.dport != w->rev.dport)

@@ -267,6 +267,20 @@ pub struct FlowKey {
     pub pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// The kernel's key of the model's 5-tuple.
+    pub fn of(key: &flowgate_switch::FlowKey) -> FlowKey {
+        FlowKey {
+            src: Addr::from_ip(key.src),
+            dst: Addr::from_ip(key.dst),
+            sport: key.sport.to_be(),
+            dport: key.dport.to_be(),
+            proto: key.proto.0,
+            pad: [0; 3],
+        }
+    }
+}
+
 /// `struct fg_flow`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -865,71 +865,105 @@ fn network_policy_truth_tables_hold_with_real_traffic() {
 /// says): the connection's next packet from the side that opened it is re-checked against the new
 /// policy (its flow was cached under an older generation) and dropped, so the connection stalls;
 /// when the policy is lifted again before TCP gives up, a retransmission passes and the same
-/// connection carries on, nothing lost.
+/// connection carries on, nothing lost — also through a Service that masquerades (the connection
+/// keeps its backend and its masquerade port).
 ///
 /// Pods x/a (server, echo on TCP 7000) and y/a (client) of the x/y/z model; the policy is
 /// `80-netpol-xyz-default-deny-ingress.yaml`'s (every pod of x isolated for ingress), added and
-/// removed as incremental updates.
+/// removed as incremental updates. Second round: the client goes through ClusterIP 10.96.0.50
+/// with kube-proxy's masqueradeAll.
 #[test]
 fn an_established_connection_a_new_policy_denies_stalls_and_resumes_when_lifted() {
     if !flowgate_ebpf::privileged_test("an_established_connection_a_new_policy_denies_stalls_and_resumes_when_lifted") {
         return;
     }
     let sc = load_scenario(&scenario_dir().join("80-netpol-xyz-default-deny-ingress.yaml"));
-    let denied = flowgate_cluster::load_str(Path::new(&sc.name), &sc.manifests).unwrap().state;
+    let service = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: x}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{name: echo, protocol: TCP, port: 7000, targetPort: 7000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-1, namespace: x, labels: {kubernetes.io/service-name: echo}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.1.11], nodeName: node-a, conditions: {ready: true}}]
+ports: [{name: echo, port: 7000, protocol: TCP}]
+"#;
+    let mut denied =
+        flowgate_cluster::load_str(Path::new(&sc.name), &format!("{}{service}", sc.manifests)).unwrap().state;
     assert!(!denied.network_policies.is_empty(), "{}: no NetworkPolicy", sc.name);
+    denied.kube_proxy.as_mut().expect("a KubeProxyConfiguration").nftables.masquerade_all = true;
     let mut open = denied.clone();
     open.network_policies.clear();
 
     let mut h = Harness::new(&BTreeSet::new(), &BTreeSet::new());
     let listener = h.pods[0].run(|| TcpListener::bind("0.0.0.0:7000")).unwrap().unwrap();
     e2e::spawn_echo_server(&mut h._servers, "x/a", listener);
+    // The switch masquerades on the pod's interface, before routing: the node accepts packets
+    // from its own address there (as the agent sets up its node).
+    e2e::sysctl(&h.node, "net/ipv4/conf/all/accept_local", "1");
+    for (_, _, host_if) in PODS {
+        e2e::node_accepts_local(&h.node, host_if);
+    }
     let mut compiler = Compiler::new(sc.node.clone());
     let delta = compiler.compile_full(&open).unwrap();
     h.dataplane.apply(compiler.policy().unwrap(), &delta).unwrap();
     h.bind(compiler.policy().unwrap()).unwrap();
 
-    let server: SocketAddr = "10.0.1.11:7000".parse().unwrap();
-    let mut s = h.pods[3].run(|| TcpStream::connect_timeout(&server, Duration::from_secs(2))).unwrap().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let greeting = e2e::read_line(&mut s).unwrap();
-    assert!(greeting.starts_with("x/a "), "greeting {greeting:?}");
-    let echo = |s: &mut TcpStream, msg: &str, wait: Duration| -> io::Result<String> {
-        s.set_read_timeout(Some(wait))?;
-        s.write_all(msg.as_bytes())?;
-        let mut buf = vec![0u8; msg.len()];
-        s.read_exact(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
-    };
-    assert_eq!(echo(&mut s, "one\n", Duration::from_secs(2)).unwrap(), "one\n", "before the policy");
+    for (via, to, seen_as) in
+        [("pod address", "10.0.1.11:7000", "10.0.1.21:"), ("masquerading Service", "10.96.0.50:7000", "192.168.0.2:")]
+    {
+        let server: SocketAddr = to.parse().unwrap();
+        let mut s = h.pods[3].run(|| TcpStream::connect_timeout(&server, Duration::from_secs(2))).unwrap().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let greeting = e2e::read_line(&mut s).unwrap();
+        assert!(greeting.starts_with(&format!("x/a {seen_as}")), "{via}: greeting {greeting:?}");
+        let echo = |s: &mut TcpStream, msg: &str, wait: Duration| -> io::Result<String> {
+            s.set_read_timeout(Some(wait))?;
+            s.write_all(msg.as_bytes())?;
+            let mut buf = vec![0u8; msg.len()];
+            s.read_exact(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        };
+        assert_eq!(echo(&mut s, "one\n", Duration::from_secs(2)).unwrap(), "one\n", "{via}: before the policy");
 
-    // The policy arrives: the client's next segment is re-checked and dropped.
-    let policy_denied = |h: &Harness| h.evidence.counters().get("policy-denied").copied().unwrap_or(0);
-    let before = policy_denied(&h);
-    let delta = compiler.update(&denied, &changes(&open, &denied)).unwrap();
-    h.dataplane.apply(compiler.policy().unwrap(), &delta).unwrap();
-    let key = FlowKey::new("10.0.1.21:40000".parse().unwrap(), server, Proto::TCP);
-    assert_eq!(flowgate_switch::trace(compiler.policy().unwrap(), &key).verdict, Verdict::Drop);
-    match echo(&mut s, "two\n", Duration::from_millis(1500)) {
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-        other => panic!(
-            "the established connection went on under a policy that denies it: {other:?}\n{}",
-            h.evidence.report()
-        ),
+        // The policy arrives: the client's next segment is re-checked and dropped.
+        let policy_denied = |h: &Harness| h.evidence.counters().get("policy-denied").copied().unwrap_or(0);
+        let before = policy_denied(&h);
+        let delta = compiler.update(&denied, &changes(&open, &denied)).unwrap();
+        h.dataplane.apply(compiler.policy().unwrap(), &delta).unwrap();
+        let key = FlowKey::new("10.0.1.21:40000".parse().unwrap(), server, Proto::TCP);
+        assert_eq!(flowgate_switch::trace(compiler.policy().unwrap(), &key).verdict, Verdict::Drop, "{via}");
+        match echo(&mut s, "two\n", Duration::from_millis(1500)) {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            other => panic!(
+                "{via}: the established connection went on under a policy that denies it: {other:?}\n{}",
+                h.evidence.report()
+            ),
+        }
+        let dropped = policy_denied(&h) - before;
+        assert!(dropped >= 1, "{via}: no packet was dropped as policy-denied");
+
+        // The policy goes: TCP's retransmission passes and the same connection carries on.
+        let delta = compiler.update(&open, &changes(&denied, &open)).unwrap();
+        h.dataplane.apply(compiler.policy().unwrap(), &delta).unwrap();
+        let lifted = Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("{via}: the stalled connection did not resume: {e}\n{}", h.evidence.report()));
+        assert_eq!(&buf, b"two\n");
+        eprintln!(
+            "{via}: denied: {dropped} segments dropped as policy-denied; lifted: resumed after {:?}",
+            lifted.elapsed()
+        );
+        assert_eq!(echo(&mut s, "three\n", Duration::from_secs(2)).unwrap(), "three\n", "{via}: after the policy");
     }
-    let dropped = policy_denied(&h) - before;
-    assert!(dropped >= 1, "no packet was dropped as policy-denied");
-
-    // The policy goes: TCP's retransmission passes and the same connection carries on.
-    let delta = compiler.update(&open, &changes(&denied, &open)).unwrap();
-    h.dataplane.apply(compiler.policy().unwrap(), &delta).unwrap();
-    let lifted = Instant::now();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let mut buf = [0u8; 4];
-    s.read_exact(&mut buf).unwrap_or_else(|e| panic!("the stalled connection did not resume: {e}"));
-    assert_eq!(&buf, b"two\n");
-    eprintln!("denied: {dropped} segments dropped as policy-denied; lifted: resumed after {:?}", lifted.elapsed());
-    assert_eq!(echo(&mut s, "three\n", Duration::from_secs(2)).unwrap(), "three\n", "after the policy");
 }
 
 /// One ICMP echo request from inside `ns` to `dst`; whether a reply came within `wait`.

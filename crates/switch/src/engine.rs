@@ -70,6 +70,11 @@ impl Switch {
         &self.flows
     }
 
+    /// Forgets one flow-table entry, as the kernel's LRU table does under pressure.
+    pub fn evict(&mut self, key: &FlowKey) {
+        self.flows.remove(key);
+    }
+
     /// Forgets every cached flow (as flushing conntrack does); affinity state is kept.
     pub fn clear_flows(&mut self) {
         self.flows = FlowTable::new();
@@ -84,7 +89,13 @@ impl Switch {
     /// Processes one packet entering on `ingress` at time `now` (seconds, any epoch).
     pub fn process(&mut self, ingress: PortId, key: FlowKey, now: u64) -> Outcome {
         if let Some(entry) = self.flows.get(&key) {
-            // Replies follow their connection's forward entry, which is the one re-checked.
+            // Replies follow their connection's forward entry, which is the one re-checked; a
+            // reply whose forward entry is gone goes too, and the packet is a new connection.
+            let orphan = entry.reply && entry.generation != self.generation && !self.flows.contains(&entry.origin);
+            if orphan {
+                self.flows.remove(&key);
+                return self.first_packet(ingress, key, now);
+            }
             if entry.generation == self.generation || entry.reply {
                 return apply(&key, entry.transposition, true);
             }
@@ -105,7 +116,7 @@ impl Switch {
         let Some(forward) = self.flows.get(&origin).copied() else {
             return false;
         };
-        let old_backend = match forward.transposition {
+        let old_backend = match forward.stopped.unwrap_or(forward.transposition) {
             Transposition::Forward { dst, .. } => dst,
             _ => None,
         };
@@ -138,6 +149,7 @@ impl Switch {
             if let Some(e) = self.flows.get_mut(&origin) {
                 e.generation = generation;
                 e.transposition = stopped;
+                e.stopped = Some(forward.transposition);
             }
             if let Some(reply) = reply_key(&origin, &forward.transposition) {
                 if let Some(e) = self.flows.get_mut(&reply) {
@@ -148,8 +160,10 @@ impl Switch {
             true
         } else {
             self.flows.remove(&origin);
-            if let Some(reply) = reply_key(&origin, &forward.transposition) {
-                self.flows.remove(&reply);
+            for t in [Some(forward.transposition), forward.stopped].into_iter().flatten() {
+                if let Some(reply) = reply_key(&origin, &t) {
+                    self.flows.remove(&reply);
+                }
             }
             false
         }
@@ -168,8 +182,10 @@ impl Switch {
             }
         };
         let generation = self.generation;
-        self.flows
-            .insert(key, FlowEntry { generation, origin: key, origin_port: ingress, reply: false, transposition });
+        self.flows.insert(
+            key,
+            FlowEntry { generation, origin: key, origin_port: ingress, reply: false, transposition, stopped: None },
+        );
         if let Some(reply) = reply_key(&key, &transposition) {
             let back = Transposition::Forward {
                 src: transposition_dst(&key, &transposition),
@@ -178,7 +194,14 @@ impl Switch {
             };
             self.flows.insert(
                 reply,
-                FlowEntry { generation, origin: key, origin_port: ingress, reply: true, transposition: back },
+                FlowEntry {
+                    generation,
+                    origin: key,
+                    origin_port: ingress,
+                    reply: true,
+                    transposition: back,
+                    stopped: None,
+                },
             );
         }
         apply(&key, transposition, false)

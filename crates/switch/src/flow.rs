@@ -41,6 +41,9 @@ pub struct FlowEntry {
     pub reply: bool,
     /// What to do with the packets of this direction.
     pub transposition: Transposition,
+    /// For a connection a policy change stopped: the transposition it had, so that it resumes as
+    /// it was (its reply entry is under that transposition's reply key).
+    pub stopped: Option<Transposition>,
 }
 
 /// The flow table, keyed by the 5-tuple as packets of each direction enter the switch.
