@@ -113,6 +113,11 @@ impl AgentSwitch {
                     merged.acls.push(acl.clone());
                 }
             }
+            for g in &a.gateways {
+                if !merged.gateways.contains(g) {
+                    merged.gateways.push(*g);
+                }
+            }
         }
         Some(merged)
     }
@@ -159,7 +164,13 @@ fn local(ep: &Endpoint) -> LocalEndpoint {
             _ => None,
         })
         .collect();
-    LocalEndpoint { ips: ep.addresses(), outbound_nat, host_ports, acls }
+    let mut gateways: Vec<std::net::IpAddr> = Vec::new();
+    for ip in &ep.ips {
+        if !gateways.contains(&ip.gateway) {
+            gateways.push(ip.gateway);
+        }
+    }
+    LocalEndpoint { ips: ep.addresses(), outbound_nat, host_ports, acls, gateways }
 }
 
 /// The compiler's view of a load balancer.

@@ -533,3 +533,52 @@ fn a_networks_acl_policies_allow_and_block_in_the_kernel() {
     }
     assert!(node.host_interfaces().is_empty());
 }
+
+/// NetworkPolicy on pods the plugin made, whose Pod objects the agent has not seen (yet): they
+/// count as pods without labels, so a policy selecting every pod of their namespace isolates them.
+/// Under deny-all (ingress and egress) one pod cannot reach another, but the node still reaches
+/// them — its connections come from the gateway address on the pod's host side, which counts as
+/// the node's own (Kubernetes: traffic to and from the pod's node is always allowed).
+#[test]
+fn deny_all_isolates_cni_pods_but_never_from_their_node() {
+    if !root("deny_all_isolates_cni_pods_but_never_from_their_node") {
+        return;
+    }
+    let node = Node::start("denyall");
+    let conf = node.conf("denyall", "10.244.1.0/24");
+    let (a, _) = add_pod(&conf, "da-a", "shop", "a");
+    let (b, rb) = add_pod(&conf, "da-b", "shop", "b");
+    let b_ip = ip_of(&rb);
+    let _server = Server::tcp(&b, "b", "0.0.0.0:8080");
+    assert_eq!(ask(&a, &format!("{b_ip}:8080")).unwrap(), "b 10.244.1.2", "before the policy");
+
+    std::fs::write(
+        node.dir.0.join("m/policy.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: shop}\n\
+         spec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n",
+    )
+    .unwrap();
+    let trace = |from: &str| -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowgate"))
+            .args(["trace", "--live", "--socket"])
+            .arg(node.socket())
+            .args(["--from", from, "--to", &format!("{b_ip}:8080"), "-o", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while trace("10.244.1.2")["verdict"] != "drop" {
+        assert!(std::time::Instant::now() < deadline, "the policy was not applied: {}", node.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ask(&a, &format!("{b_ip}:8080")).is_err(), "pod to pod under deny-all");
+    assert_eq!(trace("10.244.1.1")["verdict"], "allow", "from the gateway (the node)");
+    assert_eq!(trace(NODE_IP)["verdict"], "allow", "from the node's address");
+    // The node's own connection (its source: the gateway address on b's host side).
+    let got = ask(&node.ns, &format!("{b_ip}:8080")).unwrap_or_else(|e| panic!("node to pod under deny-all: {e}"));
+    assert!(got.starts_with("b 10.244.1.1"), "{got}");
+    for id in ["da-a", "da-b"] {
+        assert_eq!(cni("DEL", id, None, None, &conf).code, 0);
+    }
+}

@@ -96,6 +96,9 @@ pub struct LocalEndpoint {
     pub host_ports: Vec<HostPort>,
     /// Its ACL rules (`ACL` policies), in the order given.
     pub acls: Vec<LocalAcl>,
+    /// The gateway addresses on its host side: addresses of the node (what the node's own
+    /// connections to the pod come from).
+    pub gateways: Vec<std::net::IpAddr>,
 }
 
 /// An ACL rule of a local endpoint (the host networking service's `ACL` policy).

@@ -106,6 +106,8 @@ pub struct PolicyCompiler {
     by_policy: FxHashMap<ObjectKey, rustc_hash::FxHashSet<PortId>>,
     /// What peers see of every pod, as last compiled.
     pods: FxHashMap<ObjectKey, PeerInfo>,
+    /// The addresses that count as the pods' own node, as last compiled.
+    node_nets: Vec<IpNet>,
     /// Address sets by content, with the number of ACLs referring to each.
     sets: FxHashMap<Vec<IpNet>, (SetId, usize)>,
 }
@@ -170,9 +172,10 @@ impl<'a> View<'a> {
     }
 }
 
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 fn labels(pod: &Pod) -> &BTreeMap<String, String> {
-    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-    pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
+    pod.metadata.labels.as_ref().unwrap_or(&NO_LABELS)
 }
 
 /// The addresses of a pod that can be a peer: not host-network, not finished, with an address.
@@ -291,7 +294,7 @@ struct Resolved {
 #[allow(clippy::too_many_arguments)]
 fn rules_of(
     view: &View<'_>,
-    me: &Pod,
+    me: Option<&Pod>,
     name: &str,
     ingress: bool,
     resolved: &Resolved,
@@ -336,7 +339,7 @@ fn rules_of(
             }
             Some(PolicyPort::Named(proto, port_name)) if ingress => {
                 // The name is the selected pod's own port.
-                if let Some(n) = named_port(me, port_name, proto) {
+                if let Some(n) = me.and_then(|me| named_port(me, port_name, proto)) {
                     let remote = remote_all();
                     if remote.as_ref().map(|r| !r.is_empty()).unwrap_or(true) {
                         out.push(AclRule {
@@ -406,11 +409,16 @@ fn endpoint_acl<'s>(
     memo: &mut FxHashMap<(&'s ObjectKey, bool, usize), Resolved>,
 ) -> EndpointAcl {
     let mut acl = EndpointAcl::default();
-    let Some(pod) = pod else {
-        acl.add_local_rules(state.local_endpoints.get(key));
-        return acl;
+    // An endpoint of this node whose Pod object is not known (yet, or any more): a pod without
+    // labels, so that the policies selecting every pod of its namespace still isolate it.
+    let pod_labels = match pod {
+        Some(pod) => labels(pod),
+        None if !key.namespace.is_empty() => &NO_LABELS,
+        None => {
+            acl.add_local_rules(state.local_endpoints.get(key));
+            return acl;
+        }
     };
-    let pod_labels = labels(pod);
     let range =
         ObjectKey::new(key.namespace.clone(), String::new())..=ObjectKey::new(key.namespace.clone(), "\u{10ffff}");
     for (pkey, np) in state.network_policies.range(range) {
@@ -588,7 +596,17 @@ impl PolicyCompiler {
         delta: &mut PolicyDelta,
     ) {
         let view = View::new(state);
-        let affected: Vec<(&ObjectKey, PortId)> = match changes.filter(|c| c.namespaces.is_empty()) {
+        // The node's addresses, and the gateway addresses on its pods' host sides (the source of
+        // the node's own connections to its pods).
+        let node_nets: Vec<IpNet> = {
+            let gateways = state.local_endpoints.values().flat_map(|e| e.gateways.iter());
+            let set: BTreeSet<IpNet> = node.addresses.iter().chain(gateways).map(|a| IpNet::from(*a)).collect();
+            set.into_iter().collect()
+        };
+        // (They are in every isolated endpoint's rules: when they change, everything is compiled.)
+        let changes = changes.filter(|c| c.namespaces.is_empty() && node_nets == self.node_nets);
+        self.node_nets = node_nets.clone();
+        let affected: Vec<(&ObjectKey, PortId)> = match changes {
             None => {
                 self.pods = state.pods.iter().filter_map(|(k, p)| Some((k.clone(), PeerInfo::of(k, p)?))).collect();
                 endpoints.iter().map(|(k, p)| (k, *p)).collect()
@@ -597,10 +615,6 @@ impl PolicyCompiler {
         };
         // Peers resolved once per policy rule, shared by every endpoint the policy selects.
         let mut memo: FxHashMap<(&ObjectKey, bool, usize), Resolved> = FxHashMap::default();
-        let node_nets: Vec<IpNet> = {
-            let set: BTreeSet<IpNet> = node.addresses.iter().map(|a| IpNet::from(*a)).collect();
-            set.into_iter().collect()
-        };
         let mut want: Vec<(PortId, Option<EndpointAcl>)> = Vec::with_capacity(affected.len());
         for (key, port) in affected {
             let pod = state.pods.get(key).filter(|pod| pod.spec.as_ref().and_then(|s| s.host_network) != Some(true));
@@ -680,11 +694,9 @@ impl PolicyCompiler {
             }
             let Some(sel) = state.network_policies.get(pkey).and_then(|np| np.spec.as_ref()) else { continue };
             for (key, port) in endpoints.iter().filter(|(k, _)| k.namespace == pkey.namespace) {
-                let selected = state
-                    .pods
-                    .get(key)
-                    .map(|pod| sel.pod_selector.as_ref().map(|s| selects(s, labels(pod))).unwrap_or(true))
-                    .unwrap_or(false);
+                // (An endpoint whose Pod object is unknown counts as a pod without labels.)
+                let pod_labels = state.pods.get(key).map(labels).unwrap_or(&NO_LABELS);
+                let selected = sel.pod_selector.as_ref().map(|s| selects(s, pod_labels)).unwrap_or(true);
                 if selected {
                     ports.insert(*port);
                 }

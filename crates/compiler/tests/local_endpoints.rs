@@ -70,6 +70,7 @@ fn local_endpoints_are_ports_with_host_ports_and_outbound_nat() {
                 host_ip: None,
             }],
             acls: vec![],
+            gateways: vec![],
         },
     );
     let bare = ObjectKey::new("", "net/ctr-1/eth0");
