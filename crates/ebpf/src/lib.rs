@@ -18,6 +18,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod acl;
+mod acl_tables;
 pub mod backend;
 pub mod bpffs;
 pub mod compile;

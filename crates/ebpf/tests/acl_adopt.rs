@@ -9,7 +9,7 @@ use std::path::Path;
 use flowgate_dataplane::Dataplane;
 use flowgate_ebpf::backend::{EbpfDataplane, KernelMaps};
 use flowgate_ebpf::bpffs::TempBpffs;
-use flowgate_ebpf::{objects, test_run};
+use flowgate_ebpf::{maps, objects, test_run};
 use flowgate_switch::{trace, FlowKey, PolicyDelta, Proto, SwitchPolicy, Verdict};
 use flowgate_wire::{build_frame, tcp, FrameSpec, IpPair, L4Spec};
 
@@ -96,13 +96,29 @@ fn restarted_agents_adopt_acl_tables_and_leave_nothing_behind() {
         dp.acl_entry_counts()
     };
     assert!(counts.1 > 0 && counts.2 > 0, "{counts:?}");
-    // A second agent adopts them: the same policy leaves them as they are.
+    // The first agent was stopped half way through repointing an endpoint: one address points at
+    // a table that is not there. The next agent must write that endpoint again.
+    let (tampered, good) = {
+        let mut loaded = flowgate_ebpf::load(objects::UPLINK, Some(&pins), &[]).unwrap();
+        let mut endpoints: aya::maps::HashMap<_, maps::Addr, maps::AclEndpoint> =
+            aya::maps::HashMap::try_from(loaded.ebpf.take_map("fg_acl_endpoints").unwrap()).unwrap();
+        let (tampered, good) = endpoints.iter().next().unwrap().unwrap();
+        endpoints.insert(tampered, maps::AclEndpoint { egress: good.egress, ingress: 999 }, 0).unwrap();
+        (tampered, good)
+    };
+    // A second agent adopts them: the same policy leaves them as they are (the tampered address
+    // written again).
     {
         let mut loaded = flowgate_ebpf::load(objects::UPLINK, Some(&pins), &[]).unwrap();
         let dp = EbpfDataplane::adopt(KernelMaps::take(&mut loaded.ebpf).unwrap());
         assert_eq!(dp.acl_entry_counts(), counts, "adopted as pinned");
         dp.apply(&first, &PolicyDelta::full()).unwrap();
         assert_eq!(dp.acl_entry_counts(), counts, "the same policy: the same tables");
+        let endpoints: aya::maps::HashMap<_, maps::Addr, maps::AclEndpoint> = aya::maps::HashMap::try_from(
+            flowgate_ebpf::load(objects::UPLINK, Some(&pins), &[]).unwrap().ebpf.take_map("fg_acl_endpoints").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(endpoints.get(&tampered, 0).unwrap(), good, "the half-written endpoint is whole again");
         assert_eq!(disagreements(&mut loaded, &first, 21000), Vec::<String>::new(), "second agent");
     }
     // A third one with another policy: exactly what programming it from empty leaves.
@@ -124,4 +140,43 @@ fn restarted_agents_adopt_acl_tables_and_leave_nothing_behind() {
         dp.apply(&open, &PolicyDelta::full()).unwrap();
         assert_eq!(dp.acl_entry_counts(), (0, 0, 0), "no policy: empty ACL maps");
     }
+}
+
+/// An endpoint with two addresses whose second one (in the order the agent reads them back) a
+/// stopped agent left pointing at a table that is not there: the next agent writes it again,
+/// though the first address looks right.
+#[test]
+fn a_half_repointed_dual_stack_endpoint_is_written_again() {
+    if !flowgate_ebpf::privileged_test("a_half_repointed_dual_stack_endpoint_is_written_again") {
+        return;
+    }
+    let policy = policy_of("136-netpol-dualstack.yaml");
+    let bpffs = TempBpffs::new().unwrap();
+    let pins = bpffs.path().join("flowgate");
+    std::fs::create_dir_all(&pins).unwrap();
+    let endpoints_map = || -> aya::maps::HashMap<_, maps::Addr, maps::AclEndpoint> {
+        let mut loaded = flowgate_ebpf::load(objects::UPLINK, Some(&pins), &[]).unwrap();
+        aya::maps::HashMap::try_from(loaded.ebpf.take_map("fg_acl_endpoints").unwrap()).unwrap()
+    };
+    {
+        let mut loaded = flowgate_ebpf::load(objects::UPLINK, Some(&pins), &[]).unwrap();
+        let dp = EbpfDataplane::new(KernelMaps::take(&mut loaded.ebpf).unwrap());
+        dp.apply(&policy, &PolicyDelta::full()).unwrap();
+    }
+    // The server's two addresses, in the map's order: the second one is tampered with.
+    let server =
+        [maps::Addr::from_ip("10.0.1.10".parse().unwrap()), maps::Addr::from_ip("fd00:0:0:1::a".parse().unwrap())];
+    let mut map = endpoints_map();
+    let order: Vec<(maps::Addr, maps::AclEndpoint)> =
+        map.iter().map(|e| e.unwrap()).filter(|(a, _)| server.contains(a)).collect();
+    assert_eq!(order.len(), 2, "the server's two addresses have ACL entries");
+    let (second, good) = order[1];
+    map.insert(second, maps::AclEndpoint { egress: good.egress, ingress: 999 }, 0).unwrap();
+    drop(map);
+    {
+        let mut loaded = flowgate_ebpf::load(objects::UPLINK, Some(&pins), &[]).unwrap();
+        let dp = EbpfDataplane::adopt(KernelMaps::take(&mut loaded.ebpf).unwrap());
+        dp.apply(&policy, &PolicyDelta::full()).unwrap();
+    }
+    assert_eq!(endpoints_map().get(&second, 0).unwrap(), good, "the second address is whole again");
 }
