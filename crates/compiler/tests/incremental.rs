@@ -126,7 +126,8 @@ fn answers(policy: &flowgate_switch::SwitchPolicy, probes: &[FlowKey]) -> Vec<St
         .iter()
         .map(|k| {
             let t = trace(policy, k);
-            format!("{k}: {:?} {:?} {} {:?}", t.verdict, t.dnat, t.masquerade, t.deliver)
+            // (With the steps: the rule that decided, NetworkPolicy's included.)
+            format!("{k}: {:?} {:?} {:?} {} {:?} {:?}", t.verdict, t.reason, t.dnat, t.masquerade, t.deliver, t.steps)
         })
         .collect()
 }
@@ -174,12 +175,31 @@ fn incremental_updates_match_full_compiles() {
             check(&state, &compiler, &format!("adding {o:?}"));
             steps += 1;
         }
-        // Every pod's labels changed, then restored (policies select and name pods by them).
+        // Every pod's labels changed, then restored (policies select and name pods by them); then
+        // its addresses gone (not yet reported) and back; finished; on the host network.
         for key in full_state.pods.keys() {
             let original = full_state.pods[key].clone();
             let mut relabeled = original.clone();
             relabeled.metadata.labels = Some([("relabeled".to_string(), "yes".to_string())].into());
-            for (what, pod) in [("relabeling", relabeled), ("restoring the labels of", original)] {
+            let mut no_ip = original.clone();
+            if let Some(st) = no_ip.status.as_mut() {
+                st.pod_ip = None;
+                st.pod_ips = None;
+            }
+            let mut finished = original.clone();
+            finished.status.get_or_insert_with(Default::default).phase = Some("Succeeded".into());
+            let mut host_network = original.clone();
+            host_network.spec.get_or_insert_with(Default::default).host_network = Some(true);
+            for (what, pod) in [
+                ("relabeling", relabeled),
+                ("restoring the labels of", original.clone()),
+                ("taking the addresses of", no_ip),
+                ("giving back the addresses of", original.clone()),
+                ("finishing", finished),
+                ("restarting", original.clone()),
+                ("moving to the host network", host_network),
+                ("moving back to the pod network", original),
+            ] {
                 state.pods.insert(key.clone(), pod);
                 let changes = Changes { pods: [key.clone()].into(), ..Changes::default() };
                 compiler.update(&state, &changes).unwrap();

@@ -20,7 +20,8 @@ use flowgate_dataplane::Dataplane;
 use flowgate_ebpf::backend::{EbpfDataplane, KernelMaps};
 use flowgate_ebpf::{maps, objects, test_run};
 use flowgate_switch::{
-    frame, trace, trace_choice, DropReason, FlowKey, PolicyDelta, PortId, Proto, SwitchPolicy, Verdict,
+    frame, trace, trace_choice, Action, DropReason, FlowKey, IngressKind, LayerKind, PolicyDelta, PortId, Proto,
+    SwitchPolicy, Verdict,
 };
 use flowgate_wire::{build_frame, tcp, FrameSpec, IpPair, L4Spec, Protocol};
 
@@ -214,11 +215,15 @@ impl Kernel {
                 // Load-balanced to a backend that a NetworkPolicy denies (the model allows because
                 // another candidate is allowed): the kernel's choice must be one the model denies.
                 if r.retval == TC_ACT_SHOT && last.reason == DropReason::PolicyDenied as u8 && !want.dnat.is_empty() {
-                    let backends = want.dnat.iter().filter_map(|b| b.parse::<SocketAddr>().ok());
-                    let denied_candidates = policy
-                        .backend_sets()
-                        .flat_map(|(_, s)| s.backends.iter().copied())
-                        .chain(backends)
+                    // The candidates of the rule the probe's destination load-balances by.
+                    let kind = policy.port(ingress).map(|p| IngressKind::from(&p.kind)).unwrap_or(IngressKind::Uplink);
+                    let candidates = match policy.layer(LayerKind::Lb).map(|l| l.evaluate(policy, &key, kind).action) {
+                        Some(Action::Dnat(d)) => policy.backend_set(d.backends).map(|s| s.backends.clone()),
+                        _ => None,
+                    };
+                    let denied_candidates = candidates
+                        .into_iter()
+                        .flatten()
                         .filter_map(|b| trace_choice(policy, ingress, &key, b))
                         .any(|t| t.reason == Some(DropReason::PolicyDenied));
                     if denied_candidates {
@@ -902,10 +907,18 @@ fn kernel_acls_agree_with_the_model_on_random_policies() {
             let mut all = base.clone();
             all.extend(current.iter().cloned());
             let state = load(&all, seed);
+            // Exactly what changed, as the agent's tracker reports it.
             let mut changes = flowgate_compiler::Changes::default();
-            changes.network_policies.extend(previous.network_policies.keys().cloned());
-            changes.network_policies.extend(state.network_policies.keys().cloned());
-            changes.pods.extend(state.pods.keys().cloned());
+            for k in previous.network_policies.keys().chain(state.network_policies.keys()) {
+                if previous.network_policies.get(k) != state.network_policies.get(k) {
+                    changes.network_policies.insert(k.clone());
+                }
+            }
+            for k in previous.pods.keys().chain(state.pods.keys()) {
+                if previous.pods.get(k) != state.pods.get(k) {
+                    changes.pods.insert(k.clone());
+                }
+            }
             let delta = compiler.update(&state, &changes).unwrap();
             let policy = compiler.policy().unwrap();
             kernel.dataplane.apply(policy, &delta).unwrap();
