@@ -167,8 +167,8 @@ static __always_inline void fg_decide(const struct fg_pkt *p, __u8 ingress, cons
 		}
 	}
 	/* The endpoints' ACLs, on the translated destination and the client's own address. */
-	if (fg_acl_check(src, &dst, p->key.proto, d->dnat ? d->backend.port : p->key.dport,
-			 ingress == FG_INGRESS_ENDPOINT)) {
+	if (fg_acl_check(src, &dst, FG_ACL_ASK(p->key.proto, p->v6, ingress == FG_INGRESS_ENDPOINT),
+			 d->dnat ? d->backend.port : p->key.dport)) {
 		d->verdict = FG_VERDICT_DROP;
 		d->reason = FG_REASON_POLICY_DENIED;
 		d->dnat = 0;
@@ -464,7 +464,7 @@ static __attribute__((noinline)) int fg_icmp_entry(struct __sk_buff *skb, __u32 
 	if (bpf_skb_load_bytes(skb, p.l4_off, &type, 1) < 0)
 		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
 	if (type == (p.v6 ? 128 : 8)) {
-		if (fg_acl_check(&p.key.src, &p.key.dst, p.key.proto, 0, ingress == FG_INGRESS_ENDPOINT))
+		if (fg_acl_check(&p.key.src, &p.key.dst, FG_ACL_ASK(p.key.proto, p.v6, ingress == FG_INGRESS_ENDPOINT), 0))
 			return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_POLICY_DENIED, 0);
 		return fg_verdict_ret(skb, 0, FG_VERDICT_ALLOW, 0, 0);
 	}
@@ -496,6 +496,9 @@ static __attribute__((noinline)) int fg_endpoint_source_ok(struct __sk_buff *skb
 			return 0;
 		if ((ek.addr.w[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000))
 			return 1;
+		/* An IPv4-mapped source is an IPv4 address in disguise: never an endpoint's. */
+		if (!ek.addr.w[0] && !ek.addr.w[1] && ek.addr.w[2] == bpf_htonl(0xffff))
+			return 0;
 		if (!(ek.addr.w[0] | ek.addr.w[1] | ek.addr.w[2] | ek.addr.w[3]))
 			return 1;
 	} else {

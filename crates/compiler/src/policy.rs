@@ -53,6 +53,9 @@ use crate::node::NodeView;
 /// The name of the rule group holding an endpoint's NetworkPolicy rules in its ACL layers.
 pub const GROUP: &str = "network-policy";
 
+/// A set id no policy has: the empty set.
+const NO_SET: SetId = SetId(u32::MAX);
+
 /// The label every namespace carries with its own name.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
@@ -752,7 +755,9 @@ impl PolicyCompiler {
         }
         let mut rules: Vec<Rule> = Vec::with_capacity(d.rules.len() + 1);
         for r in &d.rules {
-            let remote = r.remote.as_ref().and_then(|nets| self.sets.get(nets)).map(|(id, _)| AddrMatch::In(*id));
+            // (Every remote's set was acquired before the layer is built; were one missing, the
+            // rule would match no address rather than every one.)
+            let remote = r.remote.as_ref().map(|nets| AddrMatch::In(self.sets.get(nets).map_or(NO_SET, |(id, _)| *id)));
             let mut c = Conditions {
                 proto: r.proto,
                 dport: r.ports.map(|(first, last)| PortRange { first, last }),

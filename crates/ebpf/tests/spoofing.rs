@@ -77,6 +77,7 @@ fn endpoints_cannot_send_as_someone_else() {
         assert_eq!(run(&fragment), (2, 6), "a later fragment from another address: spoofed");
         // IPv6 neighbor discovery comes from link-local addresses; ARP passes; VLAN tags do not.
         assert_eq!(run(&echo("fe80::1", "fe80::2")).0, 0, "link-local source passes");
+        assert_eq!(run(&echo("::ffff:10.0.1.5", "fd00::7")), (2, 6), "the pod's IPv4 address, IPv4-mapped in IPv6");
         let mut arp = vec![0xffu8; 6];
         arp.extend_from_slice(&pod_mac);
         arp.extend_from_slice(&[0x08, 0x06]);

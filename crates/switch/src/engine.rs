@@ -88,6 +88,17 @@ impl Switch {
 
     /// Processes one packet entering on `ingress` at time `now` (seconds, any epoch).
     pub fn process(&mut self, ingress: PortId, key: FlowKey, now: u64) -> Outcome {
+        if !key.proto.has_ports() {
+            // An ICMP echo request: judged by the ACLs only, nothing cached (as in the kernel).
+            let path = walk::echo(&self.policy, ingress, &key, &mut NoSteps);
+            return Outcome {
+                verdict: path.verdict,
+                reason: path.reason,
+                packet: key,
+                egress: (path.verdict == Verdict::Allow).then_some(path.egress),
+                cached: false,
+            };
+        }
         if let Some(entry) = self.flows.get(&key) {
             // Replies follow their connection's forward entry, which is the one re-checked; a
             // reply whose forward entry is gone goes too, and the packet is a new connection.
