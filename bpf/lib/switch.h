@@ -3,8 +3,7 @@
  * The switch: the flow table first; on a miss, the layer walk of a connection's first packet —
  * the same walk as the model engine (crates/switch/src/walk.rs): the load-balancing layer, backend
  * choice, the service filter on the translated destination, the endpoints' ACLs, masquerade and
- * outbound NAT — then
- * the transposition is stored for both directions and applied.
+ * outbound NAT — then the transposition is stored for both directions and applied.
  */
 #ifndef FLOWGATE_SWITCH_H
 #define FLOWGATE_SWITCH_H
@@ -314,7 +313,6 @@ static __always_inline void fg_tcp_closing(struct __sk_buff *skb, const struct f
 		o->flags |= FG_FLOW_CLOSED;
 }
 
-/* The switch for a TCP, UDP or SCTP packet (a subprogram with its own stack frame). */
 /* The switch's working state for one packet, per CPU: too large for the BPF stack. */
 struct fg_work {
 	struct fg_pkt p;
@@ -333,6 +331,7 @@ struct {
 	__type(value, struct fg_work);
 } fg_work SEC(".maps");
 
+/* The switch for a TCP, UDP or SCTP packet (a subprogram with its own stack frame). */
 static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u32 ingress)
 {
 	__u32 zero = 0;

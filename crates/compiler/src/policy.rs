@@ -33,10 +33,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use flowgate_cluster::k8s_openapi::api::core::v1::Pod;
 use flowgate_cluster::k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
@@ -106,7 +107,7 @@ impl EndpointAcl {
 pub struct PolicyCompiler {
     compiled: FxHashMap<PortId, EndpointAcl>,
     /// The endpoints each policy selects (in either direction).
-    by_policy: FxHashMap<ObjectKey, rustc_hash::FxHashSet<PortId>>,
+    by_policy: FxHashMap<ObjectKey, FxHashSet<PortId>>,
     /// What peers see of every pod, as last compiled.
     pods: FxHashMap<ObjectKey, PeerInfo>,
     /// The addresses that count as the pods' own node, as last compiled.
@@ -163,15 +164,21 @@ impl<'a> View<'a> {
         self.pods
             .iter()
             .enumerate()
-            .filter(|(_, p)| {
-                let ns_ok = match &peer.namespace_selector {
-                    Some(sel) => selects(sel, self.namespace_labels(p.namespace)),
-                    None => p.namespace == ns,
-                };
-                ns_ok && peer.pod_selector.as_ref().map(|sel| selects(sel, p.labels)).unwrap_or(true)
-            })
+            .filter(|(_, p)| self.names(peer, ns, p.namespace, p.labels))
             .map(|(i, _)| i)
             .collect()
+    }
+
+    /// Whether a peer with selectors, of a policy in namespace `ns`, names a pod of namespace
+    /// `pod_ns` with these labels: `podSelector` alone, pods of the policy's namespace;
+    /// `namespaceSelector` alone, every pod of the selected namespaces; both, the selected pods
+    /// of the selected namespaces.
+    fn names(&self, peer: &NetworkPolicyPeer, ns: &str, pod_ns: &str, pod_labels: &BTreeMap<String, String>) -> bool {
+        let ns_ok = match &peer.namespace_selector {
+            Some(sel) => selects(sel, self.namespace_labels(pod_ns)),
+            None => pod_ns == ns,
+        };
+        ns_ok && peer.pod_selector.as_ref().map(|sel| selects(sel, pod_labels)).unwrap_or(true)
     }
 }
 
@@ -285,117 +292,107 @@ fn port_label(proto: Option<Proto>, ports: Option<(u16, u16)>) -> String {
     }
 }
 
-/// A peer resolved: pods (indices into the view) and address blocks.
+/// Addresses by the port number a named port has on them.
+type ByNumber = Vec<(u16, Vec<IpNet>)>;
+
+/// A rule's peer list resolved (once per policy rule, shared by every endpoint the policy
+/// selects): pods (indices into the view) and address blocks, and what is derived from them.
 #[derive(Default)]
 struct Resolved {
     pods: Vec<usize>,
     blocks: Vec<IpNet>,
     any: bool,
+    /// Every address the peers name (`None`: any address), once computed.
+    all: std::cell::OnceCell<Option<Vec<IpNet>>>,
+    /// Egress named ports: the peers' addresses grouped by the number the name has on each.
+    named: std::cell::RefCell<FxHashMap<(String, Proto), Rc<ByNumber>>>,
 }
 
-/// Compiles the allow rules of one rule (`peers`, `ports`) of a policy for the endpoint `me`.
-#[allow(clippy::too_many_arguments)]
+impl Resolved {
+    /// Every address the peers name; `None` for any address.
+    fn remote(&self, view: &View<'_>) -> Option<Vec<IpNet>> {
+        self.all
+            .get_or_init(|| {
+                (!self.any).then(|| {
+                    let mut nets: BTreeSet<IpNet> = self.blocks.iter().copied().collect();
+                    for i in &self.pods {
+                        nets.extend(view.pods[*i].ips.iter().map(|ip| IpNet::from(*ip)));
+                    }
+                    nets.into_iter().collect()
+                })
+            })
+            .clone()
+    }
+
+    /// A named port as the destination pods define it: the peers' pods (and pods inside their
+    /// address blocks) grouped by the number the name has there, with the addresses the peers
+    /// name.
+    fn by_named_port(&self, view: &View<'_>, name: &str, proto: Proto) -> Rc<ByNumber> {
+        let key = (name.to_owned(), proto);
+        if let Some(v) = self.named.borrow().get(&key) {
+            return v.clone();
+        }
+        let in_blocks = |ip: &IpAddr| self.blocks.iter().any(|b| b.contains(ip));
+        let pods: BTreeSet<usize> = self.pods.iter().copied().collect();
+        let mut by_number: BTreeMap<u16, BTreeSet<IpNet>> = BTreeMap::new();
+        for (i, pod) in view.pods.iter().enumerate() {
+            let named = self.any || pods.contains(&i);
+            if !named && !pod.ips.iter().any(in_blocks) {
+                continue;
+            }
+            let Some(n) = named_port(pod.pod, name, proto) else { continue };
+            let nets = by_number.entry(n).or_default();
+            nets.extend(pod.ips.iter().filter(|ip| named || in_blocks(ip)).map(|ip| IpNet::from(*ip)));
+        }
+        let v: ByNumber = by_number
+            .into_iter()
+            .filter(|(_, n)| !n.is_empty())
+            .map(|(n, nets)| (n, nets.into_iter().collect()))
+            .collect();
+        let v = Rc::new(v);
+        self.named.borrow_mut().insert(key, v.clone());
+        v
+    }
+}
+
+/// Compiles the allow rules of one rule of a policy (its resolved peers and its `ports`) for the
+/// endpoint of pod `me` (`None`: a pod whose object is unknown), appending them to `out`.
 fn rules_of(
     view: &View<'_>,
     me: Option<&Pod>,
-    name: &str,
-    ingress: bool,
+    (name, ingress): (&str, bool),
     resolved: &Resolved,
     ports: &[NetworkPolicyPort],
     out: &mut Vec<AclRule>,
 ) {
-    let addresses = |pods: &mut dyn Iterator<Item = usize>| -> Vec<IpNet> {
-        let mut nets: BTreeSet<IpNet> = resolved.blocks.iter().copied().collect();
-        for i in pods {
-            nets.extend(view.pods[i].ips.iter().map(|ip| IpNet::from(*ip)));
-        }
-        nets.into_iter().collect()
-    };
-    let remote_all = || -> Option<Vec<IpNet>> {
-        if resolved.any {
-            None
-        } else {
-            Some(addresses(&mut resolved.pods.iter().copied()))
+    // A rule whose peers name no address allows nothing.
+    let mut push = |what: String, remote: Option<Vec<IpNet>>, proto: Option<Proto>, ports: Option<(u16, u16)>| {
+        if remote.as_ref().map(|r| !r.is_empty()).unwrap_or(true) {
+            out.push(AclRule { name: format!("{name}, {what}"), remote, proto, ports, allow: true });
         }
     };
     if ports.is_empty() {
-        let remote = remote_all();
-        if remote.as_ref().map(|r| !r.is_empty()).unwrap_or(true) {
-            out.push(AclRule { name: format!("{name}, any port"), remote, proto: None, ports: None, allow: true });
-        }
+        push("any port".into(), resolved.remote(view), None, None);
         return;
     }
     for p in ports {
         match policy_port(p) {
             None => {}
             Some(PolicyPort::Range(proto, range)) => {
-                let remote = remote_all();
-                if remote.as_ref().map(|r| !r.is_empty()).unwrap_or(true) {
-                    out.push(AclRule {
-                        name: format!("{name}, {}", port_label(Some(proto), range)),
-                        remote,
-                        proto: Some(proto),
-                        ports: range,
-                        allow: true,
-                    });
-                }
+                push(port_label(Some(proto), range), resolved.remote(view), Some(proto), range);
             }
             Some(PolicyPort::Named(proto, port_name)) if ingress => {
                 // The name is the selected pod's own port.
                 if let Some(n) = me.and_then(|me| named_port(me, port_name, proto)) {
-                    let remote = remote_all();
-                    if remote.as_ref().map(|r| !r.is_empty()).unwrap_or(true) {
-                        out.push(AclRule {
-                            name: format!("{name}, port {port_name:?} = {n}/{}", proto.name().to_ascii_uppercase()),
-                            remote,
-                            proto: Some(proto),
-                            ports: Some((n, n)),
-                            allow: true,
-                        });
-                    }
+                    let what = format!("port {port_name:?} = {n}/{}", proto.name().to_ascii_uppercase());
+                    push(what, resolved.remote(view), Some(proto), Some((n, n)));
                 }
             }
             Some(PolicyPort::Named(proto, port_name)) => {
-                // The name is each destination pod's port: the peer's pods (and pods inside its
-                // address blocks), grouped by the number the name has there.
-                let mut by_number: BTreeMap<u16, BTreeSet<IpNet>> = BTreeMap::new();
-                let candidates: Vec<usize> = if resolved.any || !resolved.blocks.is_empty() {
-                    let mut c: BTreeSet<usize> = resolved.pods.iter().copied().collect();
-                    for (i, pod) in view.pods.iter().enumerate() {
-                        if resolved.any || pod.ips.iter().any(|ip| resolved.blocks.iter().any(|b| b.contains(ip))) {
-                            c.insert(i);
-                        }
-                    }
-                    c.into_iter().collect()
-                } else {
-                    resolved.pods.clone()
-                };
-                for i in candidates {
-                    let pod = &view.pods[i];
-                    if let Some(n) = named_port(pod.pod, port_name, proto) {
-                        let nets = by_number.entry(n).or_default();
-                        for ip in &pod.ips {
-                            // Only the addresses the peer names.
-                            if resolved.any
-                                || resolved.pods.contains(&i)
-                                || resolved.blocks.iter().any(|b| b.contains(ip))
-                            {
-                                nets.insert(IpNet::from(*ip));
-                            }
-                        }
-                    }
-                }
-                for (n, nets) in by_number {
-                    if nets.is_empty() {
-                        continue;
-                    }
-                    out.push(AclRule {
-                        name: format!("{name}, port {port_name:?} = {n}/{}", proto.name().to_ascii_uppercase()),
-                        remote: Some(nets.into_iter().collect()),
-                        proto: Some(proto),
-                        ports: Some((n, n)),
-                        allow: true,
-                    });
+                // The name is each destination pod's port.
+                for (n, nets) in resolved.by_named_port(view, port_name, proto).iter() {
+                    let what = format!("port {port_name:?} = {n}/{}", proto.name().to_ascii_uppercase());
+                    push(what, Some(nets.clone()), Some(proto), Some((*n, *n)));
                 }
             }
         }
@@ -437,7 +434,7 @@ fn endpoint_acl<'s>(
                 let r = memo.entry((pkey, true, i)).or_insert_with(|| resolve(view, &pkey.namespace, peers));
                 let name = format!("{pkey} ingress rule {i}");
                 let ports = rule.ports.as_deref().unwrap_or_default();
-                rules_of(view, pod, &name, true, r, ports, &mut acl.ingress.rules);
+                rules_of(view, pod, (&name, true), r, ports, &mut acl.ingress.rules);
             }
         }
         if eg {
@@ -447,7 +444,7 @@ fn endpoint_acl<'s>(
                 let r = memo.entry((pkey, false, i)).or_insert_with(|| resolve(view, &pkey.namespace, peers));
                 let name = format!("{pkey} egress rule {i}");
                 let ports = rule.ports.as_deref().unwrap_or_default();
-                rules_of(view, pod, &name, false, r, ports, &mut acl.egress.rules);
+                rules_of(view, pod, (&name, false), r, ports, &mut acl.egress.rules);
             }
         }
     }
@@ -550,11 +547,7 @@ fn names_peer(np: &NetworkPolicy, pkey: &ObjectKey, pod: &PeerInfo, view: &View<
                 }
                 continue;
             }
-            let ns_ok = match &peer.namespace_selector {
-                Some(sel) => selects(sel, view.namespace_labels(&pod.namespace)),
-                None => pod.namespace == pkey.namespace,
-            };
-            if ns_ok && peer.pod_selector.as_ref().map(|sel| selects(sel, &pod.labels)).unwrap_or(true) {
+            if view.names(peer, &pkey.namespace, &pod.namespace, &pod.labels) {
                 return true;
             }
         }
@@ -625,7 +618,7 @@ impl PolicyCompiler {
             want.push((port, acl));
         }
         // Endpoints that are gone.
-        let live: rustc_hash::FxHashSet<PortId> = endpoints.values().copied().collect();
+        let live: FxHashSet<PortId> = endpoints.values().copied().collect();
         want.extend(self.compiled.keys().filter(|p| !live.contains(p)).map(|p| (*p, None)));
         for (port, acl) in want {
             if self.compiled.get(&port) == acl.as_ref() {
@@ -640,25 +633,21 @@ impl PolicyCompiler {
                     policy.put_acl(port, None);
                 }
                 Some(acl) => {
+                    // The new sets before the old go (a set both use is never removed between).
                     for remote in acl.remotes() {
                         self.acquire(remote, policy, delta);
                     }
                     let layers =
                         (self.layer(LayerKind::AclOut, &acl.egress), self.layer(LayerKind::AclIn, &acl.ingress));
                     policy.put_acl(port, Some(layers));
-                    for p in acl.ingress.selected_by.iter().chain(&acl.egress.selected_by) {
-                        self.by_policy.entry(p.clone()).or_default().insert(port);
-                    }
-                    if let Some(old) = self.compiled.insert(port, acl) {
+                    if let Some(old) = self.compiled.remove(&port) {
                         self.unindex(port, &old);
                         self.release(&old, policy, delta);
                     }
-                    // (Re-added: the old entry's policies may also be the new one's.)
-                    if let Some(acl) = self.compiled.get(&port) {
-                        for p in acl.ingress.selected_by.iter().chain(&acl.egress.selected_by) {
-                            self.by_policy.entry(p.clone()).or_default().insert(port);
-                        }
+                    for p in acl.ingress.selected_by.iter().chain(&acl.egress.selected_by) {
+                        self.by_policy.entry(p.clone()).or_default().insert(port);
                     }
+                    self.compiled.insert(port, acl);
                 }
             }
             delta.acls.insert(port);

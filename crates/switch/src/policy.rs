@@ -476,16 +476,21 @@ impl SwitchPolicy {
         ip.is_loopback() || self.host_addresses.contains(ip)
     }
 
-    /// The port a packet with source `src` enters on, as a node sees it: the endpoint that owns the
-    /// address, else the host for the node's own addresses, else the uplink.
-    pub fn ingress_port_for(&self, src: IpAddr) -> PortId {
-        if let Some(p) = self.endpoint_for(src) {
+    /// The port an address is behind, as a node sees it: the endpoint that owns it, else the host
+    /// for the node's own addresses, else the uplink.
+    pub fn port_of(&self, ip: IpAddr) -> PortId {
+        if let Some(p) = self.endpoint_for(ip) {
             p
-        } else if self.is_host_address(src) {
+        } else if self.is_host_address(ip) {
             PortId::HOST
         } else {
             PortId::UPLINK
         }
+    }
+
+    /// The port a packet with source `src` enters on ([`SwitchPolicy::port_of`] its source).
+    pub fn ingress_port_for(&self, src: IpAddr) -> PortId {
+        self.port_of(src)
     }
 
     /// The address a masqueraded packet of `dst`'s family leaves with.

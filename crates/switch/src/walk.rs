@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::layer::{Layer, LayerKind};
 use crate::packet::FlowKey;
 use crate::policy::SwitchPolicy;
-use crate::port::{PortId, PortKind};
+use crate::port::{Port, PortId, PortKind};
 use crate::rule::{Action, Dnat, DropReason, IngressKind};
 
 /// What the switch does with a packet.
@@ -111,21 +111,8 @@ pub(crate) fn head(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
     };
     let ingress_kind = IngressKind::from(&port.kind);
     steps.push(|| format!("from {}", port.label()));
-    if let PortKind::Endpoint { .. } = port.kind {
-        if port.addresses.contains(&key.dst) {
-            steps.push(|| "destination is the pod's own address: never leaves the pod".to_string());
-            return Head::Done(Path {
-                verdict: Verdict::Allow,
-                reason: None,
-                dnat: None,
-                masquerade: false,
-                egress: ingress,
-            });
-        }
-        if !port.addresses.contains(&key.src) {
-            steps.push(|| format!("anti-spoofing: {} is not an address of this endpoint", key.src));
-            return Head::Done(Path::stop(Verdict::Drop, DropReason::Spoofed));
-        }
+    if let Some(p) = leaving_endpoint(port, ingress, key, steps) {
+        return Head::Done(p);
     }
     let Some(lb) = policy.layer(LayerKind::Lb) else {
         return Head::Pass;
@@ -145,7 +132,8 @@ pub(crate) fn head(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
 }
 
 /// Walks the rest for one destination: the service filter, the source endpoint's egress ACL,
-/// masquerade, the route, outbound NAT and the destination endpoint's ingress ACL. `dnat` is the chosen backend, if the head chose DNAT.
+/// masquerade, the route, outbound NAT and the destination endpoint's ingress ACL. `dnat` is the
+/// chosen backend, if the head chose DNAT.
 pub(crate) fn tail(
     policy: &SwitchPolicy,
     ingress: PortId,
@@ -182,13 +170,7 @@ pub(crate) fn tail(
             }
         }
     }
-    let egress = if let Some(p) = policy.endpoint_for(current.dst) {
-        p
-    } else if policy.is_host_address(current.dst) {
-        PortId::HOST
-    } else {
-        PortId::UPLINK
-    };
+    let egress = policy.port_of(current.dst);
     if ingress_kind == IngressKind::Endpoint && !masquerade {
         if let Some(onat) = policy.layer(LayerKind::OutboundNat) {
             let v = onat.evaluate(policy, &current, ingress_kind);
@@ -251,28 +233,17 @@ pub(crate) fn echo(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
     };
     let ingress_kind = IngressKind::from(&port.kind);
     steps.push(|| format!("from {} (ICMP echo request)", port.label()));
-    if let PortKind::Endpoint { .. } = port.kind {
-        if port.addresses.contains(&key.dst) {
-            steps.push(|| "destination is the pod's own address: never leaves the pod".to_string());
-            return Path { verdict: Verdict::Allow, reason: None, dnat: None, masquerade: false, egress: ingress };
-        }
-        if !port.addresses.contains(&key.src) {
-            steps.push(|| format!("anti-spoofing: {} is not an address of this endpoint", key.src));
-            return Path::stop(Verdict::Drop, DropReason::Spoofed);
-        }
+    if let Some(p) = leaving_endpoint(port, ingress, key, steps) {
+        return p;
+    }
+    if ingress_kind == IngressKind::Endpoint {
         if let Some((egress_acl, _)) = policy.acls.get(&ingress) {
             if let Some(p) = acl(egress_acl, policy, key, ingress_kind, steps) {
                 return p;
             }
         }
     }
-    let egress = if let Some(p) = policy.endpoint_for(key.dst) {
-        p
-    } else if policy.is_host_address(key.dst) {
-        PortId::HOST
-    } else {
-        PortId::UPLINK
-    };
+    let egress = policy.port_of(key.dst);
     if let Some((_, ingress_acl)) = policy.acls.get(&egress) {
         if let Some(p) = acl(ingress_acl, policy, key, ingress_kind, steps) {
             return p;
@@ -281,4 +252,21 @@ pub(crate) fn echo(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
     let label = policy.port(egress).map(|p| p.label()).unwrap_or_default();
     steps.push(|| format!("to {label} ({})", key.dst));
     Path { verdict: Verdict::Allow, reason: None, dnat: None, masquerade: false, egress }
+}
+
+/// For a packet leaving an endpoint: the pod-to-itself shortcut (it never leaves the pod) and
+/// anti-spoofing. `None` to go on.
+fn leaving_endpoint(port: &Port, ingress: PortId, key: &FlowKey, steps: &mut impl Steps) -> Option<Path> {
+    if !matches!(port.kind, PortKind::Endpoint { .. }) {
+        return None;
+    }
+    if port.addresses.contains(&key.dst) {
+        steps.push(|| "destination is the pod's own address: never leaves the pod".to_string());
+        return Some(Path { verdict: Verdict::Allow, reason: None, dnat: None, masquerade: false, egress: ingress });
+    }
+    if !port.addresses.contains(&key.src) {
+        steps.push(|| format!("anti-spoofing: {} is not an address of this endpoint", key.src));
+        return Some(Path::stop(Verdict::Drop, DropReason::Spoofed));
+    }
+    None
 }
