@@ -133,7 +133,8 @@ fn pods_made_by_the_plugin_are_endpoints_of_the_switch() {
     assert!(node.host_interfaces().contains(&host_if.to_owned()));
     let host_routes = node.ns.ip(&["route", "show"]).unwrap();
     assert!(host_routes.contains(&format!("10.244.1.2 dev {host_if}")), "{host_routes}");
-    assert_eq!(node.endpoint_pins().len(), 2, "the endpoint program is attached (pinned) before ADD returns");
+    assert_eq!(node.endpoint_programs().len(), 2, "the endpoint program is attached before ADD returns");
+    assert!(node.endpoint_pins().is_empty(), "a TC filter, not a pinned TCX link: {:?}", node.endpoint_pins());
 
     // Traffic: pod to pod, pod to the Service (endpoints written once pod-b's address is known),
     // pod to the internet through outbound NAT.
@@ -546,7 +547,7 @@ fn deny_all_isolates_cni_pods_but_never_from_their_node() {
     }
     let node = Node::start("denyall");
     let conf = node.conf("denyall", "10.244.1.0/24");
-    let (a, _) = add_pod(&conf, "da-a", "shop", "a");
+    let (a, ra) = add_pod(&conf, "da-a", "shop", "a");
     let (b, rb) = add_pod(&conf, "da-b", "shop", "b");
     let b_ip = ip_of(&rb);
     let _server = Server::tcp(&b, "b", "0.0.0.0:8080");
@@ -578,6 +579,17 @@ fn deny_all_isolates_cni_pods_but_never_from_their_node() {
     // The node's own connection (its source: the gateway address on b's host side).
     let got = ask(&node.ns, &format!("{b_ip}:8080")).unwrap_or_else(|e| panic!("node to pod under deny-all: {e}"));
     assert!(got.starts_with("b 10.244.1.1"), "{got}");
+    // CHECK notices a host interface without the endpoint program (someone deleted the filter).
+    let mut check = conf.clone();
+    check["prevResult"] = ra;
+    assert_eq!(cni("CHECK", "da-a", Some(a.path()), None, &check).code, 0);
+    for dev in node.endpoint_programs() {
+        let out = node.ns.command("tc").args(["filter", "del", "dev", &dev, "ingress"]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let o = cni("CHECK", "da-a", Some(a.path()), None, &check);
+    assert_eq!(o.out["code"], 111, "{}", o.raw);
+    assert!(o.raw.contains("no endpoint program"), "{}", o.raw);
     for id in ["da-a", "da-b"] {
         assert_eq!(cni("DEL", id, None, None, &conf).code, 0);
     }

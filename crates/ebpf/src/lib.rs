@@ -40,7 +40,9 @@ pub mod objects {
     }
 }
 
-pub use loader::{detach_pinned, load, load_all, Attachment, Direction, EbpfError, GlobalValue, Loaded};
+pub use loader::{
+    detach_pinned, detach_tc, load, load_all, Attachment, Direction, EbpfError, GlobalValue, Loaded, TcSlot,
+};
 pub use testrun::{test_run, test_run_repeat, test_run_with, SkbContext, TestRunResult};
 
 /// Whether a test that needs root may run: `true` as root. Otherwise it panics with a message

@@ -230,7 +230,7 @@ impl Node {
             .collect()
     }
 
-    /// Endpoint link pins.
+    /// Endpoint link pins (earlier versions pinned the endpoints' TCX links; none may be made).
     pub fn endpoint_pins(&self) -> Vec<String> {
         std::fs::read_dir(self.pins().join("links"))
             .map(|d| {
@@ -240,6 +240,18 @@ impl Node {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The host-side interfaces whose TC ingress hook runs the endpoint program (`tc filter
+    /// show`, as an operator would look).
+    pub fn endpoint_programs(&self) -> Vec<String> {
+        self.host_interfaces()
+            .into_iter()
+            .filter(|dev| {
+                let out = self.ns.command("tc").args(["filter", "show", "dev", dev, "ingress"]).output().unwrap();
+                String::from_utf8_lossy(&out.stdout).contains("fg_from_endpoint")
+            })
+            .collect()
     }
 
     /// Packet counter by name from `GET /v1/status`.
