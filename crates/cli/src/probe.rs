@@ -62,7 +62,10 @@ pub fn parse_probe(from: &str, to: &str) -> Result<FlowKey, String> {
     if !proto.has_ports() {
         // An ICMP (ICMPv6 for IPv6) echo request: no ports.
         let (src, _) = parse_host_port(from).map_err(|e| format!("--from {e}"))?;
-        let (dst, _) = parse_host_port(dst_part).map_err(|e| format!("--to {e}"))?;
+        let (dst, port) = parse_host_port(dst_part).map_err(|e| format!("--to {e}"))?;
+        if port.is_some() {
+            return Err(format!("--to {to:?}: ICMP has no ports (ADDR/icmp)"));
+        }
         if src.is_ipv4() != dst.is_ipv4() {
             return Err(format!("--from {from:?} and --to {to:?} are of different IP families"));
         }
@@ -93,6 +96,10 @@ mod tests {
         assert_eq!(k.sport, 40000);
         let k = parse_probe("010.000.000.001", "172.30.0.1:80").unwrap();
         assert_eq!(k.src, "10.0.0.1".parse::<IpAddr>().unwrap());
+        let k = parse_probe("10.0.0.1", "172.30.0.1/icmp").unwrap();
+        assert_eq!((k.proto, k.sport, k.dport), (Proto::ICMP, 0, 0));
+        let k = parse_probe("fd00::5", "[fd00::1]/icmp").unwrap();
+        assert_eq!(k.proto, Proto::ICMPV6);
     }
 
     #[test]
