@@ -23,7 +23,10 @@ static __always_inline int fg_acl_allows(__u32 table, const struct fg_addr *remo
 	pk.class = class ? *class : 0;
 	__builtin_memcpy(pk.port, &port, 2);
 	struct fg_acl_verdict *v = bpf_map_lookup_elem(&fg_acl_verdicts, &pk);
-	return v && v->action == FG_ACT_ALLOW;
+	if (!v || v->action != FG_ACT_ALLOW)
+		return 0;
+	fg_count_rule(FG_RULE_WHAT(FG_LIST_ACL, 0, 0), v->rule, table, 0);
+	return 1;
 }
 
 /* What fg_acl_check is asked about besides the addresses, in one word (BPF passes five

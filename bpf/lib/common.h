@@ -195,6 +195,33 @@ struct {
 } fg_counters SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, FG_MAX_ENTRIES_SERVICES);
+	__type(key, struct fg_rule_hit_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fg_rule_hits SEC(".maps");
+
+/* One more connection decided by a rule: `what` is kind | proto << 8 | port (network order) << 16
+ * (five arguments at most). */
+static __attribute__((noinline)) int fg_count_rule(__u32 what, __u32 index, __u32 id, const struct fg_addr *addr)
+{
+	struct fg_rule_hit_key k = { .kind = what & 0xff, .proto = (what >> 8) & 0xff, .port = what >> 16,
+				     .index = index, .id = id };
+	if (addr)
+		k.addr = *addr;
+	__u64 *v = bpf_map_lookup_elem(&fg_rule_hits, &k);
+	if (v) {
+		*v += 1;
+		return 0;
+	}
+	__u64 one = 1;
+	bpf_map_update_elem(&fg_rule_hits, &k, &one, BPF_NOEXIST);
+	return 0;
+}
+#define FG_RULE_WHAT(kind, proto, port) ((__u32)(kind) | ((__u32)(proto) << 8) | ((__u32)(port) << 16))
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);

@@ -258,6 +258,24 @@ enum fg_drop_reason {
 #define FG_COUNTER_FIRST_PACKET (FG_REASON_MAX + 1)
 #define FG_COUNTERS (FG_REASON_MAX + 2)
 
+/* fg_rule_hits: per-CPU, the connections (first packets) each rule decided, by the rule list and
+ * the rule's index in it. */
+enum fg_rule_list_kind {
+	FG_LIST_LB_DEST = 1,     /* fg_lb_dest: addr, port, proto */
+	FG_LIST_LB_NODEPORT = 2, /* fg_lb_nodeport: port, proto */
+	FG_LIST_GROUP = 3,       /* fg_groups: id = slot */
+	FG_LIST_ACL = 4,         /* an ACL table: id = table, index = the allowing rule's */
+};
+
+struct fg_rule_hit_key {
+	__u8 kind;               /* enum fg_rule_list_kind */
+	__u8 proto;
+	__u16 port;              /* network order */
+	__u32 index;
+	__u32 id;
+	struct fg_addr addr;
+};
+
 /* fg_last: per-CPU, the outcome of the last packet (tests read it after BPF_PROG_TEST_RUN) */
 struct fg_last {
 	__u8 verdict;

@@ -40,9 +40,9 @@ static __always_inline int fg_cond(__u8 match, __u32 set, const struct fg_addr *
 	return match == FG_MATCH_IN ? in : !in;
 }
 
-/* The first rule of `l` whose conditions hold, or 0. */
+/* The first rule of `l` whose conditions hold, or 0; its index in `*index`. */
 static __always_inline const struct fg_rule *fg_eval(const struct fg_rule_list *l, const struct fg_addr *src,
-						     const struct fg_addr *dst, __u8 ingress)
+						     const struct fg_addr *dst, __u8 ingress, __u32 *index)
 {
 #pragma unroll
 	for (int i = 0; i < FG_MAX_RULES; i++) {
@@ -55,6 +55,7 @@ static __always_inline const struct fg_rule *fg_eval(const struct fg_rule_list *
 			continue;
 		if (!fg_cond(r->dst_match, r->dst_set, dst))
 			continue;
+		*index = i;
 		return r;
 	}
 	return 0;
@@ -130,14 +131,21 @@ static __always_inline void fg_decide(const struct fg_pkt *p, __u8 ingress, cons
 	/* Load-balancing layer: exact destination, then NodePorts on NodePort addresses. */
 	struct fg_lb_key lk = { .dport = p->key.dport, .proto = p->key.proto };
 	lk.dst = p->key.dst;
+	__u32 idx = 0;
 	const struct fg_rule_list *l = bpf_map_lookup_elem(&fg_lb_dest, &lk);
-	if (l)
-		r = fg_eval(l, src, &p->key.dst, ingress);
+	if (l) {
+		r = fg_eval(l, src, &p->key.dst, ingress, &idx);
+		if (r)
+			fg_count_rule(FG_RULE_WHAT(FG_LIST_LB_DEST, p->key.proto, p->key.dport), idx, 0, &p->key.dst);
+	}
 	if (!r && fg_in_set(cfg->nodeport_set, &p->key.dst)) {
 		struct fg_port_key pk = { .port = p->key.dport, .proto = p->key.proto };
 		l = bpf_map_lookup_elem(&fg_lb_nodeport, &pk);
-		if (l)
-			r = fg_eval(l, src, &p->key.dst, ingress);
+		if (l) {
+			r = fg_eval(l, src, &p->key.dst, ingress, &idx);
+			if (r)
+				fg_count_rule(FG_RULE_WHAT(FG_LIST_LB_NODEPORT, p->key.proto, p->key.dport), idx, 0, 0);
+		}
 	}
 	__u8 flags = 0;
 	if (r) {
@@ -158,7 +166,9 @@ static __always_inline void fg_decide(const struct fg_pkt *p, __u8 ingress, cons
 	__u32 slot = FG_GROUP_SERVICE_FILTER;
 	l = bpf_map_lookup_elem(&fg_groups, &slot);
 	if (l) {
-		r = fg_eval(l, src, &dst, ingress);
+		r = fg_eval(l, src, &dst, ingress, &idx);
+		if (r)
+			fg_count_rule(FG_RULE_WHAT(FG_LIST_GROUP, 0, 0), idx, slot, 0);
 		if (r && (r->action == FG_ACT_DROP || r->action == FG_ACT_REJECT)) {
 			fg_stop(d, r);
 			d->dnat = 0;
@@ -179,9 +189,11 @@ static __always_inline void fg_decide(const struct fg_pkt *p, __u8 ingress, cons
 		slot = FG_GROUP_OUTBOUND_NAT;
 		l = bpf_map_lookup_elem(&fg_groups, &slot);
 		if (l) {
-			r = fg_eval(l, src, &dst, ingress);
-			if (r && r->action == FG_ACT_SNAT)
+			r = fg_eval(l, src, &dst, ingress, &idx);
+			if (r && r->action == FG_ACT_SNAT) {
 				d->masq = 1;
+				fg_count_rule(FG_RULE_WHAT(FG_LIST_GROUP, 0, 0), idx, slot, 0);
+			}
 		}
 	}
 	d->verdict = FG_VERDICT_ALLOW;

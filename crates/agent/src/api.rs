@@ -190,6 +190,9 @@ async fn status(State(s): State<AppState>) -> Json<Value> {
         "sync": core.status,
         "sourceError": core.tracker.last_error,
         "packets": core.dataplane.counters().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        // The connections each rule decided, busiest first (at most 100).
+        "rules": core.compiler.policy().map(|p| core.dataplane.rule_hits(p)).unwrap_or_default().into_iter().take(100)
+            .map(|(rule, connections)| json!({"rule": rule, "connections": connections})).collect::<Vec<_>>(),
         "objects": {
             "nodes": st.nodes.len(), "pods": st.pods.len(), "services": st.services.len(),
             "endpointSlices": st.endpoint_slices.len(), "networkPolicies": st.network_policies.len(),

@@ -55,6 +55,13 @@ pub trait Dataplane: Send + Sync {
     fn counters(&self) -> Vec<(String, u64)> {
         Vec::new()
     }
+
+    /// The connections each rule of `policy` decided (a connection's first packet), named as trace
+    /// names rules, busiest first; empty for a data plane that forwards no packets.
+    fn rule_hits(&self, policy: &SwitchPolicy) -> Vec<(String, u64)> {
+        let _ = policy;
+        Vec::new()
+    }
 }
 
 /// Two data planes kept in step: `primary` (the kernel) first, then `mirror` (the model that
@@ -86,5 +93,9 @@ impl Dataplane for Tee {
 
     fn counters(&self) -> Vec<(String, u64)> {
         self.primary.counters()
+    }
+
+    fn rule_hits(&self, policy: &SwitchPolicy) -> Vec<(String, u64)> {
+        self.primary.rule_hits(policy)
     }
 }

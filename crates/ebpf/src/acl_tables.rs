@@ -262,6 +262,38 @@ impl Acls {
         a
     }
 
+    /// The name of rule `index` of table `id` (from the first endpoint using it), as trace names
+    /// it, with the endpoint (and how many share the table).
+    pub(crate) fn rule_name(&self, policy: &SwitchPolicy, id: u32, index: u32) -> Option<String> {
+        let mut users = self.ports.iter().flat_map(|(port, acl)| {
+            let named =
+                |t: &Option<Arc<AclTable>>| t.as_ref().and_then(|t| self.tables.get(t)).map(|(i, _)| *i) == Some(id);
+            [(named(&acl.egress), false), (named(&acl.ingress), true)]
+                .into_iter()
+                .filter(|(n, _)| *n)
+                .map(move |(_, ingress)| (*port, ingress))
+        });
+        let (port, ingress) = users.next()?;
+        let others = users.count();
+        let layers = policy.acls.get(&port)?;
+        let layer = if ingress { &layers.1 } else { &layers.0 };
+        let rule = layer
+            .groups
+            .iter()
+            .flat_map(|g| match &g.index {
+                flowgate_switch::RuleIndex::Ordered(rules) => rules.as_slice(),
+                _ => &[],
+            })
+            .nth(index as usize);
+        let endpoint = policy.port(port).map(|p| p.label()).unwrap_or_default();
+        let shared = if others > 0 { format!(", and {others} more sharing its rules") } else { String::new() };
+        let rule = match rule {
+            Some(r) => r.name.to_string(),
+            None => "no rule matched (allowed)".to_string(),
+        };
+        Some(format!("{}: {rule} [{endpoint}{shared}]", layer.kind.name()))
+    }
+
     /// Tables no endpoint uses (left by a previous agent) and orphan entries go.
     pub(crate) fn sweep(&mut self, m: &mut KernelMaps, entries: &mut usize) {
         for a in std::mem::take(&mut self.orphans) {

@@ -33,6 +33,7 @@ pub struct KernelMaps {
     pub(crate) acl_classes: LpmTrie<MapData, maps::SetData, u32>,
     pub(crate) acl_verdicts: LpmTrie<MapData, maps::AclPortData, maps::AclVerdict>,
     counters: aya::maps::PerCpuArray<MapData, u64>,
+    rule_hits: aya::maps::PerCpuHashMap<MapData, maps::RuleHitKey, u64>,
 }
 
 pub(crate) fn err(op: impl Into<String>, message: impl std::fmt::Display) -> DataplaneError {
@@ -73,6 +74,7 @@ impl KernelMaps {
             acl_classes: conv!("fg_acl_classes"),
             acl_verdicts: conv!("fg_acl_verdicts"),
             counters: conv!("fg_counters"),
+            rule_hits: conv!("fg_rule_hits"),
         })
     }
 }
@@ -213,6 +215,21 @@ impl Dataplane for EbpfDataplane {
         for (i, name) in maps::DROP_REASONS.iter().enumerate().skip(1) {
             out.push((format!("dropped_{name}"), read(i as u32)));
         }
+        out
+    }
+
+    fn rule_hits(&self, policy: &SwitchPolicy) -> Vec<(String, u64)> {
+        let Ok(guard) = self.inner.lock() else { return Vec::new() };
+        let (m, p) = &*guard;
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for (key, values) in m.rule_hits.iter().flatten() {
+            let hits: u64 = values.iter().sum();
+            if let Some(name) = rule_name(policy, &p.acls, &key) {
+                *out.entry(name).or_default() += hits;
+            }
+        }
+        let mut out: Vec<(String, u64)> = out.into_iter().collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         out
     }
 
@@ -447,4 +464,31 @@ impl Dataplane for EbpfDataplane {
         m.config.set(0, cfg, 0).map_err(|e| err("config", e))?;
         Ok(ApplyStats { entries, full: delta.full })
     }
+}
+
+/// The name trace gives the rule a counter is about (`lb: ...`, `acl-in: ...`), if `policy` has it.
+fn rule_name(policy: &SwitchPolicy, acls: &Acls, key: &maps::RuleHitKey) -> Option<String> {
+    use flowgate_switch::{LayerKind, Proto, RuleKey};
+    let list = match key.kind {
+        maps::rule_list::LB_DEST => RuleRef {
+            layer: LayerKind::Lb,
+            group: "service-ips",
+            key: RuleKey::Destination((key.addr.to_ip(), Proto(key.proto), u16::from_be(key.port))),
+        },
+        maps::rule_list::LB_NODEPORT => RuleRef {
+            layer: LayerKind::Lb,
+            group: "service-nodeports",
+            key: RuleKey::Port(Proto(key.proto), u16::from_be(key.port)),
+        },
+        maps::rule_list::GROUP if key.id == maps::group::SERVICE_FILTER => {
+            RuleRef { layer: LayerKind::ServiceFilter, group: "cluster-ips-check", key: RuleKey::Group }
+        }
+        maps::rule_list::GROUP if key.id == maps::group::OUTBOUND_NAT => {
+            RuleRef { layer: LayerKind::OutboundNat, group: "outbound-nat", key: RuleKey::Group }
+        }
+        maps::rule_list::ACL => return acls.rule_name(policy, key.id, key.index),
+        _ => return None,
+    };
+    let rule = policy.rules_at(&list)?.get(key.index as usize)?;
+    Some(format!("{}: {}", list.layer.name(), rule.name))
 }

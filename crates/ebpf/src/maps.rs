@@ -394,6 +394,36 @@ pub struct AclVerdict {
     pub pad: [u8; 3],
 }
 
+/// `enum fg_rule_list_kind`: which kind of rule list a rule counter is about.
+pub mod rule_list {
+    /// `fg_lb_dest`.
+    pub const LB_DEST: u8 = 1;
+    /// `fg_lb_nodeport`.
+    pub const LB_NODEPORT: u8 = 2;
+    /// `fg_groups` (id: slot).
+    pub const GROUP: u8 = 3;
+    /// An ACL table (id: table).
+    pub const ACL: u8 = 4;
+}
+
+/// `struct fg_rule_hit_key`: a rule, by its list and its index in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleHitKey {
+    /// [`rule_list`].
+    pub kind: u8,
+    /// IP protocol (LB lists).
+    pub proto: u8,
+    /// Port, network order (LB lists).
+    pub port: u16,
+    /// The rule's index in its list.
+    pub index: u32,
+    /// Group slot or ACL table.
+    pub id: u32,
+    /// Destination (`fg_lb_dest`).
+    pub addr: Addr,
+}
+
 /// `struct fg_last`: the outcome of the last packet on this CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -450,6 +480,7 @@ macro_rules! pod {
     )*};
 }
 pod!(
+    RuleHitKey,
     AclEndpoint,
     AclPortData,
     AclVerdict,
@@ -495,6 +526,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Port>(), 12);
         assert_eq!(std::mem::size_of::<EndpointKey>(), 20);
         assert_eq!(std::mem::size_of::<AclEndpoint>(), 8);
+        assert_eq!(std::mem::size_of::<RuleHitKey>(), 28);
         assert_eq!(std::mem::size_of::<AclPortData>() + 4, 16);
         assert_eq!(std::mem::size_of::<AclVerdict>(), 8);
     }
