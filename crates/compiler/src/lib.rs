@@ -403,6 +403,12 @@ pub fn endpoint_ips(pod: &Pod, node: &str) -> Option<Vec<IpAddr>> {
     if spec.node_name.as_deref() != Some(node) || spec.host_network == Some(true) {
         return None;
     }
+    pod_ips(pod)
+}
+
+/// A pod's addresses as its status reports them (`podIPs`, then `podIP`), each once; `None` when
+/// it has none.
+pub(crate) fn pod_ips(pod: &Pod) -> Option<Vec<IpAddr>> {
     let status = pod.status.as_ref()?;
     let mut ips: Vec<IpAddr> = Vec::new();
     for ip in status.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(status.pod_ip.as_deref()) {

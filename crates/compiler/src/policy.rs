@@ -43,7 +43,7 @@ use flowgate_cluster::k8s_openapi::api::core::v1::Pod;
 use flowgate_cluster::k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use flowgate_cluster::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use flowgate_cluster::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use flowgate_cluster::{parse_cidr_sloppy, parse_ip_sloppy, ClusterState, LocalAcl, LocalEndpoint, ObjectKey};
+use flowgate_cluster::{parse_cidr_sloppy, ClusterState, LocalAcl, LocalEndpoint, ObjectKey};
 use flowgate_switch::{
     Action, AddrMatch, Conditions, DropReason, Layer, LayerKind, PolicyDelta, PortId, PortRange, PrefixSet, Proto,
     Rule, RuleGroup, RuleIndex, SetId, SwitchPolicy,
@@ -193,19 +193,10 @@ fn peer_ips(pod: &Pod) -> Option<Vec<IpAddr>> {
     if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
         return None;
     }
-    let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+    if matches!(pod.status.as_ref()?.phase.as_deref(), Some("Succeeded" | "Failed")) {
         return None;
     }
-    let mut ips: Vec<IpAddr> = Vec::new();
-    for ip in status.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(status.pod_ip.as_deref()) {
-        if let Some(ip) = parse_ip_sloppy(ip) {
-            if !ips.contains(&ip) {
-                ips.push(ip);
-            }
-        }
-    }
-    (!ips.is_empty()).then_some(ips)
+    crate::pod_ips(pod)
 }
 
 /// Whether a label selector selects an object with these labels (an empty selector selects all).

@@ -4,7 +4,7 @@
 //! kernel keeps deciding as the model does (BPF_PROG_TEST_RUN on the x/y/z truth tables).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+mod scenario;
 
 use flowgate_dataplane::Dataplane;
 use flowgate_ebpf::backend::{EbpfDataplane, KernelMaps};
@@ -14,15 +14,7 @@ use flowgate_switch::{trace, FlowKey, PolicyDelta, Proto, SwitchPolicy, Verdict}
 use flowgate_wire::{build_frame, tcp, FrameSpec, IpPair, L4Spec};
 
 fn policy_of(file: &str) -> SwitchPolicy {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios").join(file);
-    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let mut text = String::new();
-    for m in doc["manifests"].as_sequence().unwrap() {
-        text.push_str("---\n");
-        text.push_str(&serde_yaml::to_string(m).unwrap());
-    }
-    let state = flowgate_cluster::load_str(Path::new(file), &text).unwrap().state;
-    flowgate_compiler::compile(&state, Some("node-a")).unwrap().policy
+    flowgate_compiler::compile(&scenario::state(file), Some("node-a")).unwrap().policy
 }
 
 const PODS: [&str; 9] = [

@@ -8,7 +8,8 @@
 //! BPF_PROG_TEST_RUN.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+mod scenario;
+
 use std::sync::Arc;
 
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
@@ -18,23 +19,12 @@ use flowgate_ebpf::{maps, objects, test_run};
 use flowgate_switch::{FlowKey, Proto, Switch, Verdict};
 use flowgate_wire::{build_frame, tcp, FrameSpec, IpPair, L4Spec};
 
-fn state_of(file: &str) -> flowgate_cluster::ClusterState {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios").join(file);
-    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let mut text = String::new();
-    for m in doc["manifests"].as_sequence().unwrap() {
-        text.push_str("---\n");
-        text.push_str(&serde_yaml::to_string(m).unwrap());
-    }
-    flowgate_cluster::load_str(Path::new(file), &text).unwrap().state
-}
-
 #[test]
 fn replies_do_not_outlive_their_connection_under_a_new_policy() {
     if !flowgate_ebpf::privileged_test("replies_do_not_outlive_their_connection_under_a_new_policy") {
         return;
     }
-    let deny_all = state_of("82-netpol-xyz-default-deny-all.yaml");
+    let deny_all = scenario::state("82-netpol-xyz-default-deny-all.yaml");
     assert!(!deny_all.network_policies.is_empty());
     let mut open = deny_all.clone();
     open.network_policies.clear();
