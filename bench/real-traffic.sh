@@ -216,9 +216,12 @@ conn_once() { # VARIANT KIND(cluster|outside) TARGET... -> one number on stdout
         --concurrency "$CONCURRENCY" --threads "$CLIENT_THREADS" "${sources[@]}" "$@"
 }
 
-udp_once() { # VARIANT TARGET -> one number on stdout (sum over the pods' receivers)
-    local v=$1 e pids=() total=0
-    echo "[$v, udp]" >&2
+udp_once() { # VARIANT TARGET [GENERATOR...] -> one number on stdout (sum over the pods' receivers)
+    local v=$1 target=$2 e pids=() total=0
+    shift 2
+    local gen=("$@")
+    [ ${#gen[@]} -eq 0 ] && gen=(udpflood)
+    echo "[$v, ${gen[0]}]" >&2
     for ((e = 0; e < PER; e++)); do
         rm -f "$WORK/sink$e.ready" "$WORK/sink$e.out"
         ip netns exec "$(pod_ns "$v" "$e")" "$TG" sink --port 8080 --warmup "$WARMUP" --duration "$DURATION" \
@@ -228,8 +231,8 @@ udp_once() { # VARIANT TARGET -> one number on stdout (sum over the pods' receiv
         track $!
         wait_file "$WORK/sink$e.ready" 10 $!
     done
-    ip netns exec "$(client_ns "$v")" "$TG" udpflood \
-        --duration "$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { print w + d + 1 }')" --cpu 0 "$2" >/dev/null
+    ip netns exec "$(client_ns "$v")" "$TG" "${gen[@]}" \
+        --duration "$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { print w + d + 1 }')" --cpu 0 "$target" >/dev/null
     for pid in "${pids[@]}"; do wait "$pid"; done
     for ((e = 0; e < PER; e++)); do total=$((total + $(cat "$WORK/sink$e.out"))); done
     echo "$total"
@@ -282,7 +285,7 @@ for v in $VARIANTS; do
 done
 
 # --- measure: REPS rounds, every variant in each ----------------------------------------------
-declare -A CONN_C CONN_O PKTS
+declare -A CONN_C CONN_O PKTS FLOWS
 for ((r = 1; r <= REPS; r++)); do
     echo "== round $r of $REPS" >&2
     for v in $VARIANTS; do
@@ -290,6 +293,9 @@ for ((r = 1; r <= REPS; r++)); do
         CONN_C[$v]+="$(conn_once "$v" cluster "${targets[@]}") "
         CONN_O[$v]+="$(conn_once "$v" outside "${targets[@]}") "
         PKTS[$v]+="$(udp_once "$v" "${UDP_TARGET[$v]}") "
+        # New flows without a TCP stack: a new 5-tuple per datagram from the cluster sources.
+        FLOWS[$v]+="$(udp_once "$v" "${UDP_TARGET[$v]}" newflows --source-base "$(int2ip $((0x0A800001)))" \
+            --sources "$CLUSTER_SOURCES") "
     done
 done
 if [ -n "$rt_pid" ]; then
@@ -320,8 +326,10 @@ done
 # --- the table --------------------------------------------------------------------------------
 med() { median $1; }
 ratio() { [ -n "${2:-}" ] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }' || echo "-"; }
-declare -A MC MO MP
-for v in $VARIANTS; do MC[$v]=$(med "${CONN_C[$v]}") MO[$v]=$(med "${CONN_O[$v]}") MP[$v]=$(med "${PKTS[$v]}"); done
+declare -A MC MO MP MF
+for v in $VARIANTS; do
+    MC[$v]=$(med "${CONN_C[$v]}") MO[$v]=$(med "${CONN_O[$v]}") MP[$v]=$(med "${PKTS[$v]}") MF[$v]=$(med "${FLOWS[$v]}")
+done
 echo
 echo "Real traffic, client ns -> node ns -> pod ns: $SERVICES Services x $PER endpoints, probed svc-$T ($VIP);"
 echo "medians of $REPS interleaved rounds of ${DURATION} s each; $(nproc) vCPUs; kernel $(uname -r); iptables: $IPTABLES_RESTORE;"
@@ -333,12 +341,16 @@ for v in $VARIANTS; do
     echo "| $v | ${LOAD[$v]} | ${MC[$v]} | $(ratio "${MC[$v]}" "${MC[plain]:-}") | ${MO[$v]} | $(ratio "${MO[$v]}" "${MO[plain]:-}") | ${MP[$v]} | $(ratio "${MP[$v]}" "${MP[plain]:-}") |"
 done
 echo
-echo "every round (conn/s cluster | conn/s outside | pkt/s):"
-for v in $VARIANTS; do echo "  $v: ${CONN_C[$v]}| ${CONN_O[$v]}| ${PKTS[$v]}"; done
+echo "| variant | new flows/s delivered (UDP, a new 5-tuple per datagram, cluster sources, DNAT) | vs plain |"
+echo "| --- | --- | --- |"
+for v in $VARIANTS; do echo "| $v | ${MF[$v]} | $(ratio "${MF[$v]}" "${MF[plain]:-}") |"; done
+echo
+echo "every round (conn/s cluster | conn/s outside | pkt/s | new flows/s):"
+for v in $VARIANTS; do echo "  $v: ${CONN_C[$v]}| ${CONN_O[$v]}| ${PKTS[$v]}| ${FLOWS[$v]}"; done
 if [ -n "${MC[flowgate]:-}" ]; then
     echo
     for base in iptables nftables; do
-        [ -n "${MC[$base]:-}" ] && echo "flowgate vs $base, new conn/s: cluster $(ratio "${MC[flowgate]}" "${MC[$base]}"), outside $(ratio "${MO[flowgate]}" "${MO[$base]}") (target: >= $([ $base = iptables ] && echo 3 || echo 1)x)"
+        [ -n "${MC[$base]:-}" ] && echo "flowgate vs $base, new conn/s: cluster $(ratio "${MC[flowgate]}" "${MC[$base]}"), outside $(ratio "${MO[flowgate]}" "${MO[$base]}"), new flows $(ratio "${MF[flowgate]}" "${MF[$base]}") (target: >= $([ $base = iptables ] && echo 3 || echo 1)x)"
     done
     [ -n "${MP[plain]:-}" ] && echo "flowgate vs plain routing, established pkt/s: $(ratio "${MP[flowgate]}" "${MP[plain]}") (target: >= 0.90x)"
 fi

@@ -22,6 +22,10 @@
 //! - `udpflood [--duration S] [--size B] [--batch N] [--cpu N] ADDR:PORT`: one UDP flow (one
 //!   connected socket, so every packet after the first belongs to an established flow), sent with
 //!   `sendmmsg` in batches; prints the packets per second it sent.
+//! - `newflows [--duration S] [--batch N] [--cpu N] --source-base IP [--sources N] ADDR:PORT`: a new
+//!   flow per datagram (raw socket, each UDP packet with a 5-tuple no earlier one had), sent with
+//!   `sendmmsg`; prints the packets (= new flows) per second it sent. What a data plane does per
+//!   new connection, without a TCP stack limiting the rate.
 //!
 //! Linux only; uses libc directly for epoll, sendmmsg/recvmmsg and CPU affinity.
 
@@ -731,6 +735,84 @@ fn udpflood(args: &Args) {
     println!("{rate:.0}");
 }
 
+/// A new flow per datagram: UDP packets built whole on a raw socket, each with a 5-tuple no earlier
+/// one had (the source port runs through 1024-65535 for each of the N source addresses in turn), so
+/// every packet is a connection's first packet for a stateful data plane (conntrack, a flow table)
+/// and no TCP stack on either side limits the rate.
+fn newflows(args: &Args) {
+    let duration = args.seconds("duration", 7.0);
+    let batch: usize = args.get::<usize>("batch", 256).clamp(1, BATCH_MAX);
+    let target: SocketAddrV4 = args
+        .positional
+        .first()
+        .unwrap_or_else(|| die("newflows needs ADDR:PORT"))
+        .parse()
+        .unwrap_or_else(|_| die("not an IPv4 ADDR:PORT"));
+    let base: Ipv4Addr = args
+        .options
+        .get("source-base")
+        .unwrap_or_else(|| die("newflows needs --source-base IP"))
+        .parse()
+        .unwrap_or_else(|_| die("--source-base: not an IPv4 address"));
+    let sources: u32 = args.get("sources", 1u32).max(1);
+    maybe_pin(args);
+    // SAFETY: plain syscall.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) }, "socket")
+            .unwrap_or_else(|e| die(&e.to_string()));
+    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20, "SO_SNDBUFFORCE");
+    const LEN: usize = 20 + 8 + 18;
+    let mut packets = vec![[0u8; LEN]; batch];
+    for p in packets.iter_mut() {
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(LEN as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[16..20].copy_from_slice(&target.ip().octets());
+        p[22..24].copy_from_slice(&target.port().to_be_bytes());
+        p[24..26].copy_from_slice(&((LEN - 20) as u16).to_be_bytes());
+    }
+    let mut sa = sockaddr(target);
+    let mut iovs: Vec<libc::iovec> = packets
+        .iter_mut()
+        .map(|p| libc::iovec { iov_base: p.as_mut_ptr() as *mut libc::c_void, iov_len: LEN })
+        .collect();
+    // SAFETY: mmsghdr is plain data; zeroed is a valid initial value.
+    let mut msgs: Vec<libc::mmsghdr> = (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+        m.msg_hdr.msg_name = &mut sa as *mut libc::sockaddr_in as *mut libc::c_void;
+        m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    }
+    let (mut n, mut sent, mut errors) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        for p in packets.iter_mut() {
+            let port = 1024 + (n % 64512) as u16;
+            let src = u32::from(base) + ((n / 64512) % u64::from(sources)) as u32;
+            p[12..16].copy_from_slice(&src.to_be_bytes());
+            p[20..22].copy_from_slice(&port.to_be_bytes());
+            n += 1;
+        }
+        // SAFETY: `msgs` holds `batch` headers pointing at the live packets and `sa`.
+        let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), batch as u32, 0) };
+        if r > 0 {
+            sent += r as u64;
+        } else {
+            errors += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rate = sent as f64 / secs;
+    eprintln!(
+        "newflows: {sent} new flows (datagrams, each its own 5-tuple) in {secs:.2} s ({rate:.0}/s) from {sources} \
+         sources, {errors} failed sendmmsg calls"
+    );
+    close(fd);
+    println!("{rate:.0}");
+}
+
 fn main() {
     let mut raw = std::env::args().skip(1);
     let mode = raw.next().unwrap_or_default();
@@ -740,6 +822,7 @@ fn main() {
         "connrate" => connrate(&args),
         "sink" => sink(&args),
         "udpflood" => udpflood(&args),
-        _ => die("usage: trafficgen serve|connrate|sink|udpflood [--option value]... [ADDR:PORT]..."),
+        "newflows" => newflows(&args),
+        _ => die("usage: trafficgen serve|connrate|sink|udpflood|newflows [--option value]... [ADDR:PORT]..."),
     }
 }
