@@ -224,6 +224,30 @@ static __always_inline int fg_flow_expired(const struct fg_flow *f, __u8 proto, 
 	return proto != IPPROTO_TCP && idle > FG_IDLE_TIMEOUT_NS;
 }
 
+/* The reply direction's entry of a connection whose first packet is `k` and whose forward
+ * transposition has `fwd_flags`: replies are readdressed back to the original source and appear to
+ * come from the original destination. */
+static __always_inline void fg_reply_entry(struct fg_flow *back, const struct fg_flow_key *k, __u8 fwd_flags,
+					   __u8 verdict, __u8 reason, __u64 generation)
+{
+	__builtin_memset(back, 0, sizeof(*back));
+	back->verdict = verdict;
+	back->reason = reason;
+	back->flags = FG_FLOW_REPLY;
+	back->generation = generation;
+	back->last_seen_ns = bpf_ktime_get_ns();
+	if (fwd_flags & FG_FLOW_REWRITE_DST) {
+		back->flags |= FG_FLOW_REWRITE_SRC;
+		back->new_src = k->dst;
+		back->new_sport = k->dport;
+	}
+	if (fwd_flags & FG_FLOW_REWRITE_SRC) {
+		back->flags |= FG_FLOW_REWRITE_DST;
+		back->new_dst = k->src;
+		back->new_dport = k->sport;
+	}
+}
+
 /* Builds the forward transposition from a decision; picks the masquerade source port. */
 static __always_inline int fg_transposition(const struct fg_pkt *p, const struct fg_config *cfg, const struct fg_decision *d,
 					    const struct fg_flow *keep, struct fg_flow *f)
@@ -410,25 +434,9 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 		 * that a packet of the other side cannot open it again as a new flow. */
 		fg_reverse_key(&w->old_rev, &p->key, &w->keep);
 		if (w->fwd.verdict != FG_VERDICT_ALLOW) {
-			struct fg_flow *back = &w->back;
-			__builtin_memset(back, 0, sizeof(*back));
-			back->verdict = FG_VERDICT_DROP;
-			back->reason = w->fwd.reason;
-			back->flags = FG_FLOW_REPLY;
-			back->generation = cfg->generation;
-			back->last_seen_ns = bpf_ktime_get_ns();
 			/* (With the reply's translation, so that it still leads to its forward entry.) */
-			if (w->keep.flags & FG_FLOW_REWRITE_DST) {
-				back->flags |= FG_FLOW_REWRITE_SRC;
-				back->new_src = p->key.dst;
-				back->new_sport = p->key.dport;
-			}
-			if (w->keep.flags & FG_FLOW_REWRITE_SRC) {
-				back->flags |= FG_FLOW_REWRITE_DST;
-				back->new_dst = p->key.src;
-				back->new_dport = p->key.sport;
-			}
-			bpf_map_update_elem(&fg_flows, &w->old_rev, back, BPF_ANY);
+			fg_reply_entry(&w->back, &p->key, w->keep.flags, FG_VERDICT_DROP, w->fwd.reason, cfg->generation);
+			bpf_map_update_elem(&fg_flows, &w->old_rev, &w->back, BPF_ANY);
 		} else if (!fg_addr_eq(&w->old_rev.src, &w->rev.src) || !fg_addr_eq(&w->old_rev.dst, &w->rev.dst) ||
 			   w->old_rev.sport != w->rev.sport || w->old_rev.dport != w->rev.dport)
 			bpf_map_delete_elem(&fg_flows, &w->old_rev);
@@ -436,23 +444,8 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 	w->fwd.last_seen_ns = bpf_ktime_get_ns();
 	bpf_map_update_elem(&fg_flows, &p->key, &w->fwd, BPF_ANY);
 	if (w->fwd.verdict == FG_VERDICT_ALLOW) {
-		struct fg_flow *back = &w->back;
-		__builtin_memset(back, 0, sizeof(*back));
-		back->verdict = FG_VERDICT_ALLOW;
-		back->generation = cfg->generation;
-		back->last_seen_ns = w->fwd.last_seen_ns;
-		back->flags = FG_FLOW_REPLY;
-		if (w->fwd.flags & FG_FLOW_REWRITE_DST) {
-			back->flags |= FG_FLOW_REWRITE_SRC;
-			back->new_src = p->key.dst;
-			back->new_sport = p->key.dport;
-		}
-		if (w->fwd.flags & FG_FLOW_REWRITE_SRC) {
-			back->flags |= FG_FLOW_REWRITE_DST;
-			back->new_dst = p->key.src;
-			back->new_dport = p->key.sport;
-		}
-		bpf_map_update_elem(&fg_flows, &w->rev, back, BPF_ANY);
+		fg_reply_entry(&w->back, &p->key, w->fwd.flags, FG_VERDICT_ALLOW, 0, cfg->generation);
+		bpf_map_update_elem(&fg_flows, &w->rev, &w->back, BPF_ANY);
 		if (fg_apply(skb, p, &w->fwd) < 0)
 			return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
 	}

@@ -88,7 +88,8 @@ pub fn sets_of(layer: &Layer) -> Vec<SetId> {
         .collect()
 }
 
-fn rules_of(layer: &Layer) -> impl Iterator<Item = &Rule> {
+/// The rules of an ACL layer, in the order they are tried.
+pub(crate) fn rules_of(layer: &Layer) -> impl Iterator<Item = &Rule> {
     layer.groups.iter().flat_map(|g| match &g.index {
         RuleIndex::Ordered(rules) => rules.as_slice(),
         _ => &[],

@@ -277,14 +277,7 @@ impl Acls {
         let others = users.count();
         let layers = policy.acls.get(&port)?;
         let layer = if ingress { &layers.1 } else { &layers.0 };
-        let rule = layer
-            .groups
-            .iter()
-            .flat_map(|g| match &g.index {
-                flowgate_switch::RuleIndex::Ordered(rules) => rules.as_slice(),
-                _ => &[],
-            })
-            .nth(index as usize);
+        let rule = acl::rules_of(layer).nth(index as usize);
         let endpoint = policy.port(port).map(|p| p.label()).unwrap_or_default();
         let shared = if others > 0 { format!(", and {others} more sharing its rules") } else { String::new() };
         let rule = match rule {

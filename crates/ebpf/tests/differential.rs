@@ -81,6 +81,15 @@ fn pin_to_cpu0() {
     }
 }
 
+/// The program a packet entering on `ingress` runs through (see [`Kernel::run`]).
+fn program_for(ingress: PortId) -> usize {
+    match ingress {
+        PortId::HOST => 2,
+        PortId::UPLINK => 0,
+        _ => 1,
+    }
+}
+
 fn frame_of(key: &FlowKey) -> Vec<u8> {
     let ips = IpPair::new(key.src, key.dst).unwrap();
     let l4 = match key.proto {
@@ -182,11 +191,7 @@ impl Kernel {
     /// compares everything with the model.
     fn check(&mut self, policy: &SwitchPolicy, key: FlowKey, what: &str) -> Checked {
         let ingress = policy.ingress_port_for(key.src);
-        let prog = match ingress {
-            PortId::HOST => 2,
-            PortId::UPLINK => 0,
-            _ => 1,
-        };
+        let prog = program_for(ingress);
         let want = trace(policy, &key);
         let what = format!("{what} ({key})");
         let input = frame_of(&key);
@@ -371,11 +376,7 @@ impl Kernel {
     /// cached flow decides): the kernel's verdict must still be the model's.
     fn check_extension_headers(&mut self, policy: &SwitchPolicy, key: FlowKey, what: &str) -> Vec<String> {
         let mut failures = Vec::new();
-        let prog = match policy.ingress_port_for(key.src) {
-            PortId::HOST => 2,
-            PortId::UPLINK => 0,
-            _ => 1,
-        };
+        let prog = program_for(policy.ingress_port_for(key.src));
         for (n, kind) in [60u8, 44].into_iter().enumerate() {
             let mut key = key;
             key.sport = key.sport.wrapping_add(7000 + n as u16);
