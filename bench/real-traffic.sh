@@ -43,7 +43,8 @@
 # Environment: PER (endpoints per Service = backend pods, default 2), DURATION (5), WARMUP (1),
 #   REPS (3), CONCURRENCY (16), CLIENT_THREADS (2), SERVER_THREADS (1), CLUSTER_SOURCES (254),
 #   IPTABLES_RESTORE (iptables-nft-restore; or iptables-legacy-restore),
-#   VARIANTS ("plain iptables nftables flowgate").
+#   VARIANTS ("plain iptables nftables flowgate"), MEASURE ("conn pkts flows": which of the
+#   measurements to run; the others are reported as "-").
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -59,6 +60,8 @@ SERVER_THREADS=${SERVER_THREADS:-1}
 CLUSTER_SOURCES=${CLUSTER_SOURCES:-254}
 IPTABLES_RESTORE=${IPTABLES_RESTORE:-iptables-nft-restore}
 VARIANTS=${VARIANTS:-plain iptables nftables flowgate}
+MEASURE=${MEASURE:-conn pkts flows}
+measuring() { [[ " $MEASURE " == *" $1 "* ]]; }
 
 [ "$(id -u)" = 0 ] || { echo "real-traffic.sh: run as root (namespaces, eBPF)" >&2; exit 1; }
 missing=()
@@ -96,7 +99,7 @@ export XTABLES_LOCKFILE=$WORK/xtables.lock # never wait on (or hold) the root na
 int2ip() { local n=$1; echo "$((n >> 24 & 255)).$((n >> 16 & 255)).$((n >> 8 & 255)).$((n & 255))"; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { printf '%s\n' "$@" | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }' || true; }
 
 # The probed Service: the middle one, a ClusterIP Service (not a NodePort: i % 4 != 0).
 T=$((SERVICES / 2 + 1))
@@ -290,11 +293,13 @@ for ((r = 1; r <= REPS; r++)); do
     echo "== round $r of $REPS" >&2
     for v in $VARIANTS; do
         read -r -a targets <<<"${TCP_TARGETS[$v]}"
-        CONN_C[$v]+="$(conn_once "$v" cluster "${targets[@]}") "
-        CONN_O[$v]+="$(conn_once "$v" outside "${targets[@]}") "
-        PKTS[$v]+="$(udp_once "$v" "${UDP_TARGET[$v]}") "
+        if measuring conn; then
+            CONN_C[$v]+="$(conn_once "$v" cluster "${targets[@]}") "
+            CONN_O[$v]+="$(conn_once "$v" outside "${targets[@]}") "
+        fi
+        measuring pkts && PKTS[$v]+="$(udp_once "$v" "${UDP_TARGET[$v]}") "
         # New flows without a TCP stack: a new 5-tuple per datagram from the cluster sources.
-        FLOWS[$v]+="$(udp_once "$v" "${UDP_TARGET[$v]}" newflows --source-base "$(int2ip $((0x0A800001)))" \
+        measuring flows && FLOWS[$v]+="$(udp_once "$v" "${UDP_TARGET[$v]}" newflows --source-base "$(int2ip $((0x0A800001)))" \
             --sources "$CLUSTER_SOURCES") "
     done
 done
@@ -325,10 +330,10 @@ done
 
 # --- the table --------------------------------------------------------------------------------
 med() { median $1; }
-ratio() { [ -n "${2:-}" ] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }' || echo "-"; }
+ratio() { [[ $1 =~ ^[0-9.]+$ && ${2:-} =~ ^[0-9.]+$ ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }' || echo "-"; }
 declare -A MC MO MP MF
 for v in $VARIANTS; do
-    MC[$v]=$(med "${CONN_C[$v]}") MO[$v]=$(med "${CONN_O[$v]}") MP[$v]=$(med "${PKTS[$v]}") MF[$v]=$(med "${FLOWS[$v]}")
+    MC[$v]=$(med "${CONN_C[$v]:-}") MO[$v]=$(med "${CONN_O[$v]:-}") MP[$v]=$(med "${PKTS[$v]:-}") MF[$v]=$(med "${FLOWS[$v]:-}")
 done
 echo
 echo "Real traffic, client ns -> node ns -> pod ns: $SERVICES Services x $PER endpoints, probed svc-$T ($VIP);"
@@ -346,7 +351,7 @@ echo "| --- | --- | --- |"
 for v in $VARIANTS; do echo "| $v | ${MF[$v]} | $(ratio "${MF[$v]}" "${MF[plain]:-}") |"; done
 echo
 echo "every round (conn/s cluster | conn/s outside | pkt/s | new flows/s):"
-for v in $VARIANTS; do echo "  $v: ${CONN_C[$v]}| ${CONN_O[$v]}| ${PKTS[$v]}| ${FLOWS[$v]}"; done
+for v in $VARIANTS; do echo "  $v: ${CONN_C[$v]:-}| ${CONN_O[$v]:-}| ${PKTS[$v]:-}| ${FLOWS[$v]:-}"; done
 if [ -n "${MC[flowgate]:-}" ]; then
     echo
     for base in iptables nftables; do

@@ -22,32 +22,6 @@ static __always_inline int fg_l4_csum_off(const struct fg_pkt *p, __u64 *flags)
 	return -1; /* SCTP: CRC32c over the packet, not covering addresses */
 }
 
-/* Rewrites one address (source when `dst` is 0) from p->key's value to `to`. */
-static __always_inline int fg_rewrite_addr(struct __sk_buff *skb, const struct fg_pkt *p, int dst, const struct fg_addr *to)
-{
-	const struct fg_addr *from = dst ? &p->key.dst : &p->key.src;
-	if (fg_addr_eq(from, to))
-		return 0;
-	__u64 flags;
-	int csum_off = fg_l4_csum_off(p, &flags);
-	if (!p->v6) {
-		__u32 off = p->l3_off + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
-		__be32 old = from->w[3], new = to->w[3];
-		if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), old, new, 4) < 0)
-			return -1;
-		if (csum_off >= 0 && bpf_l4_csum_replace(skb, csum_off, old, new, flags | BPF_F_PSEUDO_HDR | 4) < 0)
-			return -1;
-		return bpf_skb_store_bytes(skb, off, &new, 4, 0);
-	}
-	__u32 off = p->l3_off + (dst ? offsetof(struct ipv6hdr, daddr) : offsetof(struct ipv6hdr, saddr));
-	if (csum_off >= 0) {
-		__s64 diff = bpf_csum_diff((__be32 *)from->w, 16, (__be32 *)to->w, 16, 0);
-		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, flags | BPF_F_PSEUDO_HDR) < 0)
-			return -1;
-	}
-	return bpf_skb_store_bytes(skb, off, to->w, 16, 0);
-}
-
 /*
  * SCTP's CRC32c covers the ports but not the addresses. A port rewrite updates it without reading
  * the packet: CRC32c is affine, so for messages of equal length crc(M') = crc(M) ^ L(M ^ M'), where
@@ -116,39 +90,110 @@ static __always_inline int fg_sctp_ports_changed(struct __sk_buff *skb, const st
 	return bpf_skb_store_bytes(skb, p->l4_off + 8, &crc, 4, 0);
 }
 
-/* Rewrites one port (source when `dst` is 0) from p->key's value to `to` (network order). */
-static __always_inline int fg_rewrite_port(struct __sk_buff *skb, const struct fg_pkt *p, int dst, __u16 to)
+/*
+ * Ones' complement arithmetic for incremental checksum updates (RFC 1624), done by the program
+ * itself: a helper call costs more than the rest of an established packet's work, so a rewrite
+ * makes at most two — the transport checksum's, whose update depends on skb->ip_summed, which only
+ * the kernel sees (with CHECKSUM_PARTIAL the field holds the pseudo-header sum alone).
+ */
+static __always_inline __u32 fg_csum_add(__u32 sum, __u32 v)
 {
-	__u16 from = dst ? p->key.dport : p->key.sport;
-	if (from == to)
-		return 0;
-	__u64 flags;
-	int csum_off = fg_l4_csum_off(p, &flags);
-	if (csum_off >= 0 && bpf_l4_csum_replace(skb, csum_off, from, to, flags | 2) < 0)
-		return -1;
-	if (p->key.proto == IPPROTO_SCTP) {
-		__u16 old[2], new[2];
-		if (bpf_skb_load_bytes(skb, p->l4_off, old, 4) < 0)
-			return -1;
-		new[0] = dst ? old[0] : to;
-		new[1] = dst ? to : old[1];
-		if (fg_sctp_ports_changed(skb, p, (const __u8 *)old, (const __u8 *)new) < 0)
-			return -1;
-	}
-	return bpf_skb_store_bytes(skb, p->l4_off + (dst ? 2 : 0), &to, 2, 0);
+	sum += v;
+	return sum + (sum < v);
 }
 
-/* Applies a transposition to the packet. */
+/* `sum` plus the change from address `from` to `to` (the last word only for IPv4). */
+static __always_inline __u32 fg_csum_addr_diff(__u32 sum, const struct fg_addr *from, const struct fg_addr *to, int v6)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (!v6 && i < 3)
+			continue;
+		sum = fg_csum_add(sum, ~from->w[i]);
+		sum = fg_csum_add(sum, to->w[i]);
+	}
+	return sum;
+}
+
+/* A checksum field updated by `diff`, as the kernel's csum_replace_by_diff does. */
+static __always_inline __u16 fg_csum_replace(__u16 check, __u32 diff)
+{
+	__u32 sum = fg_csum_add(diff, ~(__u32)check);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* Headers beyond this offset are never rewritten in place (a bound for the verifier). */
+#define FG_MAX_L4_OFF 0x3fff
+
+/* Applies a transposition to the packet: addresses and ports written in place (the headers are
+ * pulled into the linear area first if they are not there), the IPv4 header checksum updated
+ * here, then the transport checksum — TCP and UDP: one helper call for the addresses (as
+ * pseudo-header) and one for both ports as one 32-bit word; SCTP: its CRC32c for the ports. */
 static __always_inline int fg_apply(struct __sk_buff *skb, const struct fg_pkt *p, const struct fg_flow *f)
 {
-	if (f->flags & FG_FLOW_REWRITE_SRC) {
-		if (fg_rewrite_addr(skb, p, 0, &f->new_src) < 0 || fg_rewrite_port(skb, p, 0, f->new_sport) < 0)
+	int rs = (f->flags & FG_FLOW_REWRITE_SRC) != 0, rd = (f->flags & FG_FLOW_REWRITE_DST) != 0;
+	int src_changed = rs && !fg_addr_eq(&p->key.src, &f->new_src);
+	int dst_changed = rd && !fg_addr_eq(&p->key.dst, &f->new_dst);
+	__u16 sport = rs ? f->new_sport : p->key.sport, dport = rd ? f->new_dport : p->key.dport;
+	int ports_changed = sport != p->key.sport || dport != p->key.dport;
+	if (!src_changed && !dst_changed && !ports_changed)
+		return 0;
+	__u32 l4 = p->l4_off;
+	if (l4 > FG_MAX_L4_OFF || p->l3_off != sizeof(struct ethhdr))
+		return -1;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u16 *ports = data + (l4 & FG_MAX_L4_OFF);
+	if ((void *)(ports + 2) > end) {
+		if (bpf_skb_pull_data(skb, l4 + 4) < 0)
+			return -1;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		ports = data + (l4 & FG_MAX_L4_OFF);
+		if ((void *)(ports + 2) > end)
 			return -1;
 	}
-	if (f->flags & FG_FLOW_REWRITE_DST) {
-		if (fg_rewrite_addr(skb, p, 1, &f->new_dst) < 0 || fg_rewrite_port(skb, p, 1, f->new_dport) < 0)
+	__u32 diff = 0;
+	if (src_changed)
+		diff = fg_csum_addr_diff(diff, &p->key.src, &f->new_src, p->v6);
+	if (dst_changed)
+		diff = fg_csum_addr_diff(diff, &p->key.dst, &f->new_dst, p->v6);
+	if (!p->v6) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		if ((void *)(ip + 1) > end)
 			return -1;
+		if (src_changed)
+			ip->saddr = f->new_src.w[3];
+		if (dst_changed)
+			ip->daddr = f->new_dst.w[3];
+		if (src_changed || dst_changed)
+			ip->check = fg_csum_replace(ip->check, diff);
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		if (src_changed)
+			__builtin_memcpy(&ip6->saddr, f->new_src.w, 16);
+		if (dst_changed)
+			__builtin_memcpy(&ip6->daddr, f->new_dst.w, 16);
 	}
+	ports[0] = sport;
+	ports[1] = dport;
+	/* (Packet pointers are not used past this point: the helpers below invalidate them.) */
+	__u32 old_ports = (__u32)p->key.sport | (__u32)p->key.dport << 16; /* as the 4 bytes lie in memory */
+	__u32 new_ports = (__u32)sport | (__u32)dport << 16;
+	if (p->key.proto == IPPROTO_SCTP)
+		return ports_changed ? fg_sctp_ports_changed(skb, p, (const __u8 *)&old_ports, (const __u8 *)&new_ports) : 0;
+	__u64 flags;
+	int csum_off = fg_l4_csum_off(p, &flags);
+	if (csum_off < 0)
+		return 0;
+	if ((src_changed || dst_changed) && bpf_l4_csum_replace(skb, csum_off, 0, diff, flags | BPF_F_PSEUDO_HDR) < 0)
+		return -1;
+	if (ports_changed && bpf_l4_csum_replace(skb, csum_off, old_ports, new_ports, flags | 4) < 0)
+		return -1;
 	return 0;
 }
 

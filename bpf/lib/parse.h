@@ -96,8 +96,16 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_pkt *p)
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
 		return FG_PARSE_PASS;
 	p->key.proto = proto;
+	/* The ports: read in place when the linear area holds them (nearly always), else copied. */
+	__u32 l4 = p->l4_off;
+	__u16 *in_place = data + (l4 & 0x3fff);
+	if (l4 <= 0x3fff && (void *)(in_place + 2) <= end) {
+		p->key.sport = in_place[0];
+		p->key.dport = in_place[1];
+		return FG_PARSE_OK;
+	}
 	__u16 ports[2];
-	if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
 		return FG_PARSE_MALFORMED;
 	p->key.sport = ports[0];
 	p->key.dport = ports[1];

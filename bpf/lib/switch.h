@@ -339,8 +339,16 @@ static __always_inline int fg_mac_eq(const __u8 *a, const __u8 *b)
 static __always_inline void fg_tcp_closing(struct __sk_buff *skb, const struct fg_pkt *p, struct fg_flow *f,
 					   struct fg_flow_key *other)
 {
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u32 off = p->l4_off + 13;
+	__u8 *in_place = data + (off & 0x3fff);
 	__u8 flags;
-	if (bpf_skb_load_bytes(skb, p->l4_off + 13, &flags, 1) < 0 || !(flags & 0x05)) /* FIN, RST */
+	if (off <= 0x3fff && (void *)(in_place + 1) <= end)
+		flags = *in_place;
+	else if (bpf_skb_load_bytes(skb, off, &flags, 1) < 0)
+		return;
+	if (!(flags & 0x05)) /* FIN, RST */
 		return;
 	f->flags |= FG_FLOW_CLOSED;
 	fg_reverse_key(other, &p->key, f);
@@ -367,21 +375,11 @@ struct {
 	__type(value, struct fg_work);
 } fg_work SEC(".maps");
 
-/* The switch for a TCP, UDP or SCTP packet (a subprogram with its own stack frame). */
-static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u32 ingress)
+/* The switch for a TCP, UDP or SCTP packet parsed into w->p (a subprogram with its own stack frame). */
+static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u32 ingress, struct fg_work *w)
 {
 	__u32 zero = 0;
-	struct fg_work *w = bpf_map_lookup_elem(&fg_work, &zero);
-	if (!w)
-		return FG_PASS;
 	struct fg_pkt *p = &w->p;
-	int pr = fg_parse(skb, p);
-	if (pr == FG_PARSE_PASS)
-		return FG_PASS;
-	if (pr == FG_PARSE_ICMP)
-		return FG_PASS; /* handled before, by fg_icmp_entry */
-	if (pr != FG_PARSE_OK)
-		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
 	struct fg_config *cfg = bpf_map_lookup_elem(&fg_config, &zero);
 	if (!cfg)
 		return FG_PASS;
@@ -452,27 +450,21 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 	return fg_verdict_ret(skb, p, w->fwd.verdict, w->fwd.reason, 0);
 }
 
-/* Not a TC action: "this was not an ICMP packet". */
-#define FG_NOT_ICMP (-2)
-
-/* ICMP first (its own subprogram), then everything else: the two never share a stack frame,
- * which keeps the deepest call chain inside the verifier's 512 bytes. An echo request is judged by
- * the endpoints' ACLs (as protocol ICMP, port 0: only rules that name no port let it through);
- * errors about translated flows are translated back; the rest passes. */
-static __attribute__((noinline)) int fg_icmp_entry(struct __sk_buff *skb, __u32 ingress)
+/* ICMP and ICMPv6 (p parsed as such), in a subprogram of its own: it and fg_switch_packet never
+ * share a stack frame, which keeps the deepest call chain inside the verifier's 512 bytes. An echo
+ * request is judged by the endpoints' ACLs (as protocol ICMP, port 0: only rules that name no port
+ * let it through); errors about translated flows are translated back; the rest passes. */
+static __attribute__((noinline)) int fg_icmp_entry(struct __sk_buff *skb, __u32 ingress, const struct fg_pkt *p)
 {
-	struct fg_pkt p;
-	if (fg_parse(skb, &p) != FG_PARSE_ICMP)
-		return FG_NOT_ICMP;
 	__u8 type;
-	if (bpf_skb_load_bytes(skb, p.l4_off, &type, 1) < 0)
+	if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
 		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
-	if (type == (p.v6 ? 128 : 8)) {
-		if (fg_acl_check(&p.key.src, &p.key.dst, FG_ACL_ASK(p.key.proto, p.v6, ingress == FG_INGRESS_ENDPOINT), 0))
+	if (type == (p->v6 ? 128 : 8)) {
+		if (fg_acl_check(&p->key.src, &p->key.dst, FG_ACL_ASK(p->key.proto, p->v6, ingress == FG_INGRESS_ENDPOINT), 0))
 			return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_POLICY_DENIED, 0);
 		return fg_verdict_ret(skb, 0, FG_VERDICT_ALLOW, 0, 0);
 	}
-	return fg_icmp_error(skb, p.l3_off, p.l4_off, p.v6);
+	return fg_icmp_error(skb, p->l3_off, p->l4_off, p->v6);
 }
 
 /* Anti-spoofing: every frame an endpoint sends carries its MAC (when known) and, for IP, one of
@@ -516,10 +508,18 @@ static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 {
 	if (ingress == FG_INGRESS_ENDPOINT && !fg_endpoint_source_ok(skb))
 		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_SPOOFED, 0);
-	int r = fg_icmp_entry(skb, ingress);
-	if (r != FG_NOT_ICMP)
-		return r;
-	return fg_switch_packet(skb, ingress);
+	__u32 zero = 0;
+	struct fg_work *w = bpf_map_lookup_elem(&fg_work, &zero);
+	if (!w)
+		return FG_PASS;
+	int pr = fg_parse(skb, &w->p);
+	if (pr == FG_PARSE_OK)
+		return fg_switch_packet(skb, ingress, w);
+	if (pr == FG_PARSE_ICMP)
+		return fg_icmp_entry(skb, ingress, &w->p);
+	if (pr == FG_PARSE_PASS)
+		return FG_PASS;
+	return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
 }
 
 #endif

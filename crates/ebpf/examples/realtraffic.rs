@@ -234,5 +234,28 @@ fn main() {
         })
         .collect();
     eprintln!("realtraffic: program counters: {}", summary.join(" "));
+    for line in program_run_times() {
+        eprintln!("realtraffic: {line}");
+    }
     drop(links);
+}
+
+/// What the kernel counted for each program this process holds, from its file descriptors'
+/// fdinfo: runs and nanoseconds spent in them (counted only while kernel.bpf_stats_enabled is 1).
+fn program_run_times() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else { return out };
+    for entry in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else { continue };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim_start_matches(':').trim().parse::<u64>().ok()))
+        };
+        if let (Some(id), Some(ns), Some(runs)) = (field("prog_id"), field("run_time_ns"), field("run_cnt")) {
+            if runs > 0 {
+                out.push(format!("program id {id}: {runs} runs, {:.0} ns per run", ns as f64 / runs as f64));
+            }
+        }
+    }
+    out
 }
