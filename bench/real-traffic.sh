@@ -10,7 +10,10 @@
 #   nftables  the Services as kube-proxy's nftables ruleset (bench/gen_nft.py), `nft -f`;
 #   flowgate  the compiled policy of the same Services programmed by the eBPF backend, with
 #             fg_uplink_ingress on the node's uplink and fg_from_endpoint on each pod's host veth
-#             (crates/ebpf/examples/realtraffic.rs).
+#             (crates/ebpf/examples/realtraffic.rs), as shipped: allowed packets to the pods are
+#             handed to them by the programs (direct delivery, bpf/lib/deliver.h);
+#   flowgate-routed  the same with direct delivery off (`localDelivery: Routed`): every packet
+#             goes through the node's IP stack, as in the other variants — the programs' own cost.
 #
 # The Services are flowgate_cluster::synthetic's (VIP 172.30.0.1+i:80, endpoints
 # 10.64.0.0+i*PER+e:8080, every fourth a NodePort, clusterCIDR 10.0.0.0/8); the probed Service T
@@ -43,7 +46,7 @@
 # Environment: PER (endpoints per Service = backend pods, default 2), DURATION (5), WARMUP (1),
 #   REPS (3), CONCURRENCY (16), CLIENT_THREADS (2), SERVER_THREADS (1), CLUSTER_SOURCES (254),
 #   IPTABLES_RESTORE (iptables-nft-restore; or iptables-legacy-restore),
-#   VARIANTS ("plain iptables nftables flowgate"), MEASURE ("conn pkts flows": which of the
+#   VARIANTS ("plain iptables nftables flowgate flowgate-routed"), MEASURE ("conn pkts flows": which of the
 #   measurements to run; the others are reported as "-").
 set -euo pipefail
 shopt -s inherit_errexit
@@ -59,7 +62,7 @@ CLIENT_THREADS=${CLIENT_THREADS:-2}
 SERVER_THREADS=${SERVER_THREADS:-1}
 CLUSTER_SOURCES=${CLUSTER_SOURCES:-254}
 IPTABLES_RESTORE=${IPTABLES_RESTORE:-iptables-nft-restore}
-VARIANTS=${VARIANTS:-plain iptables nftables flowgate}
+VARIANTS=${VARIANTS:-plain iptables nftables flowgate flowgate-routed}
 MEASURE=${MEASURE:-conn pkts flows}
 measuring() { [[ " $MEASURE " == *" $1 "* ]]; }
 
@@ -244,7 +247,7 @@ udp_once() { # VARIANT TARGET [GENERATOR...] -> one number on stdout (sum over t
 # --- set every variant up, one after the other ------------------------------------------------
 declare -A LOAD TCP_TARGETS UDP_TARGET
 run_started=$(now)
-rt_pid=""
+rt_pids=()
 for v in $VARIANTS; do
     echo "== setting up $v" >&2
     make_topology "$v"
@@ -269,18 +272,20 @@ for v in $VARIANTS; do
         LOAD[$v]="$(since "$s") s"
         echo "   nft -f: ${LOAD[$v]}" >&2
         ;;
-    flowgate)
+    flowgate | flowgate-routed)
         s=$(now)
         pod_args=()
         for ((e = 0; e < PER; e++)); do pod_args+=(--pod "veth$e=$(pod_ns "$v" "$e")"); done
+        delivery=Direct
+        [ "$v" = flowgate-routed ] && delivery=Routed
         "$RT" --netns "$N" --uplink uplink0 --node-ip "$NODE_IP" --services "$SERVICES" --per "$PER" \
-            --target "$T" "${pod_args[@]}" --stop-file "$WORK/stop" >"$WORK/rt.out" &
-        rt_pid=$!
-        PIDS+=("$rt_pid")
-        track "$rt_pid"
-        wait_file "$WORK/rt.out" 300 "$rt_pid"
-        LOAD[$v]="$(since "$s") s ($(sed 's/^ready //; s/_s=/ /g; s/ \([a-z]\)/ s, \1/g' "$WORK/rt.out") s)"
-        echo "   flowgate: ${LOAD[$v]}" >&2
+            --target "$T" "${pod_args[@]}" --stop-file "$WORK/stop" --local-delivery "$delivery" >"$WORK/$v-rt.out" &
+        rt_pids+=($!)
+        PIDS+=($!)
+        track $!
+        wait_file "$WORK/$v-rt.out" 300 $!
+        LOAD[$v]="$(since "$s") s ($(sed 's/^ready //; s/_s=/ /g; s/ \([a-z]\)/ s, \1/g' "$WORK/$v-rt.out") s)"
+        echo "   $v: ${LOAD[$v]}" >&2
         ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
     esac
@@ -303,9 +308,9 @@ for ((r = 1; r <= REPS; r++)); do
             --sources "$CLUSTER_SOURCES") "
     done
 done
-if [ -n "$rt_pid" ]; then
+if [ ${#rt_pids[@]} -gt 0 ]; then
     touch "$WORK/stop"
-    wait "$rt_pid" # prints the programs' counters
+    for pid in "${rt_pids[@]}"; do wait "$pid"; done # each prints its programs' counters
 fi
 # Evidence for what limited each variant, over the whole run: the node's conntrack statistics
 # (per namespace) and the pods' and client's TCP counters that tell of 4-tuple reuse trouble.
@@ -358,4 +363,21 @@ if [ -n "${MC[flowgate]:-}" ]; then
         [ -n "${MC[$base]:-}" ] && echo "flowgate vs $base, new conn/s: cluster $(ratio "${MC[flowgate]}" "${MC[$base]}"), outside $(ratio "${MO[flowgate]}" "${MO[$base]}"), new flows $(ratio "${MF[flowgate]}" "${MF[$base]}") (target: >= $([ $base = iptables ] && echo 3 || echo 1)x)"
     done
     [ -n "${MP[plain]:-}" ] && echo "flowgate vs plain routing, established pkt/s: $(ratio "${MP[flowgate]}" "${MP[plain]}") (target: >= 0.90x)"
+    [ -n "${MP[plain]:-}" ] && [ -n "${MP[flowgate-routed]:-}" ] &&
+        echo "flowgate-routed (every packet through the node's stack) vs plain routing, established pkt/s: $(ratio "${MP[flowgate-routed]}" "${MP[plain]}")"
+fi
+# The packet rates also as the median of each round's ratio to plain routing measured in the same
+# round (seconds apart): less exposed to the machine's drift over the run than a ratio of medians.
+if [ -n "${PKTS[plain]:-}" ]; then
+    echo
+    read -r -a base <<<"${PKTS[plain]}"
+    for v in $VARIANTS; do
+        [ "$v" = plain ] && continue
+        read -r -a mine <<<"${PKTS[$v]:-}"
+        per_round=()
+        for ((r = 0; r < ${#mine[@]} && r < ${#base[@]}; r++)); do
+            per_round+=("$(awk -v a="${mine[r]}" -v b="${base[r]}" 'BEGIN { printf "%.3f", a / b }')")
+        done
+        echo "established pkt/s, $v / plain per round: ${per_round[*]}; median $(median "${per_round[@]}")"
+    done
 fi

@@ -256,7 +256,8 @@ enum fg_drop_reason {
  * FG_REASON_MAX + i = packets that hit flow-table entries (i = 0) or walked the layers (i = 1). */
 #define FG_COUNTER_FLOW_HIT (FG_REASON_MAX + 0)
 #define FG_COUNTER_FIRST_PACKET (FG_REASON_MAX + 1)
-#define FG_COUNTERS (FG_REASON_MAX + 2)
+#define FG_COUNTER_DELIVERED (FG_REASON_MAX + 2) /* allowed packets handed to a local pod directly */
+#define FG_COUNTERS (FG_REASON_MAX + 3)
 
 /* fg_rule_hits: per-CPU, the connections (first packets) each rule decided, by the rule list and
  * the rule's index in it. */

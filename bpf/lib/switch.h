@@ -14,6 +14,7 @@
 #include "reject.h"
 #include "icmp.h"
 #include "acl.h"
+#include "deliver.h"
 
 /* Whether address `a` is in set `set`: one hash lookup for single addresses, then the LPM trie only
  * for sets that also hold prefixes of a's family. */
@@ -366,6 +367,7 @@ struct fg_work {
 	struct fg_flow_key rev;
 	struct fg_flow_key old_rev;
 	struct fg_decision d;
+	struct bpf_fib_lookup fib;
 };
 
 struct {
@@ -374,6 +376,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fg_work);
 } fg_work SEC(".maps");
+
+/* An allowed (and translated) packet goes on: to a local pod directly when it entered at a TC
+ * ingress hook, else the stack's way. */
+static __always_inline int fg_allowed(struct __sk_buff *skb, struct fg_work *w, __u32 ingress, __u8 cached)
+{
+	int r = fg_verdict_ret(skb, &w->p, FG_VERDICT_ALLOW, 0, cached);
+	if (ingress == FG_INGRESS_HOST)
+		return r;
+	return fg_deliver(skb, &w->p, &w->fib);
+}
 
 /* The switch for a TCP, UDP or SCTP packet parsed into w->p (a subprogram with its own stack frame). */
 static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u32 ingress, struct fg_work *w)
@@ -402,9 +414,11 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 			f->last_seen_ns = bpf_ktime_get_ns();
 			if (p->key.proto == IPPROTO_TCP && !(f->flags & FG_FLOW_CLOSED))
 				fg_tcp_closing(skb, p, f, &w->rev);
-			if (f->verdict == FG_VERDICT_ALLOW && fg_apply(skb, p, f) < 0)
+			if (f->verdict != FG_VERDICT_ALLOW)
+				return fg_verdict_ret(skb, p, f->verdict, f->reason, 1);
+			if (fg_apply(skb, p, f) < 0)
 				return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
-			return fg_verdict_ret(skb, p, f->verdict, f->reason, 1);
+			return fg_allowed(skb, w, ingress, 1);
 		}
 		/* Decided under an older policy: re-check, keeping the backend if it is still valid. */
 		w->keep = *f;
@@ -446,6 +460,7 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 		bpf_map_update_elem(&fg_flows, &w->rev, &w->back, BPF_ANY);
 		if (fg_apply(skb, p, &w->fwd) < 0)
 			return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
+		return fg_allowed(skb, w, ingress, 0);
 	}
 	return fg_verdict_ret(skb, p, w->fwd.verdict, w->fwd.reason, 0);
 }

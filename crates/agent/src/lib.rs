@@ -97,7 +97,9 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
     let (dataplane, kernel, hooks): (Arc<dyn Dataplane>, Vec<flowgate_ebpf::Loaded>, _) = match &settings.dataplane {
         DataplaneSettings::Model => (Arc::new(model), Vec::new(), None),
         DataplaneSettings::Ebpf { uplink } => {
-            let (ebpf, mut loaded) = kernel_dataplane(&settings.bpffs, uplink.as_deref())?;
+            // A load-time choice of the programs: read once, when the agent starts.
+            let direct = settings.flowgate.as_ref().is_none_or(|f| !f.routed_delivery());
+            let (ebpf, mut loaded) = kernel_dataplane(&settings.bpffs, uplink.as_deref(), direct)?;
             let ebpf = Arc::new(ebpf);
             let endpoint = loaded.pop().ok_or_else(|| AgentError::Ebpf("the endpoint object is missing".into()))?;
             let hooks = Arc::new(hostnet::KernelHooks {
@@ -275,10 +277,12 @@ async fn reconcile_when_compiled(hns: Arc<flowgate_hostnet::HostNetworking>, cor
 /// Loads the eBPF programs with their maps pinned under `bpffs/maps` (adopting maps a previous
 /// agent left, so established flows survive a restart), and attaches the uplink programs (ingress:
 /// traffic arriving; egress: the node's own traffic to Services) with links pinned under
-/// `bpffs/links` (replacing the previous agent's programs atomically).
+/// `bpffs/links` (replacing the previous agent's programs atomically). `direct`: allowed packets
+/// to the node's pods are handed to them by the programs (bpf/lib/deliver.h), else routed.
 fn kernel_dataplane(
     bpffs: &std::path::Path,
     uplink: Option<&str>,
+    direct: bool,
 ) -> Result<(flowgate_ebpf::backend::EbpfDataplane, Vec<flowgate_ebpf::Loaded>), AgentError> {
     // The whole error chain: the verifier's log is in a source, and it is what a person needs.
     let e = |what: &str, err: &dyn std::error::Error| {
@@ -300,9 +304,10 @@ fn kernel_dataplane(
     let mut loaded = flowgate_ebpf::load_all(
         &[flowgate_ebpf::objects::UPLINK, flowgate_ebpf::objects::ENDPOINT],
         Some(&maps_dir),
-        &[],
+        &[("FG_DIRECT_DELIVERY", flowgate_ebpf::GlobalValue::U8(u8::from(direct)))],
     )
     .map_err(|err| e("load", &err))?;
+    tracing::info!(local_delivery = if direct { "Direct" } else { "Routed" }, "eBPF programs loaded");
     let maps = flowgate_ebpf::backend::KernelMaps::take(&mut loaded[0].ebpf).map_err(|err| e("maps", &err))?;
     let dataplane = flowgate_ebpf::backend::EbpfDataplane::adopt(maps);
     if let Some(iface) = uplink {

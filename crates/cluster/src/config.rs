@@ -77,6 +77,18 @@ pub struct FlowgateConfiguration {
     /// Outbound NAT on pod endpoints.
     #[serde(rename = "outboundNAT")]
     pub outbound_nat: OutboundNatConfiguration,
+    /// How packets the switch has allowed reach the pods on this node: `Direct` (the default:
+    /// the switch hands them to the pod's interface itself, past the node's IP stack) or `Routed`
+    /// (through the node's routing and netfilter, as plain forwarding would). Read when the agent
+    /// starts.
+    pub local_delivery: String,
+}
+
+impl FlowgateConfiguration {
+    /// Whether packets to local pods go through the node's IP stack (`localDelivery: Routed`).
+    pub fn routed_delivery(&self) -> bool {
+        self.local_delivery == "Routed"
+    }
 }
 
 /// Outbound NAT: a pod's traffic to destinations outside the exceptions leaves with a node address.

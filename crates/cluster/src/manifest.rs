@@ -399,4 +399,21 @@ mod tests {
                 .to_string();
         assert!(e.contains("clusterCIDR: \"10.0.0/8\" is not a valid CIDR"), "{e}");
     }
+
+    #[test]
+    fn flowgate_configuration() {
+        let doc = |rest: &str| format!("apiVersion: flowgate.io/v1alpha1\nkind: FlowgateConfiguration\n{rest}");
+        let c = load(&doc("outboundNAT: {enabled: true}\n")).unwrap().state.flowgate.unwrap();
+        assert!(!c.routed_delivery(), "direct delivery is the default");
+        let c = load(&doc("localDelivery: Routed\n")).unwrap().state.flowgate.unwrap();
+        assert!(c.routed_delivery());
+        let e = load(&doc("localDelivery: routed\n")).unwrap_err().to_string();
+        assert!(
+            e.contains("document 0: FlowgateConfiguration")
+                && e.contains("localDelivery: unsupported value \"routed\" (Direct or Routed)"),
+            "{e}"
+        );
+        let e = load(&doc("outboundNAT: {exceptions: [10.0.0.0/33]}\n")).unwrap_err().to_string();
+        assert!(e.contains("outboundNAT.exceptions[0]"), "{e}");
+    }
 }

@@ -50,8 +50,8 @@ pub trait Dataplane: Send + Sync {
     /// whole change is in force afterwards, or (on error) none of it.
     fn apply(&self, desired: &SwitchPolicy, delta: &PolicyDelta) -> Result<ApplyStats, DataplaneError>;
 
-    /// Packet counters, by name (`allowed`, `dropped_<reason>`, `flow_hits`, `first_packets`); empty
-    /// for a data plane that forwards no packets (the model).
+    /// Packet counters, by name (`allowed`, `dropped_<reason>`, `flow_hits`, `first_packets`,
+    /// `delivered_direct`); empty for a data plane that forwards no packets (the model).
     fn counters(&self) -> Vec<(String, u64)> {
         Vec::new()
     }

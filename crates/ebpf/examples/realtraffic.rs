@@ -8,8 +8,11 @@
 //!
 //! ```text
 //! realtraffic --netns NODE_NS --uplink IF --node-ip IP --services N --per E --target T \
-//!             --pod HOSTIF=PODNS [--pod HOSTIF=PODNS] --stop-file PATH
+//!             --pod HOSTIF=PODNS [--pod HOSTIF=PODNS] --stop-file PATH [--local-delivery Routed]
 //! ```
+//!
+//! `--local-delivery Routed` loads the programs with direct delivery to pods off (every packet
+//! through the node's IP stack, as the agent's `localDelivery: Routed`); the default is `Direct`.
 //!
 //! Changes to the synthetic cluster, mirrored by the script's rulesets: the node's address is
 //! `--node-ip`; Service `T`'s endpoints are all on this node (they are the real pods, one per
@@ -104,6 +107,11 @@ fn main() {
     let per = num("per");
     let target = num("target");
     let stop_file = PathBuf::from(one("stop-file"));
+    let direct = match options.get("local-delivery").and_then(|v| v.first()).map(String::as_str) {
+        None | Some("Direct") => true,
+        Some("Routed") => false,
+        Some(other) => die(&format!("--local-delivery: {other:?} is not Direct or Routed")),
+    };
     let pods: Vec<(String, String)> = options
         .get("pod")
         .cloned()
@@ -163,8 +171,12 @@ fn main() {
     let compile_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let mut loaded = flowgate_ebpf::load_all(&[objects::UPLINK, objects::ENDPOINT], None, &[])
-        .unwrap_or_else(|e| die(&format!("loading the programs: {e:?}")));
+    let mut loaded = flowgate_ebpf::load_all(
+        &[objects::UPLINK, objects::ENDPOINT],
+        None,
+        &[("FG_DIRECT_DELIVERY", flowgate_ebpf::GlobalValue::U8(u8::from(direct)))],
+    )
+    .unwrap_or_else(|e| die(&format!("loading the programs: {e:?}")));
     for (l, prog) in loaded.iter_mut().zip(["fg_uplink_ingress", "fg_from_endpoint"]) {
         l.classifier(prog).unwrap_or_else(|e| die(&format!("verifying {prog}: {e:?}")));
     }
@@ -212,7 +224,7 @@ fn main() {
     while !stop_file.exists() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let names: [(u32, &str); 12] = [
+    let names: [(u32, &str); 13] = [
         (0, "allowed"),
         (1, "no-endpoints"),
         (2, "no-local-endpoints"),
@@ -225,6 +237,7 @@ fn main() {
         (9, "nat-exhausted"),
         (maps::COUNTER_FLOW_HIT, "flow-hit"),
         (maps::COUNTER_FIRST_PACKET, "first-packet"),
+        (maps::COUNTER_DELIVERED, "delivered-direct"),
     ];
     let summary: Vec<String> = names
         .iter()
@@ -233,9 +246,10 @@ fn main() {
             (v != 0).then(|| format!("{name}={v}"))
         })
         .collect();
-    eprintln!("realtraffic: program counters: {}", summary.join(" "));
+    let delivery = if direct { "Direct" } else { "Routed" };
+    eprintln!("realtraffic ({delivery}): program counters: {}", summary.join(" "));
     for line in program_run_times() {
-        eprintln!("realtraffic: {line}");
+        eprintln!("realtraffic ({delivery}): {line}");
     }
     drop(links);
 }

@@ -211,6 +211,7 @@ impl Dataplane for EbpfDataplane {
             ("allowed".to_string(), read(0)),
             ("flow_hits".to_string(), read(maps::COUNTER_FLOW_HIT)),
             ("first_packets".to_string(), read(maps::COUNTER_FIRST_PACKET)),
+            ("delivered_direct".to_string(), read(maps::COUNTER_DELIVERED)),
         ];
         for (i, name) in maps::DROP_REASONS.iter().enumerate().skip(1) {
             out.push((format!("dropped_{name}"), read(i as u32)));

@@ -470,6 +470,9 @@ pub const DROP_REASONS: [&str; 10] = [
 pub const COUNTER_FLOW_HIT: u32 = 16;
 /// Counter index of first packets (`FG_COUNTER_FIRST_PACKET`).
 pub const COUNTER_FIRST_PACKET: u32 = 17;
+/// Counter index of allowed packets handed to a pod on the node directly, past the node's IP
+/// stack (`FG_COUNTER_DELIVERED`).
+pub const COUNTER_DELIVERED: u32 = 18;
 
 macro_rules! pod {
     ($($t:ty),*) => {$(

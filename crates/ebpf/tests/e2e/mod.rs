@@ -425,6 +425,7 @@ impl Evidence {
         names[0].1 = "allowed".to_owned();
         names.push((maps::COUNTER_FLOW_HIT, "flow-hit".to_owned()));
         names.push((maps::COUNTER_FIRST_PACKET, "first-packet".to_owned()));
+        names.push((maps::COUNTER_DELIVERED, "delivered-direct".to_owned()));
         names
             .into_iter()
             .map(|(i, name)| (name, self.counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0)))

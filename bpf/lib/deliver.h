@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Direct delivery to the node's pods. A packet the switch has allowed (and translated) whose
+ * destination is a pod on this node is handed to the pod by the switch itself: bpf_redirect_peer
+ * from the TC ingress hook it entered through (the uplink, or another pod's host interface) to the
+ * pod side of the endpoint's veth, past the node's IP stack (routing decision, netfilter hooks,
+ * neighbour output, the veth's transmit and the backlog queue it feeds).
+ *
+ * The node's routing still decides: one FIB lookup on the translated packet, and only when it
+ * says "forward, out of a bound endpoint interface" is the packet delivered directly, its TTL or
+ * hop limit decremented as forwarding would, its MAC header made what the pod would have got.
+ * Everything else takes the stack's path exactly as before: a TTL about to expire (the stack
+ * answers), IPv4 options, IPv6 extension headers, a packet too large for the route, a destination
+ * the FIB does not forward or whose neighbour is not resolved yet, a frame not addressed to this
+ * host. What the node's own netfilter rules no longer see: the packets delivered this way (its
+ * FORWARD chain and its conntrack) — load the programs with FG_DIRECT_DELIVERY = 0 (the agent's
+ * `localDelivery: Routed`) to keep every packet on the stack's path.
+ */
+#ifndef FLOWGATE_DELIVER_H
+#define FLOWGATE_DELIVER_H
+
+#include "common.h"
+#include "parse.h"
+
+volatile const __u8 FG_DIRECT_DELIVERY = 1;
+
+#ifndef PACKET_HOST
+#define PACKET_HOST 0
+#endif
+
+/* Hands an allowed packet that entered at a TC ingress hook to a local pod, or returns FG_PASS for
+ * the stack's path. `fib` is per-CPU scratch. */
+static __attribute__((noinline)) int fg_deliver(struct __sk_buff *skb, const struct fg_pkt *p, struct bpf_fib_lookup *fib)
+{
+	if (!FG_DIRECT_DELIVERY || skb->pkt_type != PACKET_HOST)
+		return FG_PASS;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->ifindex = skb->ifindex;
+	if (!p->v6) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->ttl <= 1)
+			return FG_PASS;
+		fib->family = 2; /* AF_INET */
+		fib->tos = ip->tos;
+		fib->l4_protocol = ip->protocol;
+		fib->ipv4_src = ip->saddr;
+		fib->ipv4_dst = ip->daddr;
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+		if ((void *)(ip6 + 1) > end || p->l4_off != sizeof(struct ethhdr) + sizeof(struct ipv6hdr) ||
+		    ip6->hop_limit <= 1)
+			return FG_PASS;
+		fib->family = 10; /* AF_INET6 */
+		fib->flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0fffffff);
+		fib->l4_protocol = ip6->nexthdr;
+		__builtin_memcpy(fib->ipv6_src, &ip6->saddr, 16);
+		__builtin_memcpy(fib->ipv6_dst, &ip6->daddr, 16);
+	}
+	__u16 *ports = data + (p->l4_off & 0x3fff);
+	if ((void *)(ports + 2) > end)
+		return FG_PASS;
+	fib->sport = ports[0];
+	fib->dport = ports[1];
+	/* (tot_len 0: the MTU check is the kernel's own for this skb, GSO packets included.) */
+	/* (The neighbour table is not asked: a bound endpoint's MAC is known.) */
+	if (bpf_fib_lookup(skb, fib, sizeof(*fib), BPF_FIB_LOOKUP_SKIP_NEIGH) != BPF_FIB_LKUP_RET_SUCCESS)
+		return FG_PASS;
+	__u32 out = fib->ifindex;
+	struct fg_port *port = bpf_map_lookup_elem(&fg_ports, &out);
+	if (!port || !port->has_mac || out == skb->ifindex)
+		return FG_PASS;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return FG_PASS;
+	if (!p->v6) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end)
+			return FG_PASS;
+		/* As the kernel's ip_decrease_ttl: the checksum's incremental update for ttl - 1. */
+		__u32 check = ip->check;
+		check += bpf_htons(0x0100);
+		ip->check = (__u16)(check + (check >= 0xffff));
+		ip->ttl--;
+	} else {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end)
+			return FG_PASS;
+		ip6->hop_limit--;
+	}
+	__builtin_memcpy(eth->h_dest, port->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	fg_count(FG_COUNTER_DELIVERED);
+	return bpf_redirect_peer(out, 0);
+}
+
+#endif

@@ -1,0 +1,323 @@
+//! Direct delivery to local pods (bpf/lib/deliver.h), with real traffic between namespaces: the
+//! shared e2e topology (a node namespace, a client behind its uplink, two pods behind veths), the
+//! programs loaded twice — as shipped (FG_DIRECT_DELIVERY = 1) and with direct delivery off
+//! (`localDelivery: Routed`) — and in each mode:
+//!
+//! - a UDP flow from the client to a NodePort and a UDP flow from pod-a to a ClusterIP, both with
+//!   pod-b as their only backend, deliver every datagram; with direct delivery the node's IP stack
+//!   forwards (almost) none of them and the node's host-side veth of pod-b transmits none (the
+//!   switch handed them to the pod), while routed, the node forwards every one of them;
+//! - the datagrams arrive with the TTL forwarding gives (the sender's minus one, read with
+//!   IP_RECVTTL in the pod), and one sent with TTL 1 is not delivered: the node's stack answers it
+//!   with an ICMP time-exceeded, as a router must;
+//! - a TCP connection with bulk data both ways works through the NodePort.
+//!
+//! Namespaces are `flowgate-test-<pid>-<n>`, deleted when the test ends, also on failure; nothing
+//! is attached in the machine's root namespace.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod e2e;
+
+use std::collections::BTreeMap;
+use std::io::{self, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e::{snmp, sock, Evidence, Servers, Topology, CONNECT_TIMEOUT, IO_TIMEOUT, NODE_IP, PODS};
+use flowgate_dataplane::Dataplane;
+use flowgate_ebpf::backend::{EbpfDataplane, KernelMaps};
+use flowgate_ebpf::netns::Netns;
+use flowgate_ebpf::{objects, Direction, GlobalValue};
+use flowgate_switch::PolicyDelta;
+
+const CLUSTER_IP: &str = "10.96.0.70";
+const NODE_PORT: u16 = 30070;
+const UDP_PORT: u16 = 7000;
+const TCP_PORT: u16 = 7001;
+/// Datagrams per flow.
+const DATAGRAMS: u64 = 300;
+/// At most this many of a flow's datagrams may take the stack's path with direct delivery on (its
+/// first packet, and any sent before the pod's neighbour entry existed).
+const VIA_STACK_AT_MOST: u64 = 5;
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: sink}
+spec:
+  type: NodePort
+  selector: {app: sink}
+  clusterIP: 10.96.0.70
+  ports:
+  - {name: udp, protocol: UDP, port: 7000, targetPort: 7000, nodePort: 30070}
+  - {name: tcp, protocol: TCP, port: 7001, targetPort: 7001, nodePort: 30070}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: sink-e2e01
+  labels: {kubernetes.io/service-name: sink}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.1.3]
+  conditions: {ready: true}
+  nodeName: node
+ports:
+- {name: udp, port: 7000, protocol: UDP}
+- {name: tcp, port: 7001, protocol: TCP}
+"#;
+
+struct Node {
+    _servers: Servers,
+    _links: Vec<aya::programs::links::FdLink>,
+    evidence: Evidence,
+    _dataplane: EbpfDataplane,
+    _loaded: Vec<flowgate_ebpf::Loaded>,
+    topo: Topology,
+}
+
+fn node(direct: bool) -> Node {
+    let manifests = format!("{}{SERVICES}", e2e::NODE_AND_PODS);
+    let state = flowgate_cluster::load_str(Path::new("e2e-delivery.yaml"), &manifests).unwrap().state;
+    let policy = flowgate_compiler::compile(&state, Some("node")).unwrap().policy;
+    let topo = e2e::build_topology();
+    let globals = [("FG_DIRECT_DELIVERY", GlobalValue::U8(u8::from(direct)))];
+    let mut loaded = flowgate_ebpf::load_all(&[objects::UPLINK, objects::ENDPOINT], None, &globals).unwrap();
+    let dataplane = EbpfDataplane::new(KernelMaps::take(&mut loaded[0].ebpf).unwrap());
+    dataplane.apply(&policy, &PolicyDelta::full()).unwrap();
+    for ((_, ip, host_if), pod) in PODS.iter().zip(&topo.pods) {
+        let port = policy.endpoint_for(ip.parse().unwrap()).unwrap();
+        dataplane.bind_endpoint(topo.node.ifindex(host_if).unwrap(), port, Some(pod.mac("eth0").unwrap())).unwrap();
+    }
+    let evidence = Evidence::take(&mut loaded[1]);
+    let mut links = Vec::new();
+    topo.node
+        .run(|| {
+            let (uplink, endpoint) = loaded.split_at_mut(1);
+            links.push(uplink[0].attach_tcx("fg_uplink_ingress", e2e::UPLINK, Direction::Ingress).unwrap());
+            for (_, _, host_if) in PODS {
+                links.push(endpoint[0].attach_tcx("fg_from_endpoint", host_if, Direction::Ingress).unwrap());
+            }
+        })
+        .unwrap();
+    let mut servers = Servers::default();
+    let listener = topo.pods[1].run(|| TcpListener::bind(sock("0.0.0.0", TCP_PORT))).unwrap().unwrap();
+    e2e::spawn_echo_server(&mut servers, "pod-b", listener);
+    Node { _servers: servers, _links: links, evidence, _dataplane: dataplane, _loaded: loaded, topo }
+}
+
+/// A device's transmitted packets in `ns` (/proc/net/dev of the namespace).
+fn tx_packets(ns: &Netns, dev: &str) -> u64 {
+    let text = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/dev")).unwrap().unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{dev}:")))
+        .unwrap_or_else(|| panic!("{dev} not in /proc/net/dev of {}", ns.name()));
+    let fields: Vec<&str> = line.split(':').nth(1).unwrap().split_whitespace().collect();
+    fields[9].parse().unwrap()
+}
+
+fn counter(ns: &Netns, group: &str, name: &str) -> u64 {
+    snmp(ns).get(&(group.to_owned(), name.to_owned())).copied().unwrap_or(0)
+}
+
+/// A UDP socket in `ns` bound to `addr` that reports each datagram's TTL (IP_RECVTTL).
+fn ttl_socket(ns: &Netns, addr: SocketAddr) -> UdpSocket {
+    let s = ns.run(|| UdpSocket::bind(addr)).unwrap().unwrap();
+    let on: libc::c_int = 1;
+    #[allow(unsafe_code)]
+    // SAFETY: setsockopt on a live socket with a pointer to an int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_RECVTTL,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "IP_RECVTTL: {}", io::Error::last_os_error());
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    s
+}
+
+/// Receives one datagram: its TTL, or None once the socket's timeout passes.
+fn recv_ttl(s: &UdpSocket) -> Option<u8> {
+    let mut buf = [0u8; 2048];
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    #[allow(unsafe_code)]
+    // SAFETY: msghdr points at live buffers of the given lengths for the duration of the call; the
+    // control messages are read within msg_controllen with the libc CMSG macros.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        if libc::recvmsg(s.as_raw_fd(), &mut msg, 0) < 0 {
+            return None;
+        }
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TTL {
+                return Some(*(libc::CMSG_DATA(c) as *const libc::c_int) as u8);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    panic!("a datagram without its TTL");
+}
+
+/// What one UDP flow did: datagrams received, their TTLs, and the node's forwarding counters.
+#[derive(Debug)]
+struct Flow {
+    received: u64,
+    ttls: BTreeMap<u8, u64>,
+    forwarded: u64,
+    pod_veth_tx: u64,
+}
+
+/// Sends `DATAGRAMS` datagrams (one flow, TTL 64) from `from` to `to`, pod-b receiving on
+/// `UDP_PORT`; the first one alone and awaited, so that the rest find the flow established.
+fn udp_flow(n: &Node, from: &Netns, from_addr: &str, to: SocketAddr) -> Flow {
+    let pod_b = &n.topo.pods[1];
+    let rx = ttl_socket(pod_b, sock("0.0.0.0", UDP_PORT));
+    let tx = from.run(|| UdpSocket::bind(sock(from_addr, 0))).unwrap().unwrap();
+    tx.set_ttl(64).unwrap();
+    let mut ttls = BTreeMap::new();
+    tx.send_to(b"first", to).unwrap();
+    let first = recv_ttl(&rx).expect("the flow's first datagram reaches pod-b");
+    *ttls.entry(first).or_default() += 1;
+    let (fwd0, tx0) = (counter(&n.topo.node, "Ip", "ForwDatagrams"), tx_packets(&n.topo.node, PODS[1].2));
+    for i in 1..DATAGRAMS {
+        tx.send_to(format!("datagram {i}").as_bytes(), to).unwrap();
+        // Paced by the receiver, so that no socket buffer overflows.
+        if let Some(ttl) = recv_ttl(&rx) {
+            *ttls.entry(ttl).or_default() += 1;
+        }
+    }
+    let received = ttls.values().sum();
+    Flow {
+        received,
+        ttls,
+        forwarded: counter(&n.topo.node, "Ip", "ForwDatagrams") - fwd0,
+        pod_veth_tx: tx_packets(&n.topo.node, PODS[1].2) - tx0,
+    }
+}
+
+/// One datagram with TTL 1 from the client to the NodePort: it must not reach pod-b, and the
+/// node must answer it as expired. Returns the failures.
+fn expiring_datagram(n: &Node) -> Vec<String> {
+    let rx = ttl_socket(&n.topo.pods[1], sock("0.0.0.0", UDP_PORT));
+    let tx = n.topo.client.run(|| UdpSocket::bind(sock(e2e::CLIENT_IP, 0))).unwrap().unwrap();
+    let before = counter(&n.topo.node, "Icmp", "OutTimeExcds");
+    tx.set_ttl(1).unwrap();
+    tx.send_to(b"expiring", sock(NODE_IP, NODE_PORT)).unwrap();
+    let mut failures = Vec::new();
+    if let Some(ttl) = recv_ttl(&rx) {
+        failures.push(format!("a datagram sent with TTL 1 reached pod-b (TTL {ttl} there)"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while counter(&n.topo.node, "Icmp", "OutTimeExcds") == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if counter(&n.topo.node, "Icmp", "OutTimeExcds") == before {
+        failures.push("the node sent no ICMP time-exceeded for a datagram sent with TTL 1".to_owned());
+    }
+    failures
+}
+
+/// A TCP exchange through the NodePort: 256 KiB echoed back by pod-b.
+fn tcp_exchange(n: &Node) -> io::Result<()> {
+    n.topo
+        .client
+        .run(|| {
+            let mut s = TcpStream::connect_timeout(&sock(NODE_IP, NODE_PORT), CONNECT_TIMEOUT)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
+            let mut greeting = [0u8; 1];
+            while greeting[0] != b'\n' {
+                s.read_exact(&mut greeting)?;
+            }
+            let sent: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+            let mut got = vec![0u8; sent.len()];
+            let reader = s.try_clone()?;
+            let read = std::thread::spawn(move || {
+                let mut reader = reader;
+                reader.read_exact(&mut got).map(|_| got)
+            });
+            s.write_all(&sent)?;
+            let got = read.join().map_err(|_| io::Error::other("reader panicked"))??;
+            if got != sent {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "the echo differs from what was sent"));
+            }
+            Ok(())
+        })
+        .unwrap()
+}
+
+fn check_mode(direct: bool) -> Vec<String> {
+    let mode = if direct { "direct delivery" } else { "routed" };
+    let n = node(direct);
+    let mut failures = Vec::new();
+    let flows = [
+        ("client -> NodePort", udp_flow(&n, &n.topo.client, e2e::CLIENT_IP, sock(NODE_IP, NODE_PORT))),
+        ("pod-a -> ClusterIP", udp_flow(&n, &n.topo.pods[0], PODS[0].1, sock(CLUSTER_IP, UDP_PORT))),
+    ];
+    for (what, f) in &flows {
+        eprintln!("{mode}, {what}: {f:?}");
+        if f.received != DATAGRAMS {
+            failures.push(format!("{mode}, {what}: {} of {DATAGRAMS} datagrams reached pod-b", f.received));
+        }
+        if f.ttls.keys().any(|&t| t != 63) {
+            failures.push(format!("{mode}, {what}: TTLs at pod-b {:?}, want 63 (sent with 64, one hop)", f.ttls));
+        }
+        let rest = DATAGRAMS - 1;
+        if direct && (f.forwarded > VIA_STACK_AT_MOST || f.pod_veth_tx > VIA_STACK_AT_MOST) {
+            failures.push(format!(
+                "{mode}, {what}: the node's stack forwarded {} and pod-b's host veth sent {} of {rest} \
+                 established datagrams, want at most {VIA_STACK_AT_MOST}",
+                f.forwarded, f.pod_veth_tx
+            ));
+        }
+        if !direct && (f.forwarded < rest || f.pod_veth_tx < rest) {
+            failures.push(format!(
+                "{mode}, {what}: the node's stack forwarded {} and pod-b's host veth sent {} of {rest} \
+                 established datagrams, want all",
+                f.forwarded, f.pod_veth_tx
+            ));
+        }
+    }
+    // The programs' own count of what they handed over (`flowgate status`: delivered_direct).
+    let delivered = n.evidence.counters().get("delivered-direct").copied().unwrap_or(0);
+    let want_at_least = 2 * (DATAGRAMS - VIA_STACK_AT_MOST);
+    if direct && delivered < want_at_least {
+        failures
+            .push(format!("{mode}: the programs counted {delivered} direct deliveries, want at least {want_at_least}"));
+    }
+    if !direct && delivered != 0 {
+        failures.push(format!("{mode}: the programs counted {delivered} direct deliveries, want none"));
+    }
+    failures.extend(expiring_datagram(&n).into_iter().map(|f| format!("{mode}: {f}")));
+    if let Err(e) = tcp_exchange(&n) {
+        failures.push(format!("{mode}: TCP through the NodePort: {e}"));
+    }
+    if !failures.is_empty() {
+        failures.push(n.evidence.report());
+    }
+    failures
+}
+
+#[test]
+fn pods_on_the_node_get_allowed_packets_directly_with_forwarding_semantics() {
+    if !flowgate_ebpf::privileged_test("pods_on_the_node_get_allowed_packets_directly_with_forwarding_semantics") {
+        return;
+    }
+    let mut failures = check_mode(true);
+    failures.extend(check_mode(false));
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
