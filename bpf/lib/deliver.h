@@ -8,12 +8,15 @@
  *
  * The node's routing still decides: one FIB lookup on the translated packet, and only when it
  * says "forward, out of a bound endpoint interface" is the packet delivered directly, its TTL or
- * hop limit decremented as forwarding would, its MAC header made what the pod would have got.
- * Everything else takes the stack's path exactly as before: a TTL about to expire (the stack
- * answers), IPv4 options, IPv6 extension headers, a packet too large for the route, a destination
- * the FIB does not forward or whose neighbour is not resolved yet, a frame not addressed to this
- * host. What the node's own netfilter rules no longer see: the packets delivered this way (its
- * FORWARD chain and its conntrack) — load the programs with FG_DIRECT_DELIVERY = 0 (the agent's
+ * hop limit decremented as forwarding would, its MAC header what the pod would have got (the
+ * host-side interface's address as source, the pod's as destination). Everything else takes the
+ * stack's path exactly as before: a TTL about to expire (the stack answers), IPv4 options and
+ * fragments, IPv6 extension headers, a VLAN-tagged frame, a packet larger than the outgoing
+ * interface's MTU (GSO packets are the kernel's to segment), a destination the FIB does not
+ * forward or whose neighbour entry does not exist yet (the stack makes it), a frame not addressed
+ * to this host, an IPv6 packet from the unspecified address. What the node no longer does for the
+ * packets delivered this way: its netfilter hooks (FORWARD chain, conntrack), rp_filter, and the
+ * host-side interface's egress qdisc. Load the programs with FG_DIRECT_DELIVERY = 0 (the agent's
  * `localDelivery: Routed`) to keep every packet on the stack's path.
  */
 #ifndef FLOWGATE_DELIVER_H
@@ -32,7 +35,7 @@ volatile const __u8 FG_DIRECT_DELIVERY = 1;
  * the stack's path. `fib` is per-CPU scratch. */
 static __attribute__((noinline)) int fg_deliver(struct __sk_buff *skb, const struct fg_pkt *p, struct bpf_fib_lookup *fib)
 {
-	if (!FG_DIRECT_DELIVERY || skb->pkt_type != PACKET_HOST)
+	if (!FG_DIRECT_DELIVERY || skb->pkt_type != PACKET_HOST || skb->vlan_present)
 		return FG_PASS;
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -40,7 +43,7 @@ static __attribute__((noinline)) int fg_deliver(struct __sk_buff *skb, const str
 	fib->ifindex = skb->ifindex;
 	if (!p->v6) {
 		struct iphdr *ip = data + sizeof(struct ethhdr);
-		if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->ttl <= 1)
+		if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->ttl <= 1 || (ip->frag_off & bpf_htons(0x3fff)))
 			return FG_PASS;
 		fib->family = 2; /* AF_INET */
 		fib->tos = ip->tos;
@@ -51,6 +54,9 @@ static __attribute__((noinline)) int fg_deliver(struct __sk_buff *skb, const str
 		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
 		if ((void *)(ip6 + 1) > end || p->l4_off != sizeof(struct ethhdr) + sizeof(struct ipv6hdr) ||
 		    ip6->hop_limit <= 1)
+			return FG_PASS;
+		const __u32 *s6 = (const __u32 *)&ip6->saddr;
+		if (!(s6[0] | s6[1] | s6[2] | s6[3]))
 			return FG_PASS;
 		fib->family = 10; /* AF_INET6 */
 		fib->flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0fffffff);
@@ -63,13 +69,13 @@ static __attribute__((noinline)) int fg_deliver(struct __sk_buff *skb, const str
 		return FG_PASS;
 	fib->sport = ports[0];
 	fib->dport = ports[1];
-	/* (tot_len 0: the MTU check is the kernel's own for this skb, GSO packets included.) */
-	/* (The neighbour table is not asked: a bound endpoint's MAC is known.) */
-	if (bpf_fib_lookup(skb, fib, sizeof(*fib), BPF_FIB_LOOKUP_SKIP_NEIGH) != BPF_FIB_LKUP_RET_SUCCESS)
+	/* (tot_len 0: the length check is the kernel's is_skb_forwardable against the outgoing
+	 * interface's MTU. The neighbour lookup gives the host-side interface's MAC as source.) */
+	if (bpf_fib_lookup(skb, fib, sizeof(*fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return FG_PASS;
 	__u32 out = fib->ifindex;
 	struct fg_port *port = bpf_map_lookup_elem(&fg_ports, &out);
-	if (!port || !port->has_mac || out == skb->ifindex)
+	if (!port || out == skb->ifindex)
 		return FG_PASS;
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
@@ -90,8 +96,17 @@ static __attribute__((noinline)) int fg_deliver(struct __sk_buff *skb, const str
 		if ((void *)(ip6 + 1) > end)
 			return FG_PASS;
 		ip6->hop_limit--;
+		/* No header checksum to compensate: a CHECKSUM_COMPLETE sum (which the pod's stack will
+		 * use; forwarding would have dropped it) loses the hop limit's 1 (a no-op otherwise). */
+		bpf_csum_update(skb, ~(__u32)bpf_htons(1));
 	}
-	__builtin_memcpy(eth->h_dest, port->mac, ETH_ALEN);
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return FG_PASS;
+	/* The pod's own MAC when the binding knows it (authoritative), else the neighbour's. */
+	__builtin_memcpy(eth->h_dest, port->has_mac ? port->mac : fib->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
 	fg_count(FG_COUNTER_DELIVERED);
 	return bpf_redirect_peer(out, 0);

@@ -192,6 +192,12 @@ static __always_inline int fg_apply(struct __sk_buff *skb, const struct fg_pkt *
 		return 0;
 	if ((src_changed || dst_changed) && bpf_l4_csum_replace(skb, csum_off, 0, diff, flags | BPF_F_PSEUDO_HDR) < 0)
 		return -1;
+	/* With CHECKSUM_COMPLETE the helper took the pseudo-header change out of skb->csum, right for
+	 * IPv4 (whose header checksum compensates the addresses) but not for IPv6, whose addresses
+	 * changed in the packet by the same amount: put it back (a no-op for other skbs). Forwarding
+	 * drops such a sum; direct delivery hands it to the pod's stack. */
+	if (p->v6 && (src_changed || dst_changed))
+		bpf_csum_update(skb, diff);
 	if (ports_changed && bpf_l4_csum_replace(skb, csum_off, old_ports, new_ports, flags | 4) < 0)
 		return -1;
 	return 0;

@@ -8,9 +8,12 @@
 //!   forwards (almost) none of them and the node's host-side veth of pod-b transmits none (the
 //!   switch handed them to the pod), while routed, the node forwards every one of them;
 //! - the datagrams arrive with the TTL forwarding gives (the sender's minus one, read with
-//!   IP_RECVTTL in the pod), and one sent with TTL 1 is not delivered: the node's stack answers it
-//!   with an ICMP time-exceeded, as a router must;
-//! - a TCP connection with bulk data both ways works through the NodePort.
+//!   IP_RECVTTL in the pod) and the MAC header forwarding gives (the node's interface as source,
+//!   the pod's as destination, read with a packet socket in the pod), and one sent with TTL 1 is
+//!   not delivered: the node's stack answers it with an ICMP time-exceeded, as a router must;
+//! - a TCP connection with bulk data both ways works through the NodePort;
+//! - with transmit checksum offload off everywhere, so that every receiver verifies the checksums
+//!   the programs updated, no namespace counts a checksum error.
 //!
 //! Namespaces are `flowgate-test-<pid>-<n>`, deleted when the test ends, also on failure; nothing
 //! is attached in the machine's root namespace.
@@ -26,7 +29,10 @@ use std::os::fd::AsRawFd as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e::{snmp, sock, Evidence, Servers, Topology, CONNECT_TIMEOUT, IO_TIMEOUT, NODE_IP, PODS};
+use e2e::{
+    checksum_errors, snmp, sock, tx_checksum_off, Evidence, Servers, Topology, CONNECT_TIMEOUT, IO_TIMEOUT, NODE_IP,
+    PODS,
+};
 use flowgate_dataplane::Dataplane;
 use flowgate_ebpf::backend::{EbpfDataplane, KernelMaps};
 use flowgate_ebpf::netns::Netns;
@@ -39,8 +45,8 @@ const UDP_PORT: u16 = 7000;
 const TCP_PORT: u16 = 7001;
 /// Datagrams per flow.
 const DATAGRAMS: u64 = 300;
-/// At most this many of a flow's datagrams may take the stack's path with direct delivery on (its
-/// first packet, and any sent before the pod's neighbour entry existed).
+/// At most this many of a flow's established datagrams may take the stack's path with direct
+/// delivery on (none should: the first one, sent and awaited alone, made the neighbour entry).
 const VIA_STACK_AT_MOST: u64 = 5;
 
 const SERVICES: &str = r#"
@@ -84,6 +90,17 @@ fn node(direct: bool) -> Node {
     let state = flowgate_cluster::load_str(Path::new("e2e-delivery.yaml"), &manifests).unwrap().state;
     let policy = flowgate_compiler::compile(&state, Some("node")).unwrap().policy;
     let topo = e2e::build_topology();
+    // Every sender computes full checksums, every receiver verifies them.
+    for (_, _, host_if) in PODS {
+        tx_checksum_off(&topo.node, host_if);
+        // (and the node's own IPv6 chatter stays off pod-b's transmit counter)
+        e2e::sysctl(&topo.node, &format!("net/ipv6/conf/{host_if}/disable_ipv6"), "1");
+    }
+    tx_checksum_off(&topo.node, e2e::UPLINK);
+    tx_checksum_off(&topo.client, "eth0");
+    for pod in &topo.pods {
+        tx_checksum_off(pod, "eth0");
+    }
     let globals = [("FG_DIRECT_DELIVERY", GlobalValue::U8(u8::from(direct)))];
     let mut loaded = flowgate_ebpf::load_all(&[objects::UPLINK, objects::ENDPOINT], None, &globals).unwrap();
     let dataplane = EbpfDataplane::new(KernelMaps::take(&mut loaded[0].ebpf).unwrap());
@@ -179,6 +196,8 @@ struct Flow {
     ttls: BTreeMap<u8, u64>,
     forwarded: u64,
     pod_veth_tx: u64,
+    /// (source MAC, destination MAC) -> frames, as pod-b's eth0 received the established ones.
+    macs: BTreeMap<([u8; 6], [u8; 6]), u64>,
 }
 
 /// Sends `DATAGRAMS` datagrams (one flow, TTL 64) from `from` to `to`, pod-b receiving on
@@ -193,6 +212,7 @@ fn udp_flow(n: &Node, from: &Netns, from_addr: &str, to: SocketAddr) -> Flow {
     let first = recv_ttl(&rx).expect("the flow's first datagram reaches pod-b");
     *ttls.entry(first).or_default() += 1;
     let (fwd0, tx0) = (counter(&n.topo.node, "Ip", "ForwDatagrams"), tx_packets(&n.topo.node, PODS[1].2));
+    let frames = FrameTap::open(pod_b);
     for i in 1..DATAGRAMS {
         tx.send_to(format!("datagram {i}").as_bytes(), to).unwrap();
         // Paced by the receiver, so that no socket buffer overflows.
@@ -200,12 +220,84 @@ fn udp_flow(n: &Node, from: &Netns, from_addr: &str, to: SocketAddr) -> Flow {
             *ttls.entry(ttl).or_default() += 1;
         }
     }
+    // Any that came late.
+    while ttls.values().sum::<u64>() < DATAGRAMS {
+        let Some(ttl) = recv_ttl(&rx) else { break };
+        *ttls.entry(ttl).or_default() += 1;
+    }
     let received = ttls.values().sum();
     Flow {
         received,
         ttls,
         forwarded: counter(&n.topo.node, "Ip", "ForwDatagrams") - fwd0,
         pod_veth_tx: tx_packets(&n.topo.node, PODS[1].2) - tx0,
+        macs: frames.udp_macs(UDP_PORT),
+    }
+}
+
+/// A packet socket on pod-b's eth0: the Ethernet headers of the frames that arrive.
+struct FrameTap(std::os::fd::OwnedFd);
+
+impl FrameTap {
+    fn open(pod: &Netns) -> FrameTap {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        #[allow(unsafe_code)]
+        let fd = pod
+            .run(|| {
+                // SAFETY: plain socket/bind calls; the fd is owned by the OwnedFd below.
+                unsafe {
+                    let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, i32::from(proto));
+                    assert!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
+                    let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                    sll.sll_family = libc::AF_PACKET as u16;
+                    sll.sll_protocol = proto;
+                    sll.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
+                    let rc = libc::bind(
+                        fd,
+                        (&sll as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                    );
+                    assert_eq!(rc, 0, "bind packet socket: {}", io::Error::last_os_error());
+                    // Room for every frame of a flow (the default holds ~256 of them).
+                    let size: libc::c_int = 16 << 20;
+                    let rc = libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUFFORCE,
+                        (&size as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    );
+                    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
+                    <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                }
+            })
+            .unwrap();
+        FrameTap(fd)
+    }
+
+    /// (source MAC, destination MAC) -> frames, of the IPv4 UDP frames to `port` received so far.
+    fn udp_macs(&self, port: u16) -> BTreeMap<([u8; 6], [u8; 6]), u64> {
+        let mut out = BTreeMap::new();
+        let mut buf = [0u8; 2048];
+        loop {
+            #[allow(unsafe_code)]
+            // SAFETY: recv into a live buffer of the given length.
+            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n <= 0 {
+                break;
+            }
+            let f = &buf[..n as usize];
+            let udp_to_port = f.len() >= 38
+                && f[12..14] == [0x08, 0x00]
+                && f[23] == 17
+                && u16::from_be_bytes([f[14 + (f[14] & 15) as usize * 4 + 2], f[14 + (f[14] & 15) as usize * 4 + 3]])
+                    == port;
+            if udp_to_port {
+                let (dst, src): ([u8; 6], [u8; 6]) = (f[0..6].try_into().unwrap(), f[6..12].try_into().unwrap());
+                *out.entry((src, dst)).or_default() += 1;
+            }
+        }
+        out
     }
 }
 
@@ -268,8 +360,17 @@ fn check_mode(direct: bool) -> Vec<String> {
         ("client -> NodePort", udp_flow(&n, &n.topo.client, e2e::CLIENT_IP, sock(NODE_IP, NODE_PORT))),
         ("pod-a -> ClusterIP", udp_flow(&n, &n.topo.pods[0], PODS[0].1, sock(CLUSTER_IP, UDP_PORT))),
     ];
+    let want_macs = (n.topo.node.mac(PODS[1].2).unwrap(), n.topo.pods[1].mac("eth0").unwrap());
     for (what, f) in &flows {
         eprintln!("{mode}, {what}: {f:?}");
+        if f.macs.keys().any(|m| *m != want_macs) || f.macs.values().sum::<u64>() + 1 < DATAGRAMS {
+            failures.push(format!(
+                "{mode}, {what}: frames at pod-b by (source, destination) MAC {:?}, want all {} from {:?}",
+                f.macs,
+                DATAGRAMS - 1,
+                want_macs
+            ));
+        }
         if f.received != DATAGRAMS {
             failures.push(format!("{mode}, {what}: {} of {DATAGRAMS} datagrams reached pod-b", f.received));
         }
@@ -305,6 +406,14 @@ fn check_mode(direct: bool) -> Vec<String> {
     failures.extend(expiring_datagram(&n).into_iter().map(|f| format!("{mode}: {f}")));
     if let Err(e) = tcp_exchange(&n) {
         failures.push(format!("{mode}: TCP through the NodePort: {e}"));
+    }
+    for (name, ns) in
+        [("node", &n.topo.node), ("client", &n.topo.client), ("pod-a", &n.topo.pods[0]), ("pod-b", &n.topo.pods[1])]
+    {
+        let errors = checksum_errors(ns);
+        if !errors.is_empty() {
+            failures.push(format!("{mode}, {name}: checksum errors counted by the kernel: {errors:?}"));
+        }
     }
     if !failures.is_empty() {
         failures.push(n.evidence.report());
