@@ -105,8 +105,8 @@ fn main() {
             let client = |base: u32, n: u32| {
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::from(base + (n >> 14))), 1024 + (n & 0x3fff) as u16)
             };
-            let spread_base = 0xcb00_6400 + (2 * round << 8);
-            let one_base = 0xcb00_6500 + (2 * round << 8);
+            let spread_base = 0xcb00_6400 + ((2 * round) << 8);
+            let one_base = 0xcb00_6500 + ((2 * round) << 8);
             let frames: Vec<Vec<u8>> = (0..PACKETS)
                 .map(|n| {
                     let svc = (n as usize * 7919) % services;
