@@ -198,11 +198,14 @@ struct fg_port {
 	__u8 mac[6];             /* the pod interface's MAC */
 };
 
-/* fg_endpoint_addrs: (port id, address) of every endpoint; anti-spoofing and routing to pods */
+/* fg_endpoint_addrs: (port id, address) of every endpoint; anti-spoofing. Every address is also
+ * listed under FG_ANY_ENDPOINT_PORT: a packet from the network with one as its source is spoofed. */
 struct fg_endpoint_key {
 	__u32 port_id;
 	struct fg_addr addr;
 };
+
+#define FG_ANY_ENDPOINT_PORT 0xffffffffu
 
 /* ---- endpoint ACLs (NetworkPolicy) ---------------------------------------------------------- */
 

@@ -528,6 +528,13 @@ static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 	if (!w)
 		return FG_PASS;
 	int pr = fg_parse(skb, &w->p);
+	if (ingress == FG_INGRESS_UPLINK && (pr == FG_PARSE_OK || pr == FG_PARSE_ICMP)) {
+		/* Nothing from the network may send as a pod of this node (its policies judge sources). */
+		struct fg_endpoint_key ek = { .port_id = FG_ANY_ENDPOINT_PORT };
+		ek.addr = w->p.key.src;
+		if (bpf_map_lookup_elem(&fg_endpoint_addrs, &ek))
+			return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_SPOOFED, 0);
+	}
 	if (pr == FG_PARSE_OK)
 		return fg_switch_packet(skb, ingress, w);
 	if (pr == FG_PARSE_ICMP)

@@ -91,6 +91,8 @@ struct Programmed {
     backend_sets: HashMap<BackendSetId, Vec<maps::Backend>>,
     rules: BTreeSet<KernelRuleKey>,
     endpoints: HashMap<flowgate_switch::PortId, Vec<maps::Addr>>,
+    /// The addresses written under `maps::ANY_ENDPOINT_PORT`: every local endpoint's.
+    any_endpoint: HashSet<maps::Addr>,
     acls: Acls,
     generation: u64,
 }
@@ -191,7 +193,11 @@ impl EbpfDataplane {
             p.backend_sets.insert(BackendSetId(id), list.into_iter().map(|(_, b)| b).collect());
         }
         for key in maps.endpoint_addrs.keys().flatten() {
-            p.endpoints.entry(flowgate_switch::PortId(key.port_id)).or_default().push(key.addr);
+            if key.port_id == maps::ANY_ENDPOINT_PORT {
+                p.any_endpoint.insert(key.addr);
+            } else {
+                p.endpoints.entry(flowgate_switch::PortId(key.port_id)).or_default().push(key.addr);
+            }
         }
         p.acls = Acls::adopt(&maps, &p.endpoints);
         p.generation = maps.config.get(&0, 0).map(|c| c.generation).unwrap_or(0);
@@ -403,6 +409,7 @@ impl Dataplane for EbpfDataplane {
         } else {
             delta.ports.iter().copied().collect()
         };
+        let mut touched = delta.full;
         for id in ports {
             let want: Vec<maps::Addr> = match desired.port(id) {
                 Some(port) if matches!(port.kind, flowgate_switch::PortKind::Endpoint { .. }) => {
@@ -416,14 +423,32 @@ impl Dataplane for EbpfDataplane {
                     .insert(maps::EndpointKey { port_id: id.0, addr: *a }, 1u8, 0)
                     .map_err(|e| err(format!("endpoint {} address", id.0), e))?;
                 entries += 1;
+                touched = true;
             }
             for a in have.iter().filter(|a| !want.contains(a)) {
                 let _ = m.endpoint_addrs.remove(&maps::EndpointKey { port_id: id.0, addr: *a });
                 entries += 1;
+                touched = true;
             }
             if !want.is_empty() {
                 p.endpoints.insert(id, want);
             }
+        }
+        // Every local endpoint's address once more, under ANY_ENDPOINT_PORT: what arrives from
+        // the network with one of them as its source is dropped as spoofed.
+        if touched {
+            let owned: HashSet<maps::Addr> = p.endpoints.values().flatten().copied().collect();
+            for a in owned.difference(&p.any_endpoint) {
+                m.endpoint_addrs
+                    .insert(maps::EndpointKey { port_id: maps::ANY_ENDPOINT_PORT, addr: *a }, 1u8, 0)
+                    .map_err(|e| err("local endpoint address".to_string(), e))?;
+                entries += 1;
+            }
+            for a in p.any_endpoint.difference(&owned) {
+                let _ = m.endpoint_addrs.remove(&maps::EndpointKey { port_id: maps::ANY_ENDPOINT_PORT, addr: *a });
+                entries += 1;
+            }
+            p.any_endpoint = owned;
         }
 
         // 5. Endpoint ACLs (NetworkPolicy): the endpoints whose layers, addresses or sets changed.

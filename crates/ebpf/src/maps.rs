@@ -353,6 +353,10 @@ pub struct EndpointKey {
     pub addr: Addr,
 }
 
+/// `FG_ANY_ENDPOINT_PORT`: the port id under which `fg_endpoint_addrs` lists every local
+/// endpoint's addresses (what may not arrive from the network as a source).
+pub const ANY_ENDPOINT_PORT: u32 = u32::MAX;
+
 /// `FG_NO_ACL`: an endpoint direction no ACL applies to.
 pub const NO_ACL: u32 = u32::MAX;
 

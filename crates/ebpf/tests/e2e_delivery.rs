@@ -13,6 +13,7 @@
 //!   the pod's as destination, read with a packet socket in the pod), and one sent with TTL 1 is
 //!   not delivered: the node's stack answers it with an ICMP time-exceeded, as a router must;
 //! - a TCP connection with bulk data both ways works through the NodePort;
+//! - the client sending as pod-a (its address) to pod-b gets nothing through: dropped as spoofed;
 //! - with transmit checksum offload off everywhere, so that every receiver verifies the checksums
 //!   the programs updated, no namespace counts a checksum error.
 //!
@@ -441,6 +442,28 @@ fn expiring_datagram(n: &Node) -> Vec<String> {
     failures
 }
 
+/// The client sends as pod-a (pod-a's address added to its own interface) to pod-b: nothing from
+/// the network may send as a pod of the node, so pod-b must get nothing. Returns the failures.
+fn sending_as_a_pod_from_the_network(n: &Node) -> Vec<String> {
+    let rx = ttl_socket(&n.topo.pods[1], sock("0.0.0.0", UDP_PORT));
+    n.topo.client.ip(&["addr", "add", &format!("{}/32", PODS[0].1), "dev", "eth0"]).unwrap();
+    let spoofed_before = n.evidence.counters().get("spoofed").copied().unwrap_or(0);
+    let tx = n.topo.client.run(|| UdpSocket::bind(sock(PODS[0].1, 0))).unwrap().unwrap();
+    for _ in 0..3 {
+        tx.send_to(b"as pod-a", sock(PODS[1].1, UDP_PORT)).unwrap();
+    }
+    let mut failures = Vec::new();
+    if let Some(ttl) = recv_ttl(&rx) {
+        failures.push(format!("a datagram from the network as pod-a reached pod-b (TTL {ttl})"));
+    }
+    let spoofed = n.evidence.counters().get("spoofed").copied().unwrap_or(0) - spoofed_before;
+    if spoofed < 3 {
+        failures.push(format!("{spoofed} datagrams from the network as pod-a counted as spoofed, want 3"));
+    }
+    n.topo.client.ip(&["addr", "del", &format!("{}/32", PODS[0].1), "dev", "eth0"]).unwrap();
+    failures
+}
+
 /// A TCP exchange through the NodePort: 256 KiB echoed back by pod-b.
 fn tcp_exchange(n: &Node) -> io::Result<()> {
     n.topo
@@ -524,6 +547,7 @@ fn check_mode(direct: bool) -> Vec<String> {
         failures.push(format!("{mode}: the programs counted {delivered} direct deliveries, want none"));
     }
     failures.extend(expiring_datagram(&n).into_iter().map(|f| format!("{mode}: {f}")));
+    failures.extend(sending_as_a_pod_from_the_network(&n).into_iter().map(|f| format!("{mode}: {f}")));
     if let Err(e) = tcp_exchange(&n) {
         failures.push(format!("{mode}: TCP through the NodePort: {e}"));
     }

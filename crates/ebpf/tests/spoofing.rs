@@ -101,3 +101,88 @@ fn endpoints_cannot_send_as_someone_else() {
     })
     .unwrap();
 }
+
+/// Nothing arriving from the network may send as a pod of this node (NetworkPolicy judges pods by
+/// their source address): the uplink program drops it as spoofed, before the flow table — also
+/// when its 5-tuple is that of the pod's own connection — and so does the model. Once the pod is
+/// gone, its address is anyone's again.
+#[test]
+fn the_network_cannot_send_as_a_pod_of_the_node() {
+    if !flowgate_ebpf::privileged_test("the_network_cannot_send_as_a_pod_of_the_node") {
+        return;
+    }
+    let state = flowgate_cluster::load_str(Path::new("m.yaml"), MANIFESTS).unwrap().state;
+    let policy = flowgate_compiler::compile(&state, Some("node-a")).unwrap().policy;
+    let empty = flowgate_compiler::compile(
+        &flowgate_cluster::load_str(Path::new("m.yaml"), MANIFESTS.split("---").next().unwrap()).unwrap().state,
+        Some("node-a"),
+    )
+    .unwrap()
+    .policy;
+    let pod_mac = [2, 0, 0, 0, 0, 5];
+
+    let ns = Netns::new().unwrap();
+    ns.run(|| {
+        let mut loaded = flowgate_ebpf::load_all(&[objects::UPLINK, objects::ENDPOINT], None, &[]).unwrap();
+        let dp = EbpfDataplane::new(KernelMaps::take(&mut loaded[0].ebpf).unwrap());
+        // The same maps through the endpoint object's handles: for the restarted agent below.
+        let maps_again = KernelMaps::take(&mut loaded[1].ebpf).unwrap();
+        dp.apply(&policy, &PolicyDelta::full()).unwrap();
+        let last: PerCpuArray<_, maps::Last> =
+            PerCpuArray::try_from(loaded[0].ebpf.take_map("fg_last").unwrap()).unwrap();
+        let (up, ep) = loaded.split_at_mut(1);
+        let uplink_prog = up[0].classifier("fg_uplink_ingress").unwrap();
+        let endpoint_prog = ep[0].classifier("fg_from_endpoint").unwrap();
+        let run_on = |prog: &aya::programs::SchedClassifier, f: &[u8]| {
+            let r = test_run_with(prog, f, None, 1).unwrap();
+            let l =
+                last.get(&0, 0).unwrap().iter().find(|l| l.verdict != 0 || l.reason != 0).copied().unwrap_or_default();
+            (r.retval, l.reason)
+        };
+        let run = |f: &[u8]| run_on(uplink_prog, f);
+        let echo = |src: &str| {
+            let ips = IpPair::new(src.parse().unwrap(), "10.0.2.7".parse().unwrap()).unwrap();
+            build_frame(&FrameSpec::new(ips, L4Spec::icmp_echo(1, 1)))
+        };
+
+        // The pod's own connection first (through its endpoint, not bound: no MAC check), then the
+        // same 5-tuple from the network.
+        assert_eq!(run_on(endpoint_prog, &frame("10.0.1.5", pod_mac)).0, 0);
+        assert_eq!(run(&frame("10.0.1.5", pod_mac)), (2, 6), "a pod's address from the network: spoofed");
+        assert_eq!(run(&echo("10.0.1.5")), (2, 6), "a ping as the pod from the network: spoofed");
+        assert_eq!(run(&frame("10.0.9.9", pod_mac)).0, 0, "any other source passes");
+        assert_eq!(run_on(endpoint_prog, &frame("10.0.1.5", pod_mac)).0, 0, "the pod still sends");
+
+        // The model says the same.
+        let mut sw = flowgate_switch::Switch::new(std::sync::Arc::new(policy.clone()));
+        let key = |src: &str| flowgate_switch::FlowKey {
+            src: src.parse().unwrap(),
+            dst: "10.0.2.7".parse().unwrap(),
+            sport: 40000,
+            dport: 8080,
+            proto: flowgate_switch::Proto::TCP,
+        };
+        let pod_port = policy.endpoint_for("10.0.1.5".parse().unwrap()).unwrap();
+        let ok = sw.process(pod_port, key("10.0.1.5"), 0);
+        assert_eq!(ok.verdict, flowgate_switch::Verdict::Allow);
+        let spoofed = sw.process(flowgate_switch::PortId::UPLINK, key("10.0.1.5"), 0);
+        assert_eq!(
+            (spoofed.verdict, spoofed.reason),
+            (flowgate_switch::Verdict::Drop, Some(flowgate_switch::DropReason::Spoofed))
+        );
+        assert_eq!(sw.process(pod_port, key("10.0.1.5"), 0).verdict, flowgate_switch::Verdict::Allow);
+
+        // The pod goes: its address passes from the network; it comes back: spoofed again (by
+        // deltas, as the agent syncs).
+        dp.apply(&empty, &PolicyDelta::full()).unwrap();
+        assert_eq!(run(&frame("10.0.1.5", pod_mac)).0, 0, "a gone pod's address is anyone's");
+        dp.apply(&policy, &PolicyDelta::full()).unwrap();
+        assert_eq!(run(&frame("10.0.1.5", pod_mac)), (2, 6));
+        // A restarted agent adopts the entries and keeps them.
+        drop(dp);
+        let adopted = EbpfDataplane::adopt(maps_again);
+        adopted.apply(&policy, &PolicyDelta::full()).unwrap();
+        assert_eq!(run(&frame("10.0.1.5", pod_mac)), (2, 6), "after adoption");
+    })
+    .unwrap();
+}

@@ -111,7 +111,9 @@ pub(crate) fn head(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
     };
     let ingress_kind = IngressKind::from(&port.kind);
     steps.push(|| format!("from {}", port.label()));
-    if let Some(p) = leaving_endpoint(port, ingress, key, steps) {
+    if let Some(p) =
+        leaving_endpoint(port, ingress, key, steps).or_else(|| from_network_as_a_pod(policy, port, key, steps))
+    {
         return Head::Done(p);
     }
     let Some(lb) = policy.layer(LayerKind::Lb) else {
@@ -233,7 +235,9 @@ pub(crate) fn echo(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
     };
     let ingress_kind = IngressKind::from(&port.kind);
     steps.push(|| format!("from {} (ICMP echo request)", port.label()));
-    if let Some(p) = leaving_endpoint(port, ingress, key, steps) {
+    if let Some(p) =
+        leaving_endpoint(port, ingress, key, steps).or_else(|| from_network_as_a_pod(policy, port, key, steps))
+    {
         return p;
     }
     if ingress_kind == IngressKind::Endpoint {
@@ -252,6 +256,22 @@ pub(crate) fn echo(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
     let label = policy.port(egress).map(|p| p.label()).unwrap_or_default();
     steps.push(|| format!("to {label} ({})", key.dst));
     Path { verdict: Verdict::Allow, reason: None, dnat: None, masquerade: false, egress }
+}
+
+/// For a packet arriving from the network (the uplink): a source that is the address of a pod on
+/// this node is spoofed — nothing outside may send as one (the pods' policies judge sources).
+/// `None` to go on.
+pub(crate) fn from_network_as_a_pod(
+    policy: &SwitchPolicy,
+    port: &Port,
+    key: &FlowKey,
+    steps: &mut impl Steps,
+) -> Option<Path> {
+    if !matches!(port.kind, PortKind::Uplink) || policy.endpoint_for(key.src).is_none() {
+        return None;
+    }
+    steps.push(|| format!("anti-spoofing: {} is a pod on this node; nothing from the network may send as it", key.src));
+    Some(Path::stop(Verdict::Drop, DropReason::Spoofed))
 }
 
 /// For a packet leaving an endpoint: the pod-to-itself shortcut (it never leaves the pod) and
