@@ -32,14 +32,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    checksum_errors, snmp, sock, tx_checksum_off, Evidence, Servers, Topology, CONNECT_TIMEOUT, IO_TIMEOUT, NODE_IP,
-    PODS,
+    checksum_errors, snmp, sock, tx_checksum_off, Kernel, Servers, Topology, CONNECT_TIMEOUT, IO_TIMEOUT, NODE_IP, PODS,
 };
-use flowgate_dataplane::Dataplane;
-use flowgate_ebpf::backend::{EbpfDataplane, KernelMaps};
 use flowgate_ebpf::netns::Netns;
-use flowgate_ebpf::{objects, Direction, GlobalValue};
-use flowgate_switch::PolicyDelta;
+use flowgate_ebpf::GlobalValue;
 
 const CLUSTER_IP: &str = "10.96.0.70";
 const CLUSTER_IP6: &str = "fd00:96::70";
@@ -153,10 +149,7 @@ ports:
 
 struct Node {
     _servers: Servers,
-    _links: Vec<aya::programs::links::FdLink>,
-    evidence: Evidence,
-    _dataplane: EbpfDataplane,
-    _loaded: Vec<flowgate_ebpf::Loaded>,
+    kernel: Kernel,
     topo: Topology,
 }
 
@@ -196,28 +189,11 @@ fn node(direct: bool) -> Node {
         tx_checksum_off(pod, "eth0");
     }
     let globals = [("FG_DIRECT_DELIVERY", GlobalValue::U8(u8::from(direct)))];
-    let mut loaded = flowgate_ebpf::load_all(&[objects::UPLINK, objects::ENDPOINT], None, &globals).unwrap();
-    let dataplane = EbpfDataplane::new(KernelMaps::take(&mut loaded[0].ebpf).unwrap());
-    dataplane.apply(&policy, &PolicyDelta::full()).unwrap();
-    for ((_, ip, host_if), pod) in PODS.iter().zip(&topo.pods) {
-        let port = policy.endpoint_for(ip.parse().unwrap()).unwrap();
-        dataplane.bind_endpoint(topo.node.ifindex(host_if).unwrap(), port, Some(pod.mac("eth0").unwrap())).unwrap();
-    }
-    let evidence = Evidence::take(&mut loaded[1]);
-    let mut links = Vec::new();
-    topo.node
-        .run(|| {
-            let (uplink, endpoint) = loaded.split_at_mut(1);
-            links.push(uplink[0].attach_tcx("fg_uplink_ingress", e2e::UPLINK, Direction::Ingress).unwrap());
-            for (_, _, host_if) in PODS {
-                links.push(endpoint[0].attach_tcx("fg_from_endpoint", host_if, Direction::Ingress).unwrap());
-            }
-        })
-        .unwrap();
+    let kernel = Kernel::attach(&topo, &policy, &globals, false);
     let mut servers = Servers::default();
     let listener = topo.pods[1].run(|| TcpListener::bind(sock("0.0.0.0", TCP_PORT))).unwrap().unwrap();
     e2e::spawn_echo_server(&mut servers, "pod-b", listener);
-    Node { _servers: servers, _links: links, evidence, _dataplane: dataplane, _loaded: loaded, topo }
+    Node { _servers: servers, kernel, topo }
 }
 
 /// A device's transmitted packets in `ns` (/proc/net/dev of the namespace).
@@ -328,7 +304,7 @@ fn udp_flow(n: &Node, from: &Netns, from_addr: &str, to: SocketAddr) -> Flow {
     let mut ttls = BTreeMap::new();
     tx.send_to(b"first", to).unwrap();
     let first = recv_ttl(&rx).unwrap_or_else(|| {
-        panic!("the first datagram from {from_addr} to {to} did not reach pod-b\n{}", n.evidence.report())
+        panic!("the first datagram from {from_addr} to {to} did not reach pod-b\n{}", n.kernel.evidence.report())
     });
     *ttls.entry(first).or_default() += 1;
     let (fwd0, tx0) = (forwarded(&n.topo.node), tx_packets(&n.topo.node, PODS[1].2));
@@ -447,7 +423,7 @@ fn expiring_datagram(n: &Node) -> Vec<String> {
 fn sending_as_a_pod_from_the_network(n: &Node) -> Vec<String> {
     let rx = ttl_socket(&n.topo.pods[1], sock("0.0.0.0", UDP_PORT));
     n.topo.client.ip(&["addr", "add", &format!("{}/32", PODS[0].1), "dev", "eth0"]).unwrap();
-    let spoofed_before = n.evidence.counters().get("spoofed").copied().unwrap_or(0);
+    let spoofed_before = n.kernel.evidence.counters().get("spoofed").copied().unwrap_or(0);
     let tx = n.topo.client.run(|| UdpSocket::bind(sock(PODS[0].1, 0))).unwrap().unwrap();
     for _ in 0..3 {
         tx.send_to(b"as pod-a", sock(PODS[1].1, UDP_PORT)).unwrap();
@@ -456,7 +432,7 @@ fn sending_as_a_pod_from_the_network(n: &Node) -> Vec<String> {
     if let Some(ttl) = recv_ttl(&rx) {
         failures.push(format!("a datagram from the network as pod-a reached pod-b (TTL {ttl})"));
     }
-    let spoofed = n.evidence.counters().get("spoofed").copied().unwrap_or(0) - spoofed_before;
+    let spoofed = n.kernel.evidence.counters().get("spoofed").copied().unwrap_or(0) - spoofed_before;
     if spoofed < 3 {
         failures.push(format!("{spoofed} datagrams from the network as pod-a counted as spoofed, want 3"));
     }
@@ -537,7 +513,7 @@ fn check_mode(direct: bool) -> Vec<String> {
         }
     }
     // The programs' own count of what they handed over (`flowgate status`: delivered_direct).
-    let delivered = n.evidence.counters().get("delivered-direct").copied().unwrap_or(0);
+    let delivered = n.kernel.evidence.counters().get("delivered-direct").copied().unwrap_or(0);
     let want_at_least = flows.len() as u64 * (DATAGRAMS - VIA_STACK_AT_MOST);
     if direct && delivered < want_at_least {
         failures
@@ -566,7 +542,7 @@ fn check_mode(direct: bool) -> Vec<String> {
         }
     }
     if !failures.is_empty() {
-        failures.push(n.evidence.report());
+        failures.push(n.kernel.evidence.report());
     }
     failures
 }

@@ -34,14 +34,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    checksum_errors, snmp, sock, tx_checksum_off, udp_ask, udp_ask_within, Evidence, Servers, Topology, CLIENT_IP,
+    checksum_errors, snmp, sock, tx_checksum_off, udp_ask, udp_ask_within, Kernel, Servers, Topology, CLIENT_IP,
     CONNECT_TIMEOUT, GATEWAY, IO_TIMEOUT, NODE_IP, PODS, UPLINK,
 };
-use flowgate_dataplane::Dataplane;
-use flowgate_ebpf::backend::{EbpfDataplane, KernelMaps};
 use flowgate_ebpf::netns::Netns;
-use flowgate_ebpf::{objects, Direction};
-use flowgate_switch::PolicyDelta;
 
 const EXTERNAL_IP: &str = "192.168.77.100";
 const CLUSTER_IP: &str = "10.96.0.10";
@@ -369,10 +365,7 @@ fn run_checks(round: &str, topo: &Topology, failures: &mut Vec<String>) {
 /// in declaration order: servers, links, maps, programs, and the namespaces last.
 struct Harness {
     _servers: Servers,
-    _links: Vec<aya::programs::links::FdLink>,
-    evidence: Evidence,
-    _dataplane: EbpfDataplane,
-    _loaded: Vec<flowgate_ebpf::Loaded>,
+    kernel: Kernel,
     topo: Topology,
 }
 
@@ -381,35 +374,10 @@ impl Harness {
         // Policy: compiled from the manifests for node "node".
         let state = flowgate_cluster::load_str(Path::new("e2e-manifests.yaml"), &manifests()).unwrap().state;
         let policy = flowgate_compiler::compile(&state, Some("node")).unwrap().policy;
-
         let topo = build_topology();
-        let mut loaded = flowgate_ebpf::load_all(&[objects::UPLINK, objects::ENDPOINT], None, &[]).unwrap();
-        let dataplane = EbpfDataplane::new(KernelMaps::take(&mut loaded[0].ebpf).unwrap());
-        dataplane.apply(&policy, &PolicyDelta::full()).unwrap();
-        // As the agent does: each pod's host-side interface is bound to its endpoint (anti-spoofing).
-        for ((_, ip, host_if), pod) in PODS.iter().zip(&topo.pods) {
-            let port = policy.endpoint_for(ip.parse().unwrap()).expect("the pod is an endpoint of the policy");
-            let ifindex = topo.node.ifindex(host_if).unwrap();
-            dataplane.bind_endpoint(ifindex, port, Some(pod.mac("eth0").unwrap())).unwrap();
-        }
-        // The same (pinned-by-name, shared) maps through the endpoint object's handles, whatever the
-        // backend took from the uplink object's.
-        let evidence = Evidence::take(&mut loaded[1]);
-        let mut links = Vec::new();
-        topo.node
-            .run(|| {
-                let (uplink, endpoint) = loaded.split_at_mut(1);
-                links.push(uplink[0].attach_tcx("fg_uplink_ingress", UPLINK, Direction::Ingress).unwrap());
-                // The node's own traffic: to Services out of the uplink, to its own NodePorts over lo.
-                links.push(uplink[0].attach_tcx("fg_uplink_egress", UPLINK, Direction::Egress).unwrap());
-                links.push(uplink[0].attach_tcx("fg_uplink_egress", "lo", Direction::Egress).unwrap());
-                for (_, _, host_if) in PODS {
-                    links.push(endpoint[0].attach_tcx("fg_from_endpoint", host_if, Direction::Ingress).unwrap());
-                }
-            })
-            .unwrap();
+        let kernel = Kernel::attach(&topo, &policy, &[], true);
         let servers = start_servers(&topo);
-        Harness { _servers: servers, _links: links, evidence, _dataplane: dataplane, _loaded: loaded, topo }
+        Harness { _servers: servers, kernel, topo }
     }
 }
 
@@ -420,7 +388,7 @@ fn real_traffic_between_namespaces_reaches_every_backend() {
     }
     let started = Instant::now();
     let h = Harness::new();
-    let (topo, evidence) = (&h.topo, &h.evidence);
+    let (topo, evidence) = (&h.topo, &h.kernel.evidence);
     eprintln!("setup: {:?}", started.elapsed());
 
     let mut failures: Vec<String> = Vec::new();
@@ -543,6 +511,6 @@ fn icmp_errors_of_translated_flows_are_translated_back() {
          ICMP untouched; the switch has no related-ICMP reverse translation):\n{}\n\n{}\n{}",
         failures.join("\n"),
         unreachable.join("\n"),
-        h.evidence.report()
+        h.kernel.evidence.report()
     );
 }

@@ -1,5 +1,5 @@
 //! Shared setup of the end-to-end tests with real traffic (`e2e_traffic.rs`, `e2e_restart.rs`,
-//! `e2e_outbound.rs`, `e2e_policy.rs`): a "node" namespace standing for the host (programs attached
+//! `e2e_outbound.rs`, `e2e_policy.rs`, `e2e_delivery.rs`): a "node" namespace standing for the host (programs attached
 //! there with TCX, nothing in the machine's root namespace), pods as namespaces behind veth pairs,
 //! a client outside behind the node's uplink. Addresses: pods 10.244.1.0/24 (gateway 10.244.1.1
 //! on every host-side veth), uplink 192.168.77.0/24, Services 10.96.0.0/16; no namespace has a
@@ -470,4 +470,56 @@ pub fn flow_line(k: &maps::FlowKey, f: &maps::Flow) -> String {
         f.new_dst.to_ip(),
         u16::from_be(f.new_dport),
     )
+}
+
+/// The kernel side of [`build_topology`]'s node, as the agent sets it up: the programs loaded
+/// (with the load-time constants `globals`), `policy` programmed by the eBPF backend, each pod's
+/// host-side interface bound to its endpoint (anti-spoofing), and with TCX in the node namespace
+/// the uplink's ingress program and each pod interface's endpoint program — with `host_egress`,
+/// also the egress program on the uplink and lo (the node's own traffic to Services and to its
+/// own NodePorts). Dropping it detaches everything.
+pub struct Kernel {
+    pub evidence: Evidence,
+    pub dataplane: flowgate_ebpf::backend::EbpfDataplane,
+    pub links: Vec<aya::programs::links::FdLink>,
+    pub loaded: Vec<flowgate_ebpf::Loaded>,
+}
+
+impl Kernel {
+    pub fn attach(
+        topo: &Topology,
+        policy: &flowgate_switch::SwitchPolicy,
+        globals: &[(&str, flowgate_ebpf::GlobalValue)],
+        host_egress: bool,
+    ) -> Kernel {
+        use flowgate_dataplane::Dataplane as _;
+        use flowgate_ebpf::{objects, Direction};
+        let mut loaded = flowgate_ebpf::load_all(&[objects::UPLINK, objects::ENDPOINT], None, globals).unwrap();
+        let dataplane = flowgate_ebpf::backend::EbpfDataplane::new(
+            flowgate_ebpf::backend::KernelMaps::take(&mut loaded[0].ebpf).unwrap(),
+        );
+        dataplane.apply(policy, &flowgate_switch::PolicyDelta::full()).unwrap();
+        for ((_, ip, host_if), pod) in PODS.iter().zip(&topo.pods) {
+            let port = policy.endpoint_for(ip.parse().unwrap()).expect("the pod is an endpoint of the policy");
+            dataplane.bind_endpoint(topo.node.ifindex(host_if).unwrap(), port, Some(pod.mac("eth0").unwrap())).unwrap();
+        }
+        // The same (shared) maps through the endpoint object's handles, whatever the backend took
+        // from the uplink object's.
+        let evidence = Evidence::take(&mut loaded[1]);
+        let mut links = Vec::new();
+        topo.node
+            .run(|| {
+                let (uplink, endpoint) = loaded.split_at_mut(1);
+                links.push(uplink[0].attach_tcx("fg_uplink_ingress", UPLINK, Direction::Ingress).unwrap());
+                if host_egress {
+                    links.push(uplink[0].attach_tcx("fg_uplink_egress", UPLINK, Direction::Egress).unwrap());
+                    links.push(uplink[0].attach_tcx("fg_uplink_egress", "lo", Direction::Egress).unwrap());
+                }
+                for (_, _, host_if) in PODS {
+                    links.push(endpoint[0].attach_tcx("fg_from_endpoint", host_if, Direction::Ingress).unwrap());
+                }
+            })
+            .unwrap();
+        Kernel { evidence, dataplane, links, loaded }
+    }
 }
