@@ -11,9 +11,8 @@ int fg_uplink_ingress(struct __sk_buff *skb)
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* Scratch for the egress program, per CPU. */
+/* Scratch for the egress program, per CPU: the packet as the switch left it, and the FIB lookup. */
 struct fg_egress {
-	struct fg_pkt before;
 	struct fg_pkt after;
 	struct bpf_fib_lookup fib;
 };
@@ -35,14 +34,15 @@ int fg_uplink_egress(struct __sk_buff *skb)
 	if (skb->ingress_ifindex != 0)
 		return FG_PASS;
 	__u32 zero = 0;
-	struct fg_egress *e = bpf_map_lookup_elem(&fg_egress, &zero);
-	if (!e || fg_parse(skb, &e->before) != FG_PARSE_OK)
+	struct fg_work *w = bpf_map_lookup_elem(&fg_work, &zero);
+	if (!w || fg_parse(skb, &w->p) != FG_PARSE_OK)
 		return FG_PASS;
-	int r = fg_switch(skb, FG_INGRESS_HOST);
+	/* (The switch parses no more and leaves w->p as it was: the packet before translation.) */
+	int r = fg_switch_packet(skb, FG_INGRESS_HOST, w);
 	if (r != FG_PASS)
 		return r;
-	e = bpf_map_lookup_elem(&fg_egress, &zero);
-	if (!e || fg_parse(skb, &e->after) != FG_PARSE_OK || fg_addr_eq(&e->after.key.dst, &e->before.key.dst))
+	struct fg_egress *e = bpf_map_lookup_elem(&fg_egress, &zero);
+	if (!e || fg_parse(skb, &e->after) != FG_PARSE_OK || fg_addr_eq(&e->after.key.dst, &w->p.key.dst))
 		return r;
 	struct bpf_fib_lookup *fib = &e->fib;
 	struct fg_pkt *after_p = &e->after;
