@@ -68,6 +68,9 @@ pub(crate) fn run(args: TraceArgs) -> ExitCode {
                 return ExitCode::from(INVALID);
             }
         };
+        for p in &compiled.problems {
+            eprintln!("warning: {}: {}", p.object, p.message);
+        }
         if std::env::var_os("FLOWGATE_TRACE_TIMING").is_some() {
             eprintln!("loaded and compiled in {:?}", started.elapsed());
         }

@@ -82,6 +82,20 @@ pub struct FlowgateConfiguration {
     /// (through the node's routing and netfilter, as plain forwarding would). Read when the agent
     /// starts.
     pub local_delivery: String,
+    /// What Services may claim as externalIPs and load-balancer IPs.
+    #[serde(rename = "externalIPs")]
+    pub external_ips: ExternalIpsConfiguration,
+}
+
+/// Limits on the addresses Services claim (what kube-proxy's users get from the
+/// DenyServiceExternalIPs admission plugin or a webhook).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExternalIpsConfiguration {
+    /// When set, externalIPs and load-balancer IPs outside these CIDRs are refused (the node's own
+    /// addresses are always allowed). Unset: any address that does not shadow the cluster's own.
+    #[serde(rename = "allowedCIDRs")]
+    pub allowed_cidrs: Option<Vec<String>>,
 }
 
 impl FlowgateConfiguration {

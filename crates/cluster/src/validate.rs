@@ -622,6 +622,9 @@ pub fn flowgate_configuration(c: &FlowgateConfiguration) -> Result {
     for (i, e) in c.outbound_nat.exceptions.iter().enumerate() {
         cidr(&format!("outboundNAT.exceptions[{i}]"), e)?;
     }
+    for (i, e) in c.external_ips.allowed_cidrs.iter().flatten().enumerate() {
+        cidr(&format!("externalIPs.allowedCIDRs[{i}]"), e)?;
+    }
     if !matches!(c.local_delivery.as_str(), "" | "Direct" | "Routed") {
         return err("localDelivery", format!("unsupported value {:?} (Direct or Routed)", c.local_delivery));
     }

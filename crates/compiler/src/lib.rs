@@ -68,6 +68,8 @@ pub struct Compiled {
     pub settings: ProxySettings,
     /// The switch policy.
     pub policy: SwitchPolicy,
+    /// What is not programmed as written (conflicting or refused claims).
+    pub problems: Vec<proxy::Problem>,
 }
 
 /// Compiles `state` for the node named `node` (or the default node, see [`select_node`]).
@@ -75,7 +77,10 @@ pub fn compile(state: &ClusterState, node: Option<&str>) -> Result<Compiled, Com
     let mut c = Compiler::new(node.map(String::from));
     c.compile_full(state)?;
     match c.inner {
-        Some(inner) => Ok(Compiled { node: inner.node, settings: inner.settings, policy: inner.policy }),
+        Some(inner) => {
+            let problems = inner.proxy.problems();
+            Ok(Compiled { node: inner.node, settings: inner.settings, policy: inner.policy, problems })
+        }
         None => Err(CompileError::NoNode { reason: "nothing compiled".into() }),
     }
 }
@@ -168,6 +173,12 @@ impl Compiler {
         self.inner.as_ref().and_then(|i| i.endpoints.get(key).copied())
     }
 
+    /// The claims of Services (and the node's host ports and load balancers) that are not
+    /// programmed: conflicting with another's on the same address and port, or refused.
+    pub fn problems(&self) -> Vec<proxy::Problem> {
+        self.inner.as_ref().map(|i| i.proxy.problems()).unwrap_or_default()
+    }
+
     /// The node compiled for, once compiled.
     pub fn node(&self) -> Option<&NodeView> {
         self.inner.as_ref().map(|i| &i.node)
@@ -176,7 +187,10 @@ impl Compiler {
     /// Compiles the whole state from scratch.
     pub fn compile_full(&mut self, state: &ClusterState) -> Result<PolicyDelta, CompileError> {
         let node = select_node(state, self.requested_node.as_deref())?;
-        let settings = ProxySettings::new(state.kube_proxy.as_ref(), &node);
+        let mut settings = ProxySettings::new(state.kube_proxy.as_ref(), &node);
+        settings.external_ip_cidrs = state.flowgate.as_ref().and_then(|f| f.external_ips.allowed_cidrs.as_ref()).map(
+            |cidrs| cidrs.iter().filter_map(|c| parse_cidr_sloppy(c)).map(|n| n.trunc()).collect(),
+        );
         let mut policy = SwitchPolicy::new();
         for a in &node.addresses {
             policy.host_addresses.insert_addr(*a);

@@ -12,6 +12,24 @@
 //! | `no-endpoint-services` / `no-endpoint-nodeports` | reject/drop rules under the same destinations |
 //! | `cluster-ips-check` (`cluster-ips` set, service CIDRs) | `service-filter` layer |
 //! | `mark-for-masquerade` | `masquerade` / `hairpin` flags of the DNAT action |
+//!
+//! ## One owner per destination
+//!
+//! Several Services may name the same address and port (the API allows it: an externalIP is any
+//! string a tenant writes). Exactly one claim owns each destination (and each NodePort), chosen
+//! deterministically: a Service's own ClusterIP first, then the node's host ports and load
+//! balancers, then externalIPs and load-balancer IPs; within one kind the oldest Service
+//! (`metadata.creationTimestamp`; none counts as newest), then namespace/name. The others are
+//! reported as conflicting ([`ServiceProxy::problems`]) and programmed nowhere; the sync goes on.
+//!
+//! ## Addresses a Service may not claim
+//!
+//! An externalIP or load-balancer IP is refused (reported, the Service's other addresses still
+//! programmed) when it would capture traffic it does not own: any Service's ClusterIP (on any
+//! port), an address in a ServiceCIDR, the cluster's pod CIDRs (`clusterCIDR`) or the node's
+//! podCIDRs, loopback, link-local, unspecified, multicast or broadcast addresses; and, when
+//! `FlowgateConfiguration.externalIPs.allowedCIDRs` is set, any address outside it. The node's own
+//! addresses are always allowed (kube-proxy's users and tests rely on them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -34,6 +52,123 @@ const SERVICE_IPS: &str = "service-ips";
 const SERVICE_NODEPORTS: &str = "service-nodeports";
 const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
 
+/// What kind of claim a Service (or the node) makes on a destination; the first kind owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ClaimKind {
+    /// A Service's own ClusterIP.
+    ClusterIp,
+    /// A host port or an HNS load balancer of this node.
+    Local,
+    /// A Service's externalIP.
+    ExternalIp,
+    /// A Service's load-balancer ingress IP.
+    LoadBalancer,
+    /// A Service's NodePort.
+    NodePort,
+}
+
+impl ClaimKind {
+    fn rank(self) -> u8 {
+        match self {
+            ClaimKind::ClusterIp => 0,
+            ClaimKind::Local => 1,
+            ClaimKind::ExternalIp | ClaimKind::LoadBalancer | ClaimKind::NodePort => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ClaimKind::ClusterIp => "clusterIP",
+            ClaimKind::Local => "host port or load balancer",
+            ClaimKind::ExternalIp => "externalIP",
+            ClaimKind::LoadBalancer => "loadBalancer IP",
+            ClaimKind::NodePort => "nodePort",
+        }
+    }
+
+    /// Whether the address is one a tenant chose (and so may be refused).
+    fn external(self) -> bool {
+        matches!(self, ClaimKind::ExternalIp | ClaimKind::LoadBalancer)
+    }
+}
+
+/// One owner's claim on a destination or NodePort.
+#[derive(Clone, Debug)]
+struct Claim {
+    kind: ClaimKind,
+    /// Seconds since the epoch of the owner's creation; `i64::MAX` when unknown (newest).
+    created: i64,
+    rules: Vec<Rule>,
+}
+
+/// An object the data plane does not carry as written, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Problem {
+    /// The object, as a person names it (`Service ns/name`, `hostport ns/pod`).
+    pub object: String,
+    /// What is not programmed, and why.
+    pub message: String,
+}
+
+/// Where Services' externalIPs and load-balancer IPs may point (see the module's documentation).
+#[derive(Clone, Debug, Default)]
+struct ExternalGuard {
+    node_addresses: Vec<IpAddr>,
+    /// Pod CIDRs: the cluster's and this node's.
+    pod_cidrs: Vec<IpNet>,
+    service_cidrs: Vec<IpNet>,
+    allowed: Option<Vec<IpNet>>,
+}
+
+impl ExternalGuard {
+    /// Why `ip` may not be claimed as an external address, if it may not (ClusterIPs are checked
+    /// by the caller, who knows them).
+    fn refusal(&self, ip: IpAddr) -> Option<String> {
+        if self.node_addresses.contains(&ip) {
+            return None;
+        }
+        if let Some(allowed) = &self.allowed {
+            if !allowed.iter().any(|n| n.contains(&ip)) {
+                return Some("outside FlowgateConfiguration externalIPs.allowedCIDRs".into());
+            }
+        }
+        let local_only = match ip {
+            IpAddr::V4(a) => {
+                a.is_loopback() || a.is_link_local() || a.is_unspecified() || a.is_multicast() || a.is_broadcast()
+            }
+            IpAddr::V6(a) => {
+                a.is_loopback()
+                    || a.is_unspecified()
+                    || a.is_multicast()
+                    || a.is_unicast_link_local()
+                    || a.to_ipv4_mapped().is_some()
+            }
+        };
+        if local_only {
+            return Some("a loopback, link-local, unspecified, multicast or broadcast address".into());
+        }
+        if let Some(n) = self.service_cidrs.iter().find(|n| n.contains(&ip)) {
+            return Some(format!("inside the ServiceCIDR {n}"));
+        }
+        if let Some(n) = self.pod_cidrs.iter().find(|n| n.contains(&ip)) {
+            return Some(format!("inside the pod CIDR {n}"));
+        }
+        None
+    }
+}
+
+/// How a person names the owner of a claim.
+fn owner_name(owner: &ObjectKey) -> String {
+    match owner.namespace.strip_prefix(' ') {
+        Some(kind) => format!("{kind} {}", owner.name),
+        None => format!("Service {owner}"),
+    }
+}
+
+fn creation_seconds(svc: &flowgate_cluster::k8s_openapi::api::core::v1::Service) -> i64 {
+    svc.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(i64::MAX)
+}
+
 /// What one Service contributed to the policy, so that it can be taken back exactly.
 #[derive(Debug, Default)]
 struct Fragment {
@@ -55,10 +190,16 @@ pub struct ServiceProxy {
     cluster_ips_set: SetId,
     service_cidrs_set: SetId,
     fragments: FxHashMap<ObjectKey, Fragment>,
-    /// Rules under each destination, per claiming Service (first in name order wins a conflict).
-    destinations: FxHashMap<DestinationKey, BTreeMap<ObjectKey, Vec<Rule>>>,
-    node_ports: FxHashMap<(Proto, u16), BTreeMap<ObjectKey, Vec<Rule>>>,
+    /// Claims on each destination, per owner (one owns it; see the module's documentation).
+    destinations: FxHashMap<DestinationKey, BTreeMap<ObjectKey, Claim>>,
+    /// The destinations claimed on each address (to re-decide them when a ClusterIP comes or goes).
+    destinations_of_ip: FxHashMap<IpAddr, BTreeSet<DestinationKey>>,
+    node_ports: FxHashMap<(Proto, u16), BTreeMap<ObjectKey, Claim>>,
     cluster_ips: FxHashMap<IpAddr, BTreeSet<ObjectKey>>,
+    guard: ExternalGuard,
+    /// Claims not programmed (conflicting or refused), by what they claimed.
+    problems: FxHashMap<DestinationKey, Vec<Problem>>,
+    node_port_problems: FxHashMap<(Proto, u16), Vec<Problem>>,
     slices_of_service: FxHashMap<ObjectKey, BTreeSet<ObjectKey>>,
     service_of_slice: FxHashMap<ObjectKey, ObjectKey>,
 }
@@ -100,8 +241,17 @@ impl ServiceProxy {
             service_cidrs_set: policy.add_set("service-cidrs", PrefixSet::new()),
             fragments: FxHashMap::default(),
             destinations: FxHashMap::default(),
+            destinations_of_ip: FxHashMap::default(),
             node_ports: FxHashMap::default(),
             cluster_ips: FxHashMap::default(),
+            guard: ExternalGuard {
+                node_addresses: node.addresses.clone(),
+                pod_cidrs: settings.cluster_cidrs.iter().chain(&node.pod_cidrs).map(IpNet::trunc).collect(),
+                service_cidrs: Vec::new(),
+                allowed: settings.external_ip_cidrs.clone(),
+            },
+            problems: FxHashMap::default(),
+            node_port_problems: FxHashMap::default(),
             slices_of_service: FxHashMap::default(),
             service_of_slice: FxHashMap::default(),
         };
@@ -178,13 +328,35 @@ impl ServiceProxy {
     /// Re-reads the ServiceCIDRs (addresses in them that no Service holds are dropped).
     pub fn sync_service_cidrs(&mut self, state: &ClusterState, policy: &mut SwitchPolicy, delta: &mut PolicyDelta) {
         let mut cidrs = PrefixSet::new();
-        for n in service_cidrs(state) {
-            cidrs.insert(n);
+        let nets: Vec<IpNet> = service_cidrs(state).collect();
+        for n in &nets {
+            cidrs.insert(*n);
         }
         if let Some(set) = policy.set_mut(self.service_cidrs_set) {
             set.prefixes = cidrs;
             delta.sets.insert(self.service_cidrs_set);
         }
+        if nets != self.guard.service_cidrs {
+            self.guard.service_cidrs = nets;
+            // External addresses are judged against the ServiceCIDRs: judge them again.
+            let external: Vec<DestinationKey> = self
+                .destinations
+                .iter()
+                .filter(|(_, claims)| claims.values().any(|c| c.kind.external()))
+                .map(|(d, _)| *d)
+                .collect();
+            for d in external {
+                self.reprogram_destination(d, policy, delta);
+            }
+        }
+    }
+
+    /// Every claim that is not programmed (conflicting with an owner, or refused), sorted.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out: Vec<Problem> =
+            self.problems.values().chain(self.node_port_problems.values()).flatten().cloned().collect();
+        out.sort();
+        out
     }
 
     /// Recompiles one Service (removing it if it no longer exists).
@@ -230,23 +402,26 @@ impl ServiceProxy {
         }
         if let Some(svc) = state.services.get(key) {
             let mut frag = Fragment::default();
-            let mut rules_dest: BTreeMap<DestinationKey, Vec<Rule>> = BTreeMap::new();
-            let mut rules_np: BTreeMap<(Proto, u16), Vec<Rule>> = BTreeMap::new();
+            let mut rules_dest: BTreeMap<DestinationKey, Claim> = BTreeMap::new();
+            let mut rules_np: BTreeMap<(Proto, u16), Claim> = BTreeMap::new();
+            let created = creation_seconds(svc);
             let slice_keys = self.slices_of_service.get(key).cloned().unwrap_or_default();
             for v4 in [true, false] {
                 for sp in service_ports(key, svc, v4) {
                     let slices = slice_keys.iter().filter_map(|k| state.endpoint_slices.get(k));
                     let eps = endpoints(slices, &sp, &node.name);
-                    self.compile_port(&sp, &eps, node, settings, policy, &mut frag, &mut rules_dest, &mut rules_np);
+                    let claims = (&mut rules_dest, &mut rules_np, created);
+                    self.compile_port(&sp, &eps, node, settings, policy, &mut frag, claims);
                 }
             }
-            for (d, rules) in rules_dest {
-                self.destinations.entry(d).or_default().insert(key.clone(), rules);
+            for (d, claim) in rules_dest {
+                self.destinations.entry(d).or_default().insert(key.clone(), claim);
+                self.destinations_of_ip.entry(d.0).or_default().insert(d);
                 frag.destinations.push(d);
                 touched_dest.insert(d);
             }
-            for (n, rules) in rules_np {
-                self.node_ports.entry(n).or_default().insert(key.clone(), rules);
+            for (n, claim) in rules_np {
+                self.node_ports.entry(n).or_default().insert(key.clone(), claim);
                 frag.node_ports.push(n);
                 touched_np.insert(n);
             }
@@ -258,16 +433,16 @@ impl ServiceProxy {
             delta.sets.extend(frag.sets.iter().copied());
             self.fragments.insert(key.clone(), frag);
         }
-        for d in touched_dest {
-            self.reprogram_destination(d, policy, delta);
-        }
         for n in touched_np {
-            let merged = merge_claims(self.node_ports.get(&n));
-            if merged.is_none() {
+            let (owned, problems) = decide(self.node_ports.get(&n), |_| None, &|| {
+                format!("{} {}/{}", ClaimKind::NodePort.name(), n.1, n.0)
+            });
+            if self.node_ports.get(&n).is_none_or(|c| c.is_empty()) {
                 self.node_ports.remove(&n);
             }
+            set_problems(&mut self.node_port_problems, n, problems);
             let r = RuleRef { layer: LayerKind::Lb, group: SERVICE_NODEPORTS, key: RuleKey::Port(n.0, n.1) };
-            policy.put_rules(&r, merged);
+            policy.put_rules(&r, owned);
             delta.rules.insert(r);
         }
         if !touched_ips.is_empty() {
@@ -276,17 +451,25 @@ impl ServiceProxy {
                 // its Service's addresses without changing them).
                 let mut changed = false;
                 for ip in touched_ips {
-                    if self.cluster_ips.get(&ip).is_some_and(|owners| !owners.is_empty()) {
-                        changed |= set.prefixes.insert_addr(ip);
+                    let came_or_went = if self.cluster_ips.get(&ip).is_some_and(|owners| !owners.is_empty()) {
+                        set.prefixes.insert_addr(ip)
                     } else {
                         self.cluster_ips.remove(&ip);
-                        changed |= set.prefixes.remove_addr(ip);
+                        set.prefixes.remove_addr(ip)
+                    };
+                    if came_or_went {
+                        changed = true;
+                        // An external claim on this address is refused or admitted now.
+                        touched_dest.extend(self.destinations_of_ip.get(&ip).into_iter().flatten().copied());
                     }
                 }
                 if changed {
                     delta.sets.insert(self.cluster_ips_set);
                 }
             }
+        }
+        for d in touched_dest {
+            self.reprogram_destination(d, policy, delta);
         }
     }
 
@@ -301,8 +484,10 @@ impl ServiceProxy {
         delta: &mut PolicyDelta,
     ) {
         match rules {
-            Some(r) => {
-                self.destinations.entry(d).or_default().insert(owner.clone(), r);
+            Some(rules) => {
+                let claim = Claim { kind: ClaimKind::Local, created: i64::MAX, rules };
+                self.destinations.entry(d).or_default().insert(owner.clone(), claim);
+                self.destinations_of_ip.entry(d.0).or_default().insert(d);
             }
             None => {
                 if let Some(c) = self.destinations.get_mut(&d) {
@@ -313,14 +498,33 @@ impl ServiceProxy {
         self.reprogram_destination(d, policy, delta);
     }
 
-    /// Writes the merged claims of destination `d` into the policy (none left: the key goes).
+    /// Writes the owner's rules of destination `d` into the policy (none left: the key goes) and
+    /// records the claims left out.
     fn reprogram_destination(&mut self, d: DestinationKey, policy: &mut SwitchPolicy, delta: &mut PolicyDelta) {
-        let merged = merge_claims(self.destinations.get(&d));
-        if merged.is_none() {
+        let guard = &self.guard;
+        let cluster_ip = self.cluster_ips.get(&d.0).is_some_and(|o| !o.is_empty());
+        let refusal = |c: &Claim| {
+            if !c.kind.external() {
+                None
+            } else if cluster_ip {
+                Some("the address is a Service's ClusterIP".to_string())
+            } else {
+                guard.refusal(d.0)
+            }
+        };
+        let (owned, problems) = decide(self.destinations.get(&d), refusal, &|| format!("{}:{}/{}", fmt_ip(d.0), d.2, d.1));
+        if self.destinations.get(&d).is_none_or(|c| c.is_empty()) {
             self.destinations.remove(&d);
+            if let Some(set) = self.destinations_of_ip.get_mut(&d.0) {
+                set.remove(&d);
+                if set.is_empty() {
+                    self.destinations_of_ip.remove(&d.0);
+                }
+            }
         }
+        set_problems(&mut self.problems, d, problems);
         let r = RuleRef { layer: LayerKind::Lb, group: SERVICE_IPS, key: RuleKey::Destination(d) };
-        policy.put_rules(&r, merged);
+        policy.put_rules(&r, owned);
         delta.rules.insert(r);
     }
 
@@ -334,9 +538,13 @@ impl ServiceProxy {
         settings: &ProxySettings,
         policy: &mut SwitchPolicy,
         frag: &mut Fragment,
-        rules_dest: &mut BTreeMap<DestinationKey, Vec<Rule>>,
-        rules_np: &mut BTreeMap<(Proto, u16), Vec<Rule>>,
+        (rules_dest, rules_np, created): (
+            &mut BTreeMap<DestinationKey, Claim>,
+            &mut BTreeMap<(Proto, u16), Claim>,
+            i64,
+        ),
     ) {
+        let claim = |kind, rules| Claim { kind, created, rules };
         let name = sp.name();
         let cat = categorize(eps, sp, &node.name, node.zone(), settings.prefer_same_node);
         let selection = match sp.affinity_timeout {
@@ -402,7 +610,7 @@ impl ServiceProxy {
                 Action::Drop(DropReason::NoLocalEndpoints),
             )),
         }
-        rules_dest.insert((sp.cluster_ip, sp.proto, sp.port), rules);
+        rules_dest.insert((sp.cluster_ip, sp.proto, sp.port), claim(ClaimKind::ClusterIp, rules));
 
         // External traffic: externalIPs, load-balancer IPs, NodePort.
         let external = |what: &str| -> Vec<Rule> {
@@ -463,7 +671,8 @@ impl ServiceProxy {
 
         for ip in &sp.external_ips {
             let what = format!("svc {name} externalIP {}:{}/{}", fmt_ip(*ip), sp.port, sp.proto);
-            rules_dest.insert((*ip, sp.proto, sp.port), external(&what));
+            // (Its own ClusterIP stays its ClusterIP.)
+            rules_dest.entry((*ip, sp.proto, sp.port)).or_insert_with(|| claim(ClaimKind::ExternalIp, external(&what)));
         }
 
         let firewall: Option<SetId> = (!sp.lb_ips.is_empty() && !sp.source_ranges.is_empty()).then(|| {
@@ -492,25 +701,65 @@ impl ServiceProxy {
                 ));
             }
             rules.extend(external(&what));
-            rules_dest.insert((*ip, sp.proto, sp.port), rules);
+            rules_dest.entry((*ip, sp.proto, sp.port)).or_insert_with(|| claim(ClaimKind::LoadBalancer, rules));
         }
 
         if let Some(np) = sp.node_port {
             let what = format!("svc {name} nodePort {np}/{}", sp.proto);
             let family = if sp.cluster_ip.is_ipv4() { self.all_v4 } else { self.all_v6 };
-            let entry = rules_np.entry((sp.proto, np)).or_default();
+            let entry = rules_np.entry((sp.proto, np)).or_insert_with(|| claim(ClaimKind::NodePort, Vec::new()));
             for mut r in external(&what) {
                 r.conditions.dst = Some(AddrMatch::In(family));
-                entry.push(r);
+                entry.rules.push(r);
             }
         }
     }
 }
 
-/// The rules of every claimant of a key, in claimant order; `None` when nobody claims it.
-fn merge_claims(claims: Option<&BTreeMap<ObjectKey, Vec<Rule>>>) -> Option<Vec<Rule>> {
-    let claims = claims.filter(|c| !c.is_empty())?;
-    Some(claims.values().flatten().cloned().collect())
+/// Decides who owns a key: the owner's rules (`None` when nobody may claim it), and a problem for
+/// every other claim (refused by `refusal`, or conflicting with the owner). `what` names the key.
+fn decide(
+    claims: Option<&BTreeMap<ObjectKey, Claim>>,
+    refusal: impl Fn(&Claim) -> Option<String>,
+    what: &dyn Fn() -> String,
+) -> (Option<Vec<Rule>>, Vec<Problem>) {
+    let Some(claims) = claims.filter(|c| !c.is_empty()) else { return (None, Vec::new()) };
+    let mut problems = Vec::new();
+    let mut admitted: Vec<(&ObjectKey, &Claim)> = Vec::new();
+    for (owner, c) in claims {
+        match refusal(c) {
+            Some(why) => problems.push(Problem {
+                object: owner_name(owner),
+                message: format!("{} {} refused: {why}", c.kind.name(), what()),
+            }),
+            None => admitted.push((owner, c)),
+        }
+    }
+    let Some(&(winner, won)) = admitted.iter().min_by_key(|(o, c)| (c.kind.rank(), c.created, *o)) else {
+        return (None, problems);
+    };
+    for (owner, c) in admitted.iter().filter(|(o, _)| *o != winner) {
+        let why = if won.kind.rank() < c.kind.rank() {
+            format!("its {} comes first", won.kind.name())
+        } else if won.created < c.created {
+            "it is older".to_string()
+        } else {
+            "it sorts first by namespace/name".to_string()
+        };
+        problems.push(Problem {
+            object: owner_name(owner),
+            message: format!("{} {} conflicts with {}, which owns it ({why})", c.kind.name(), what(), owner_name(winner)),
+        });
+    }
+    (Some(won.rules.clone()), problems)
+}
+
+fn set_problems<K: std::hash::Hash + Eq>(all: &mut FxHashMap<K, Vec<Problem>>, key: K, problems: Vec<Problem>) {
+    if problems.is_empty() {
+        all.remove(&key);
+    } else {
+        all.insert(key, problems);
+    }
 }
 
 pub(crate) fn fmt_ip(ip: IpAddr) -> String {

@@ -45,6 +45,9 @@ pub struct ProxySettings {
     pub node_ports_v6: NodePortAddresses,
     /// Feature gate `PreferSameTrafficDistribution` (node hints).
     pub prefer_same_node: bool,
+    /// Where Services' externalIPs and load-balancer IPs may point (`FlowgateConfiguration`
+    /// `externalIPs.allowedCIDRs`); `None`: anywhere that does not shadow the cluster's own.
+    pub external_ip_cidrs: Option<Vec<IpNet>>,
 }
 
 impl ProxySettings {
@@ -101,6 +104,7 @@ impl ProxySettings {
             node_ports_v4: family(true),
             node_ports_v6: family(false),
             prefer_same_node: gates.get("PreferSameTrafficDistribution").copied().unwrap_or(true),
+            external_ip_cidrs: None,
         }
     }
 

@@ -165,9 +165,12 @@ fn incremental_updates_match_full_compiles() {
         compiler.compile_full(&state).unwrap();
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         let check = |state: &ClusterState, compiler: &Compiler, what: &str| {
-            let want = answers(&compile(state, node.as_deref()).unwrap().policy, &probes);
+            let full = compile(state, node.as_deref()).unwrap();
+            let want = answers(&full.policy, &probes);
             let got = answers(compiler.policy().unwrap(), &probes);
             assert_eq!(got, want, "{name}: after {what}");
+            // Conflicting and refused claims too (who owns an address cannot depend on history).
+            assert_eq!(compiler.problems(), full.problems, "{name}: problems after {what}");
         };
         for o in &objs {
             let changes = copy(o, &full_state, &mut state, true);
