@@ -99,10 +99,10 @@ fn pods_made_by_the_plugin_are_endpoints_of_the_switch() {
         json!({"portMappings": [{"HostPort": 30999, "ContainerPort": 8080, "Protocol": "TCP", "HostIP": ""}]});
     let (pod_b, b) = add_pod(&conf_b, "ctr-b", "shop", "web-1");
     assert_eq!(a["cniVersion"], "1.0.0", "a 1.0.0 configuration gets a 1.0.0 result");
-    assert_eq!(a["ips"][0]["address"], "10.244.1.2/24");
+    assert_eq!(a["ips"][0]["address"], "10.244.1.2/32");
     assert_eq!(a["ips"][0]["gateway"], "10.244.1.1");
-    assert_eq!(b["ips"][0]["address"], "10.244.1.3/24");
-    assert_eq!(a["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}]));
+    assert_eq!(b["ips"][0]["address"], "10.244.1.3/32");
+    assert_eq!(a["routes"], json!([{"dst": "10.244.1.1/32"}, {"dst": "0.0.0.0/0", "gw": "10.244.1.1"}]));
     assert_eq!(
         a["dns"],
         json!({"nameservers": [SERVICE_IP], "options": ["ndots:5"],
@@ -208,7 +208,7 @@ fn pods_made_by_the_plugin_are_endpoints_of_the_switch() {
         failures.push(format!("CHECK of a good endpoint: {}", o.raw));
     }
     let mut wrong = check.clone();
-    wrong["prevResult"]["ips"][0]["address"] = json!("10.244.1.77/24");
+    wrong["prevResult"]["ips"][0]["address"] = json!("10.244.1.77/32");
     let o = cni("CHECK", "ctr-a", Some(pod_a.path()), None, &wrong);
     assert_eq!(o.out["code"], 111, "CHECK with another address: {}", o.raw);
     pod_b.ip(&["route", "del", "default"]).unwrap();
@@ -235,7 +235,7 @@ fn pods_made_by_the_plugin_are_endpoints_of_the_switch() {
     ranged["runtimeConfig"] =
         json!({"ipRanges": [[{"subnet": "10.244.1.0/24", "rangeStart": "10.244.1.200", "rangeEnd": "10.244.1.210"}]]});
     let (pod_r, r) = add_pod(&ranged, "ctr-r", "shop", "ranged");
-    assert_eq!(r["ips"][0]["address"], "10.244.1.200/24", "{r}");
+    assert_eq!(r["ips"][0]["address"], "10.244.1.200/32", "{r}");
     assert_eq!(cni("DEL", "ctr-r", Some(pod_r.path()), None, &conf).code, 0);
     drop(pod_r);
 
@@ -433,11 +433,12 @@ fn dual_stack_pods_get_an_address_per_family_and_talk_over_both() {
     let (a, ra) = add_pod(&conf, "ds-a", "shop", "a");
     let (b, rb) = add_pod(&conf, "ds-b", "shop", "b");
     let ips: Vec<&str> = rb["ips"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap()).collect();
-    assert_eq!(ips, ["10.244.1.3/24", "fd00:10:244:1::3/64"], "{rb}");
+    assert_eq!(ips, ["10.244.1.3/32", "fd00:10:244:1::3/128"], "{rb}");
     assert_eq!(rb["ips"][1]["gateway"], "fd00:10:244:1::1");
     assert_eq!(
         ra["routes"],
-        json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}, {"dst": "::/0", "gw": "fd00:10:244:1::1"}])
+        json!([{"dst": "10.244.1.1/32"}, {"dst": "0.0.0.0/0", "gw": "10.244.1.1"},
+               {"dst": "fd00:10:244:1::1/128"}, {"dst": "::/0", "gw": "fd00:10:244:1::1"}])
     );
     let routes = a.ip(&["-6", "route", "show"]).unwrap();
     assert!(routes.contains("default via fd00:10:244:1::1 dev eth0"), "{routes}");
@@ -448,10 +449,56 @@ fn dual_stack_pods_get_an_address_per_family_and_talk_over_both() {
     let mut check = conf.clone();
     check["prevResult"] = ra.clone();
     assert_eq!(cni("CHECK", "ds-a", Some(a.path()), None, &check).code, 0);
+    // The result is what the pod holds, in both result versions.
+    assert_result_is_what_the_pod_holds(&ra, &a);
+    let mut v11 = conf.clone();
+    v11["cniVersion"] = json!("1.1.0");
+    let (c, rc) = add_pod(&v11, "ds-c", "shop", "c");
+    assert_eq!(rc["routes"][0], json!({"dst": "10.244.1.1/32", "scope": 253}), "{rc}");
+    assert_result_is_what_the_pod_holds(&rc, &c);
+    assert_eq!(cni("DEL", "ds-c", None, None, &v11).code, 0);
+    drop(c);
     for id in ["ds-a", "ds-b"] {
         assert_eq!(cni("DEL", id, None, None, &conf).code, 0);
     }
     assert!(node.host_interfaces().is_empty());
+}
+
+/// The addresses (with their prefix lengths) and routes of the pod's interface, read with `ip -j`
+/// in the pod, are those the result lists, no more and no fewer (the kernel's own link-local
+/// address and route aside).
+fn assert_result_is_what_the_pod_holds(result: &Value, pod: &Netns) {
+    let json = |args: &[&str]| -> Value { serde_json::from_str(&pod.ip(args).unwrap()).unwrap() };
+    let mut held: BTreeSet<String> = BTreeSet::new();
+    for link in json(&["-j", "addr", "show", "dev", "eth0"]).as_array().unwrap() {
+        for a in link["addr_info"].as_array().unwrap().iter().filter(|a| a["scope"] == "global") {
+            held.insert(format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]));
+        }
+    }
+    let reported: BTreeSet<String> =
+        result["ips"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(reported, held, "the result's addresses vs the pod's interface: {result}");
+    let mut routes: BTreeSet<(String, Option<String>)> = BTreeSet::new();
+    for (family, default, host) in [("-4", "0.0.0.0/0", "/32"), ("-6", "::/0", "/128")] {
+        for r in json(&[family, "-j", "route", "show", "dev", "eth0"]).as_array().unwrap() {
+            if r["protocol"] == "kernel" {
+                continue;
+            }
+            let dst = match r["dst"].as_str().unwrap() {
+                "default" => default.to_owned(),
+                d if d.contains('/') => d.to_owned(),
+                d => format!("{d}{host}"),
+            };
+            routes.insert((dst, r["gateway"].as_str().map(str::to_owned)));
+        }
+    }
+    let listed: BTreeSet<(String, Option<String>)> = result["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["dst"].as_str().unwrap().to_owned(), r["gw"].as_str().map(str::to_owned)))
+        .collect();
+    assert_eq!(listed, routes, "the result's routes vs the pod's: {result}");
 }
 
 #[test]

@@ -126,7 +126,9 @@ fn libcni_adds_checks_and_deletes_working_pods() {
     let (ok, rb) = cnitool.run("add", b.path(), "lib-b", "shop/web-1", Some("31080:8080"));
     assert!(ok, "libcni ADD b: {rb}\n{}", node.log());
     assert_eq!(ra["cniVersion"], "1.0.0");
-    assert_eq!(ra["ips"][0]["address"], "10.244.1.2/24", "{ra}");
+    // libcni read the result as the pod holds it: a host route, the gateway on the link.
+    assert_eq!(ra["ips"][0]["address"], "10.244.1.2/32", "{ra}");
+    assert_eq!(ra["routes"], json!([{"dst": "10.244.1.1/32"}, {"dst": "0.0.0.0/0", "gw": "10.244.1.1"}]), "{ra}");
     assert_eq!(
         ra["dns"]["search"],
         json!(["shop.svc.cluster.local", "svc.cluster.local", "cluster.local", "example.internal"]),

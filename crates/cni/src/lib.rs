@@ -500,11 +500,25 @@ impl NetConf {
     }
 }
 
-/// The CNI result for an endpoint, in `version` (1.0.0 and 1.1.0 have the same shape for ADD).
+/// The route scope "link" (`RT_SCOPE_LINK`): a destination on the link, no gateway.
+const SCOPE_LINK: u8 = 253;
+
+/// The CNI result for an endpoint, in `version` (1.0.0 and 1.1.0 have the same shape for ADD):
+/// what the pod's interface really holds, so that a runtime (or a chained plugin) reading it sees
+/// the truth. Each address is a host route (`/32`, `/128`: the pod has no on-link subnet; every
+/// packet goes to the gateway, and so through the switch), with its range's gateway; the routes
+/// are those made in the pod, per family: the gateway on the link (`scope` 253 in 1.1.0 results;
+/// 1.0.0 has no such field, and a route without `gw` is the on-link one), then the default route
+/// through it. This is the shape Cilium's results have, for the same layout.
 pub fn result(ep: &Endpoint, version: &str) -> Value {
     let mut routes = Vec::new();
     for v4 in [true, false] {
         if let Some(ip) = ep.ips.iter().find(|i| i.address.addr().is_ipv4() == v4) {
+            let mut on_link = json!({"dst": IpNet::from(ip.gateway).to_string()});
+            if version != "1.0.0" {
+                on_link["scope"] = json!(SCOPE_LINK);
+            }
+            routes.push(on_link);
             routes.push(json!({"dst": if v4 { "0.0.0.0/0" } else { "::/0" }, "gw": ip.gateway.to_string()}));
         }
     }
@@ -525,31 +539,50 @@ pub fn result(ep: &Endpoint, version: &str) -> Value {
     if !ep.dns.options.is_empty() {
         dns["options"] = json!(ep.dns.options);
     }
+    let ips: Vec<Value> = ep
+        .ips
+        .iter()
+        .map(|i| {
+            let configured = IpNet::from(i.address.addr());
+            json!({"address": configured.to_string(), "gateway": i.gateway.to_string(), "interface": 1})
+        })
+        .collect();
     json!({
         "cniVersion": version,
         "interfaces": [{"name": ep.host_interface}, pod_if],
-        "ips": ep.ips.iter().map(|i| json!({"address": i.address.to_string(), "gateway": i.gateway.to_string(), "interface": 1})).collect::<Vec<_>>(),
+        "ips": ips,
         "routes": routes,
         "dns": dns,
     })
 }
 
-/// Compares CHECK's `prevResult` with the agent's endpoint: the addresses must be the same.
+/// Compares CHECK's `prevResult` with the agent's endpoint: the addresses must be the same. A
+/// prefix length is either the host route the pod holds (what ADD reports) or the length of the
+/// range the address came from (what agents before this one reported), so that pods added before
+/// an upgrade still pass CHECK.
 pub fn check_prev_result(prev: &Value, ep: &Endpoint) -> Result<(), CniError> {
-    let mut want: Vec<String> = prev
+    let listed: Vec<String> = prev
         .get("ips")
         .and_then(|v| v.as_array())
         .into_iter()
         .flatten()
         .filter_map(|i| i.get("address").and_then(|a| a.as_str()).map(str::to_owned))
         .collect();
-    let mut have: Vec<String> = ep.ips.iter().map(|i| i.address.to_string()).collect();
+    let mut have: Vec<String> = ep.ips.iter().map(|i| IpNet::from(i.address.addr()).to_string()).collect();
+    let mut want: Vec<String> = listed
+        .iter()
+        .map(|a| match a.parse::<IpNet>() {
+            // An older result's range prefix stands for the same address.
+            Ok(n) if ep.ips.iter().any(|i| i.address == n) => IpNet::from(n.addr()).to_string(),
+            _ => a.clone(),
+        })
+        .collect();
     want.sort();
     have.sort();
     if want != have {
         return Err(CniError::new(
             code::CHECK_FAILED,
-            format!("prevResult has addresses {want:?}, the endpoint has {have:?}"),
+            format!("prevResult has addresses {listed:?}, the endpoint has {have:?}"),
             "the pod's network is not what ADD returned; recreate the pod",
         ));
     }
@@ -641,5 +674,62 @@ mod tests {
         assert_eq!(e.code, 7);
         assert!(e.msg.contains("acls[1].protocol"), "{}", e.msg);
         assert_eq!(with_acls(r#"[{"action":"Deny","direction":"In"}]"#).unwrap_err().code, 6);
+    }
+
+    fn endpoint(ips: &[(&str, &str)]) -> Endpoint {
+        Endpoint {
+            id: "n/c/eth0".into(),
+            network: "n".into(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/p".into(),
+            pod: None,
+            ips: ips
+                .iter()
+                .map(|(a, g)| flowgate_hostnet::objects::EndpointIp {
+                    address: a.parse().unwrap(),
+                    gateway: g.parse().unwrap(),
+                })
+                .collect(),
+            mac: Some("02:00:00:00:00:01".into()),
+            host_interface: "fgv000000000001".into(),
+            mtu: None,
+            dns: Dns::default(),
+            policies: vec![],
+            state: flowgate_hostnet::EndpointState::Ready,
+        }
+    }
+
+    /// The result says what the pod's interface holds: host routes, the gateway on the link, the
+    /// default route through it (agents before reported the range's prefix, /24, which the pod
+    /// never had).
+    #[test]
+    fn the_result_reports_the_addresses_and_routes_the_pod_holds() {
+        let ep = endpoint(&[("10.244.1.5/24", "10.244.1.1"), ("fd00:10:244:1::5/64", "fd00:10:244:1::1")]);
+        let r = result(&ep, "1.0.0");
+        assert_eq!(
+            r["ips"],
+            json!([{"address": "10.244.1.5/32", "gateway": "10.244.1.1", "interface": 1},
+                   {"address": "fd00:10:244:1::5/128", "gateway": "fd00:10:244:1::1", "interface": 1}])
+        );
+        assert_eq!(
+            r["routes"],
+            json!([{"dst": "10.244.1.1/32"}, {"dst": "0.0.0.0/0", "gw": "10.244.1.1"},
+                   {"dst": "fd00:10:244:1::1/128"}, {"dst": "::/0", "gw": "fd00:10:244:1::1"}])
+        );
+        let r = result(&ep, "1.1.0");
+        assert_eq!(r["routes"][0], json!({"dst": "10.244.1.1/32", "scope": 253}), "1.1.0 names the link scope");
+        assert_eq!(r["routes"][2], json!({"dst": "fd00:10:244:1::1/128", "scope": 253}));
+    }
+
+    #[test]
+    fn check_accepts_this_result_and_an_older_agents() {
+        let ep = endpoint(&[("10.244.1.5/24", "10.244.1.1")]);
+        check_prev_result(&result(&ep, "1.0.0"), &ep).unwrap();
+        check_prev_result(&json!({"ips": [{"address": "10.244.1.5/24"}]}), &ep).unwrap();
+        for other in ["10.244.1.5/25", "10.244.1.6/32"] {
+            let e = check_prev_result(&json!({"ips": [{"address": other}]}), &ep).unwrap_err();
+            assert_eq!(e.code, code::CHECK_FAILED, "{other}");
+        }
     }
 }

@@ -256,8 +256,8 @@ pub struct PodRef {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointIp {
-    /// The address, with the prefix length of the range it came from (what the CNI result
-    /// reports; the pod's interface holds it as a host route, /32 or /128).
+    /// The address, with the prefix length of the range it came from (the pod's interface holds
+    /// it as a host route, /32 or /128, and that is what the CNI result reports).
     pub address: IpNet,
     /// The gateway of its range.
     pub gateway: IpAddr,
