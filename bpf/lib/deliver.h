@@ -14,9 +14,12 @@
  * fragments, IPv6 extension headers, a VLAN-tagged frame, a packet larger than the outgoing
  * interface's MTU (GSO packets are the kernel's to segment), a destination the FIB does not
  * forward or whose neighbour entry does not exist yet (the stack makes it), a frame not addressed
- * to this host, an IPv6 packet from the unspecified address. What the node no longer does for the
- * packets delivered this way: its netfilter hooks (FORWARD chain, conntrack), rp_filter, and the
- * host-side interface's egress qdisc. Load the programs with FG_DIRECT_DELIVERY = 0 (the agent's
+ * to this host, an IPv6 packet from the unspecified address, and every packet of a connection from
+ * the network whose source the node does not route back out of the interface it came in through
+ * (fg_routed_back, on its first packet: the stack's rp_filter then decides, as without the switch;
+ * sources only the node may use never get this far, see fg_uplink_source_ok). What the node no
+ * longer does for the packets delivered this way: its netfilter hooks (FORWARD chain, conntrack)
+ * and the host-side interface's egress qdisc. Load the programs with FG_DIRECT_DELIVERY = 0 (the agent's
  * `localDelivery: Routed`) to keep every packet on the stack's path.
  */
 #ifndef FLOWGATE_DELIVER_H
@@ -110,6 +113,32 @@ static __attribute__((noinline)) int fg_deliver(struct __sk_buff *skb, const str
 	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
 	fg_count(FG_COUNTER_DELIVERED);
 	return bpf_redirect_peer(out, 0);
+}
+
+/* The reverse-path check of a connection's first packet from the network (as rp_filter's strict
+ * mode, for IPv4 and IPv6 alike): whether the node routes the packet's source back out of the
+ * interface it arrived on. `fib` is per-CPU scratch. 1 = yes. */
+static __attribute__((noinline)) int fg_routed_back(struct __sk_buff *skb, const struct fg_pkt *p,
+						    struct bpf_fib_lookup *fib)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->ifindex = skb->ifindex;
+	fib->l4_protocol = p->key.proto;
+	fib->sport = p->key.dport;
+	fib->dport = p->key.sport;
+	if (!p->v6) {
+		fib->family = 2; /* AF_INET */
+		fib->ipv4_src = p->key.dst.w[3];
+		fib->ipv4_dst = p->key.src.w[3];
+	} else {
+		fib->family = 10; /* AF_INET6 */
+		__builtin_memcpy(fib->ipv6_src, p->key.dst.w, 16);
+		__builtin_memcpy(fib->ipv6_dst, p->key.src.w, 16);
+	}
+	/* (A source on a link-local route, or one the node reaches through a neighbour it has not
+	 * resolved yet, still counts: the neighbour is not looked up.) */
+	long rc = bpf_fib_lookup(skb, fib, sizeof(*fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	return rc == BPF_FIB_LKUP_RET_SUCCESS && fib->ifindex == skb->ifindex;
 }
 
 #endif

@@ -160,6 +160,8 @@ enum fg_verdict {
 #define FG_FLOW_REWRITE_DST 0x2
 #define FG_FLOW_REPLY 0x4
 #define FG_FLOW_CLOSED 0x8       /* TCP: a FIN or RST was seen (either direction) */
+#define FG_FLOW_VIA_STACK 0x10   /* from the network, not routed back where it came from: never
+				  * delivered directly (bpf/lib/deliver.h) */
 
 /* A header transposition: what every later packet of this direction gets. */
 struct fg_flow {
@@ -199,7 +201,9 @@ struct fg_port {
 };
 
 /* fg_endpoint_addrs: (port id, address) of every endpoint; anti-spoofing. Every address is also
- * listed under FG_ANY_ENDPOINT_PORT: a packet from the network with one as its source is spoofed. */
+ * listed under FG_ANY_ENDPOINT_PORT, with the node's own addresses and its pods' gateway addresses
+ * (the switch policy's host addresses): a packet from the network with one as its source is
+ * spoofed. */
 struct fg_endpoint_key {
 	__u32 port_id;
 	struct fg_addr addr;

@@ -378,11 +378,12 @@ struct {
 } fg_work SEC(".maps");
 
 /* An allowed (and translated) packet goes on: to a local pod directly when it entered at a TC
- * ingress hook, else the stack's way. */
-static __always_inline int fg_allowed(struct __sk_buff *skb, struct fg_work *w, __u32 ingress, __u8 cached)
+ * ingress hook (and its flow may be delivered so, `flow_flags`), else the stack's way. */
+static __always_inline int fg_allowed(struct __sk_buff *skb, struct fg_work *w, __u32 ingress, __u8 cached,
+				      __u8 flow_flags)
 {
 	int r = fg_verdict_ret(skb, &w->p, FG_VERDICT_ALLOW, 0, cached);
-	if (ingress == FG_INGRESS_HOST)
+	if (ingress == FG_INGRESS_HOST || (flow_flags & FG_FLOW_VIA_STACK))
 		return r;
 	return fg_deliver(skb, &w->p, &w->fib);
 }
@@ -418,7 +419,7 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 				return fg_verdict_ret(skb, p, f->verdict, f->reason, 1);
 			if (fg_apply(skb, p, f) < 0)
 				return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
-			return fg_allowed(skb, w, ingress, 1);
+			return fg_allowed(skb, w, ingress, 1, f->flags);
 		}
 		/* Decided under an older policy: re-check, keeping the backend if it is still valid. */
 		w->keep = *f;
@@ -453,6 +454,12 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 			   w->old_rev.sport != w->rev.sport || w->old_rev.dport != w->rev.dport)
 			bpf_map_delete_elem(&fg_flows, &w->old_rev);
 	}
+	/* A connection from the network whose source the node would not route back out of the
+	 * interface it came in through takes the stack's path, never direct delivery: its reverse-path
+	 * filter (rp_filter) and martian checks decide, as they would without this switch. */
+	if (w->fwd.verdict == FG_VERDICT_ALLOW && ingress == FG_INGRESS_UPLINK && FG_DIRECT_DELIVERY &&
+	    !fg_routed_back(skb, p, &w->fib))
+		w->fwd.flags |= FG_FLOW_VIA_STACK;
 	w->fwd.last_seen_ns = bpf_ktime_get_ns();
 	bpf_map_update_elem(&fg_flows, &p->key, &w->fwd, BPF_ANY);
 	if (w->fwd.verdict == FG_VERDICT_ALLOW) {
@@ -460,7 +467,7 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 		bpf_map_update_elem(&fg_flows, &w->rev, &w->back, BPF_ANY);
 		if (fg_apply(skb, p, &w->fwd) < 0)
 			return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
-		return fg_allowed(skb, w, ingress, 0);
+		return fg_allowed(skb, w, ingress, 0, w->fwd.flags);
 	}
 	return fg_verdict_ret(skb, p, w->fwd.verdict, w->fwd.reason, 0);
 }
@@ -518,23 +525,64 @@ static __attribute__((noinline)) int fg_endpoint_source_ok(struct __sk_buff *skb
 	return bpf_map_lookup_elem(&fg_endpoint_addrs, &ek) != 0;
 }
 
+/* Anti-spoofing on the uplink, for every IPv4 and IPv6 packet whatever its protocol or fragment
+ * offset: nothing from the network may carry a source that only this node may use — an address of
+ * one of its pods, of the node itself or of a pod gateway (all listed under FG_ANY_ENDPOINT_PORT:
+ * NetworkPolicy judges peers by source and lets the node's own traffic through), or one the
+ * kernel's martian-source checks refuse (ip_route_input_slow, ip6_rcv_core): loopback, multicast,
+ * the limited broadcast, 0.0.0.0/8 and :: (except to a broadcast or multicast destination: DHCP,
+ * IGMP, duplicate address detection, MLD), and IPv4-mapped IPv6. Those checks would not help:
+ * the switch may hand the packet to a pod past the node's stack (direct delivery), and the node
+ * accepts its own addresses as sources (accept_local, needed because the switch masquerades on
+ * ingress, before routing). IPv4 link-local sources (169.254.0.0/16) and IPv6 link-local ones
+ * pass, as the kernel lets them: a cloud's metadata service answers from one, routers speak from
+ * the other. */
+static __attribute__((noinline)) int fg_uplink_source_ok(struct __sk_buff *skb)
+{
+	__u16 proto;
+	if (bpf_skb_load_bytes(skb, 12, &proto, 2) < 0)
+		return 1;
+	struct fg_endpoint_key ek = { .port_id = FG_ANY_ENDPOINT_PORT };
+	if (proto == bpf_htons(ETH_P_IP)) {
+		__u32 a[2]; /* source, destination */
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 12, a, sizeof(a)) < 0)
+			return 1; /* truncated: the parser's to judge */
+		__u32 s = bpf_ntohl(a[0]), d = bpf_ntohl(a[1]);
+		if ((s >> 24) == 127 || (s >> 28) == 0xe || s == 0xffffffff)
+			return 0;
+		if ((s >> 24) == 0)
+			return d == 0xffffffff || (d >> 28) == 0xe;
+		fg_addr_v4(&ek.addr, a[0]);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct fg_addr d;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 8, &ek.addr, 16) < 0 ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + 24, &d, 16) < 0)
+			return 1;
+		const __u32 *s = ek.addr.w;
+		if ((s[0] & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000))
+			return 0; /* multicast */
+		if (!s[0] && !s[1] && (s[2] == bpf_htonl(0xffff) || (!s[2] && s[3] == bpf_htonl(1))))
+			return 0; /* IPv4-mapped, ::1 */
+		if (!(s[0] | s[1] | s[2] | s[3]))
+			return (d.w[0] & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000);
+	} else {
+		return 1;
+	}
+	return bpf_map_lookup_elem(&fg_endpoint_addrs, &ek) == 0;
+}
+
 /* The whole switch for one packet entering through a port of kind `ingress`. */
 static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 {
 	if (ingress == FG_INGRESS_ENDPOINT && !fg_endpoint_source_ok(skb))
+		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_SPOOFED, 0);
+	if (ingress == FG_INGRESS_UPLINK && !fg_uplink_source_ok(skb))
 		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_SPOOFED, 0);
 	__u32 zero = 0;
 	struct fg_work *w = bpf_map_lookup_elem(&fg_work, &zero);
 	if (!w)
 		return FG_PASS;
 	int pr = fg_parse(skb, &w->p);
-	if (ingress == FG_INGRESS_UPLINK && (pr == FG_PARSE_OK || pr == FG_PARSE_ICMP)) {
-		/* Nothing from the network may send as a pod of this node (its policies judge sources). */
-		struct fg_endpoint_key ek = { .port_id = FG_ANY_ENDPOINT_PORT };
-		ek.addr = w->p.key.src;
-		if (bpf_map_lookup_elem(&fg_endpoint_addrs, &ek))
-			return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_SPOOFED, 0);
-	}
 	if (pr == FG_PARSE_OK)
 		return fg_switch_packet(skb, ingress, w);
 	if (pr == FG_PARSE_ICMP)

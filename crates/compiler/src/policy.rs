@@ -590,6 +590,16 @@ impl PolicyCompiler {
             let set: BTreeSet<IpNet> = node.addresses.iter().chain(gateways).map(|a| IpNet::from(*a)).collect();
             set.into_iter().collect()
         };
+        // The same addresses are the switch's host addresses: what the node's own traffic comes
+        // from, so what nothing arriving from the network may carry (the uplink drops it as
+        // spoofed). One list for both, so that "traffic from the node is allowed" never holds for a
+        // source the network can forge.
+        let mut hosts: Vec<IpNet> = policy.host_addresses.nets();
+        hosts.sort();
+        if hosts != node_nets {
+            policy.host_addresses = PrefixSet::from_nets(node_nets.iter().copied());
+            delta.host = true;
+        }
         // (They are in every isolated endpoint's rules: when they change, everything is compiled.)
         let changes = changes.filter(|c| c.namespaces.is_empty() && node_nets == self.node_nets);
         self.node_nets = node_nets.clone();

@@ -434,10 +434,19 @@ impl Dataplane for EbpfDataplane {
                 p.endpoints.insert(id, want);
             }
         }
-        // Every local endpoint's address once more, under ANY_ENDPOINT_PORT: what arrives from
-        // the network with one of them as its source is dropped as spoofed.
-        if touched {
-            let owned: HashSet<maps::Addr> = p.endpoints.values().flatten().copied().collect();
+        // Every local endpoint's address once more, under ANY_ENDPOINT_PORT, and the node's own
+        // addresses and pod gateways (its host addresses): what arrives from the network with one
+        // of them as its source is dropped as spoofed.
+        if touched || delta.host {
+            let mut owned: HashSet<maps::Addr> = p.endpoints.values().flatten().copied().collect();
+            owned.extend(
+                desired
+                    .host_addresses
+                    .nets()
+                    .into_iter()
+                    .filter(|n| n.prefix_len() == n.max_prefix_len())
+                    .map(|n| maps::Addr::from_ip(n.addr())),
+            );
             for a in owned.difference(&p.any_endpoint) {
                 m.endpoint_addrs
                     .insert(maps::EndpointKey { port_id: maps::ANY_ENDPOINT_PORT, addr: *a }, 1u8, 0)

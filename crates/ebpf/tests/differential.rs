@@ -311,10 +311,19 @@ impl Kernel {
         }
         // The reply, from where the packet went, comes back as if from the original destination.
         let reply = FlowKey { src: out.dst, dst: out.src, proto: key.proto, sport: out.dport, dport: out.sport };
-        let back_prog = if policy.endpoint_for(reply.src).is_some() { 1 } else { 0 };
+        // (From a pod: its endpoint's program; from the node itself: the node's own stack sends it,
+        // through the uplink's egress program — nothing from the network may carry a node address.)
+        let back_prog = if policy.endpoint_for(reply.src).is_some() {
+            1
+        } else if policy.is_host_address(reply.src) {
+            2
+        } else {
+            0
+        };
         let (rr, _) = self.run(back_prog, &frame_of(&reply));
         let (back, _) = frame::key_of(&rr.output).unwrap();
-        if rr.retval != TC_ACT_OK || back.src_socket() != key.dst_socket() || back.dst_socket() != key.src_socket() {
+        let passed = rr.retval == TC_ACT_OK || (back_prog == 2 && rr.retval == TC_ACT_REDIRECT);
+        if !passed || back.src_socket() != key.dst_socket() || back.dst_socket() != key.src_socket() {
             return Checked::Failed(format!("{what}: reply came back as {back} (retval {})", rr.retval));
         }
         if !checksums_ok(&rr.output) {
@@ -322,7 +331,8 @@ impl Kernel {
         }
         // An ICMP error from the destination about the translated packet comes back translated:
         // to the original source, from the original destination, quoting the original packet.
-        if let (std::net::IpAddr::V4(backend), true) = (out.dst, key.src.is_ipv4()) {
+        // (The node's own ICMP errors leave by its stack, untranslated: not the switch's.)
+        if let (std::net::IpAddr::V4(backend), true, false) = (out.dst, key.src.is_ipv4(), back_prog == 2) {
             let mut err = icmp_unreachable(backend, &r.output);
             let (er, _) = self.run(back_prog, &err);
             err = er.output;

@@ -186,3 +186,125 @@ fn the_network_cannot_send_as_a_pod_of_the_node() {
     })
     .unwrap();
 }
+
+/// A node with an IPv4 and an IPv6 address and pod `a`, made by the node's host networking service
+/// (a local endpoint) with gateway 10.0.1.1 on its host side.
+const NODE_V6: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nstatus: {addresses: [{type: InternalIP, address: 192.168.0.2}, {type: InternalIP, address: 'fd00:1::2'}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: default}\nspec: {nodeName: node-a, containers: [{name: c, image: i}]}\nstatus: {podIP: 10.0.1.5, podIPs: [{ip: 10.0.1.5}, {ip: 'fd00:244::5'}]}\n";
+
+/// A frame from `src` to `dst` of protocol `proto` (TCP, UDP, ICMP echo, or any other number as a
+/// bare payload).
+fn frame_to(src: &str, dst: &str, proto: u8) -> Vec<u8> {
+    let ips = IpPair::new(src.parse().unwrap(), dst.parse().unwrap()).unwrap();
+    let l4 = match proto {
+        6 => L4Spec::tcp(40000, 8080, tcp::Flags::SYN),
+        17 => L4Spec::udp(68, 67),
+        1 | 58 => L4Spec::icmp_echo(1, 1),
+        p => L4Spec::Raw { protocol: flowgate_wire::Protocol::from(p) },
+    };
+    build_frame(&FrameSpec::new(ips, l4).with_payload(vec![0u8; 16]))
+}
+
+/// Issue 12, "trust no forged source": a packet from the network whose source only the node may
+/// use — its own address, a pod gateway's, loopback, 0.0.0.0/8 or `::` to a unicast destination,
+/// multicast, the limited broadcast, IPv4-mapped IPv6 — is dropped by the uplink program as
+/// spoofed before anything else, whatever its protocol and fragment offset, and the model says the
+/// same; what the kernel lets in (DHCP from 0.0.0.0 to the broadcast, duplicate address detection
+/// from `::`, link-local sources, anyone else) passes. Before this, the node's and the gateway's
+/// addresses passed the uplink, and NetworkPolicy (which lets the node's own traffic through)
+/// opened isolated pods to them.
+#[test]
+fn the_network_cannot_send_as_the_node() {
+    if !flowgate_ebpf::privileged_test("the_network_cannot_send_as_the_node") {
+        return;
+    }
+    let mut state = flowgate_cluster::load_str(Path::new("m.yaml"), NODE_V6).unwrap().state;
+    state.local_endpoints.insert(
+        flowgate_cluster::ObjectKey::new("default".to_owned(), "a".to_owned()),
+        flowgate_cluster::LocalEndpoint {
+            ips: vec!["10.0.1.5".parse().unwrap(), "fd00:244::5".parse().unwrap()],
+            gateways: vec!["10.0.1.1".parse().unwrap(), "fd00:244::1".parse().unwrap()],
+            ..flowgate_cluster::LocalEndpoint::default()
+        },
+    );
+    let policy = flowgate_compiler::compile(&state, Some("node-a")).unwrap().policy;
+
+    let ns = Netns::new().unwrap();
+    ns.run(|| {
+        let mut loaded = flowgate_ebpf::load(objects::UPLINK, None, &[]).unwrap();
+        let dp = EbpfDataplane::new(KernelMaps::take(&mut loaded.ebpf).unwrap());
+        dp.apply(&policy, &PolicyDelta::full()).unwrap();
+        let last: std::cell::RefCell<PerCpuArray<_, maps::Last>> =
+            std::cell::RefCell::new(PerCpuArray::try_from(loaded.ebpf.take_map("fg_last").unwrap()).unwrap());
+        let cpus = aya::util::nr_cpus().unwrap();
+        let prog = loaded.classifier("fg_uplink_ingress").unwrap();
+        let run = |f: &[u8]| {
+            // (Cleared first: the outcome read is this run's, on whichever CPU ran it.)
+            let clear = aya::maps::PerCpuValues::try_from(vec![maps::Last::default(); cpus]).unwrap();
+            last.borrow_mut().set(0, clear, 0).unwrap();
+            let r = test_run_with(prog, f, None, 1).unwrap();
+            let l = last.borrow().get(&0, 0).unwrap().iter().find(|l| l.verdict != 0).copied().unwrap_or_default();
+            (r.retval, l.reason)
+        };
+        let mut failures = Vec::new();
+        let mut check = |src: &str, dst: &str, proto: u8, spoofed: bool, what: &str| {
+            let got = run(&frame_to(src, dst, proto));
+            let want = if spoofed { (2, 6) } else { (0, 0) };
+            // The model, for the same packet from the uplink.
+            let mut sw = flowgate_switch::Switch::new(std::sync::Arc::new(policy.clone()));
+            let has_ports = matches!(proto, 6 | 17);
+            let key = flowgate_switch::FlowKey {
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                sport: if has_ports { 40000 } else { 0 },
+                dport: if has_ports { 8080 } else { 0 },
+                proto: flowgate_switch::Proto(proto),
+            };
+            let model = sw.process(flowgate_switch::PortId::UPLINK, key, 0);
+            let model_spoofed = model.reason == Some(flowgate_switch::DropReason::Spoofed);
+            if got != want || model_spoofed != spoofed {
+                failures.push(format!(
+                    "{what}: {src} -> {dst} proto {proto}: kernel {got:?}, model {:?} {:?}, want spoofed = {spoofed}",
+                    model.verdict, model.reason
+                ));
+            }
+        };
+        check("192.168.0.2", "10.0.1.5", 17, true, "the node's address");
+        check("192.168.0.2", "10.0.1.5", 6, true, "the node's address, TCP");
+        check("10.0.1.1", "10.0.1.5", 17, true, "a pod gateway's address");
+        check("fd00:1::2", "fd00:244::5", 17, true, "the node's IPv6 address");
+        check("fd00:244::1", "fd00:244::5", 17, true, "a pod gateway's IPv6 address");
+        check("10.0.1.1", "10.0.1.5", 47, true, "GRE from a gateway");
+        check("192.168.0.2", "10.0.1.5", 1, true, "a ping from the node's address");
+        check("127.0.0.1", "10.0.1.5", 17, true, "loopback");
+        check("127.9.9.9", "192.168.0.2", 6, true, "loopback to the node");
+        check("0.0.0.0", "10.0.1.5", 17, true, "0.0.0.0 to a pod");
+        check("0.1.2.3", "10.0.1.5", 17, true, "0.0.0.0/8 to a pod");
+        check("224.0.0.5", "10.0.1.5", 17, true, "a multicast source");
+        check("255.255.255.255", "10.0.1.5", 17, true, "the limited broadcast as source");
+        check("::1", "fd00:244::5", 17, true, "IPv6 loopback");
+        check("::", "fd00:244::5", 17, true, "the unspecified address to a pod");
+        check("ff02::1", "fd00:244::5", 17, true, "an IPv6 multicast source");
+        check("::ffff:10.0.1.1", "fd00:244::5", 17, true, "an IPv4-mapped gateway");
+        check("::ffff:203.0.113.7", "fd00:244::5", 17, true, "any IPv4-mapped source");
+        check("0.0.0.0", "255.255.255.255", 17, false, "DHCP discover");
+        check("0.0.0.0", "224.0.0.22", 2, false, "IGMP from 0.0.0.0");
+        check("::", "ff02::1:ff00:5", 58, false, "duplicate address detection");
+        check("fe80::1", "fd00:244::5", 17, false, "a link-local IPv6 source");
+        check("169.254.169.254", "10.0.1.5", 17, false, "a link-local IPv4 source (metadata services)");
+        check("203.0.113.7", "10.0.1.5", 17, false, "anyone else");
+        check("240.0.0.1", "10.0.1.5", 17, false, "class E (not a martian for Linux)");
+        // A later fragment carries no ports, and a forged one is as forged.
+        let mut fragment = frame_to("192.168.0.2", "10.0.1.5", 17);
+        fragment[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes());
+        if run(&fragment) != (2, 6) {
+            failures.push("a later fragment from the node's address passed".into());
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+        // The gateways and the node's addresses are counted as spoofed drops.
+        let counters = dp.counters();
+        let spoofed = counters.iter().find(|(name, _)| name.contains("spoofed")).map(|(_, v)| *v);
+        assert_eq!(spoofed, Some(19), "{counters:?}");
+    })
+    .unwrap();
+}

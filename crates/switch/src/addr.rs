@@ -103,6 +103,25 @@ impl PrefixSet {
     }
 }
 
+/// Whether `src` is a source no packet from the network may carry whatever the node's addresses,
+/// as the kernel's martian-source checks have it (`ip_route_input_slow`, `ip6_rcv_core`): loopback,
+/// multicast, the limited broadcast, 0.0.0.0/8 and `::` (except to a broadcast or multicast
+/// destination `dst`: DHCP, IGMP, duplicate address detection, MLD), and IPv4-mapped IPv6.
+/// Link-local sources are not martians (a cloud's metadata service answers from 169.254.169.254).
+/// The kernel's `fg_uplink_source_ok` (bpf/lib/switch.h) is the same function.
+pub fn martian_source(src: IpAddr, dst: IpAddr) -> bool {
+    let to_group = match dst {
+        IpAddr::V4(d) => d.is_broadcast() || d.is_multicast(),
+        IpAddr::V6(d) => d.is_multicast(),
+    };
+    match src {
+        IpAddr::V4(s) => s.is_loopback() || s.is_multicast() || s.is_broadcast() || (s.octets()[0] == 0 && !to_group),
+        IpAddr::V6(s) => {
+            s.is_loopback() || s.is_multicast() || s.to_ipv4_mapped().is_some() || (s.is_unspecified() && !to_group)
+        }
+    }
+}
+
 /// Adds `key` to the set of prefix length `len` in `by_len` (kept longest first). Returns whether
 /// it was new.
 fn insert_at<K: std::hash::Hash + Eq>(by_len: &mut Vec<(u8, FxHashSet<K>)>, len: u8, key: K) -> bool {

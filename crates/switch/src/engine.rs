@@ -88,10 +88,10 @@ impl Switch {
 
     /// Processes one packet entering on `ingress` at time `now` (seconds, any epoch).
     pub fn process(&mut self, ingress: PortId, key: FlowKey, now: u64) -> Outcome {
-        // From the network as a pod of this node: dropped before the flow table (as in the
-        // kernel), whatever connection its 5-tuple names.
+        // From the network with a source only this node may use: dropped before the flow table
+        // (as in the kernel), whatever connection its 5-tuple names.
         if let Some(port) = self.policy.port(ingress) {
-            if let Some(p) = walk::from_network_as_a_pod(&self.policy, port, &key, &mut NoSteps) {
+            if let Some(p) = walk::forged_from_network(&self.policy, port, &key, &mut NoSteps) {
                 return Outcome { verdict: p.verdict, reason: p.reason, packet: key, egress: None, cached: false };
             }
         }

@@ -112,7 +112,7 @@ pub(crate) fn head(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
     let ingress_kind = IngressKind::from(&port.kind);
     steps.push(|| format!("from {}", port.label()));
     if let Some(p) =
-        leaving_endpoint(port, ingress, key, steps).or_else(|| from_network_as_a_pod(policy, port, key, steps))
+        leaving_endpoint(port, ingress, key, steps).or_else(|| forged_from_network(policy, port, key, steps))
     {
         return Head::Done(p);
     }
@@ -236,7 +236,7 @@ pub(crate) fn echo(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
     let ingress_kind = IngressKind::from(&port.kind);
     steps.push(|| format!("from {} (ICMP echo request)", port.label()));
     if let Some(p) =
-        leaving_endpoint(port, ingress, key, steps).or_else(|| from_network_as_a_pod(policy, port, key, steps))
+        leaving_endpoint(port, ingress, key, steps).or_else(|| forged_from_network(policy, port, key, steps))
     {
         return p;
     }
@@ -258,19 +258,29 @@ pub(crate) fn echo(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
     Path { verdict: Verdict::Allow, reason: None, dnat: None, masquerade: false, egress }
 }
 
-/// For a packet arriving from the network (the uplink): a source that is the address of a pod on
-/// this node is spoofed — nothing outside may send as one (the pods' policies judge sources).
-/// `None` to go on.
-pub(crate) fn from_network_as_a_pod(
+/// For a packet arriving from the network (the uplink): a source only this node may use is forged —
+/// the address of a pod on this node (the pods' policies judge sources), one of the node's own
+/// addresses or a pod gateway's (its host addresses: policies let the node's traffic through), or a
+/// martian ([`crate::addr::martian_source`]). `None` to go on.
+pub(crate) fn forged_from_network(
     policy: &SwitchPolicy,
     port: &Port,
     key: &FlowKey,
     steps: &mut impl Steps,
 ) -> Option<Path> {
-    if !matches!(port.kind, PortKind::Uplink) || policy.endpoint_for(key.src).is_none() {
+    if !matches!(port.kind, PortKind::Uplink) {
         return None;
     }
-    steps.push(|| format!("anti-spoofing: {} is a pod on this node; nothing from the network may send as it", key.src));
+    let why = if crate::addr::martian_source(key.src, key.dst) {
+        "a martian source (loopback, multicast, broadcast, unspecified or IPv4-mapped)"
+    } else if policy.endpoint_for(key.src).is_some() {
+        "a pod on this node"
+    } else if policy.is_host_address(key.src) {
+        "an address of this node (or a pod gateway's)"
+    } else {
+        return None;
+    };
+    steps.push(|| format!("anti-spoofing: {} is {why}; nothing from the network may send as it", key.src));
     Some(Path::stop(Verdict::Drop, DropReason::Spoofed))
 }
 
