@@ -641,3 +641,72 @@ fn deny_all_isolates_cni_pods_but_never_from_their_node() {
         assert_eq!(cni("DEL", id, None, None, &conf).code, 0);
     }
 }
+
+/// A second ADD of a live attachment (same network, container and interface, no DEL between) is
+/// refused with code 112 and changes nothing: the pod keeps its address, its veth and its traffic
+/// (an agent that replaced it renumbered a running pod). An ADD after a half-made attachment — its
+/// veth gone, or its namespace gone — replaces the leftover and works.
+#[test]
+fn a_second_add_is_refused_and_a_leftover_replaced() {
+    if !root("a_second_add_is_refused_and_a_leftover_replaced") {
+        return;
+    }
+    let node = Node::start("twice");
+    let conf = node.conf("twice", "10.244.1.0/24");
+    let args = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web";
+    let (pod, first) = add_pod(&conf, "twice", "shop", "web");
+    let ip = ip_of(&first);
+    let host_if = first["interfaces"][0]["name"].as_str().unwrap().to_owned();
+    let link_before = node.ns.ip(&["-o", "link", "show", &host_if]).unwrap();
+    let _web = Server::tcp(&pod, "web", "0.0.0.0:8080");
+    let mut failures = Vec::new();
+
+    let other = Netns::new().unwrap();
+    for (what, ns) in [("same namespace", pod.path()), ("another namespace", other.path())] {
+        let o = cni("ADD", "twice", Some(ns), Some(args), &conf);
+        if o.code == 0 || o.out["code"] != 112 {
+            failures.push(format!("second ADD ({what}) must fail with code 112: {}", o.raw));
+        } else if !o.out["msg"].as_str().unwrap_or_default().contains("already has interface \"eth0\"") {
+            failures.push(format!("second ADD ({what}): the message should say what exists: {}", o.raw));
+        }
+    }
+    let addrs = pod.ip(&["-o", "-4", "addr", "show", "eth0"]).unwrap_or_else(|e| format!("no eth0: {e}"));
+    if !addrs.contains(&format!("{ip}/32")) || addrs.lines().count() != 1 {
+        failures.push(format!("the pod's address changed: {addrs}"));
+    }
+    if node.ns.ip(&["-o", "link", "show", &host_if]).ok().as_deref() != Some(link_before.as_str()) {
+        failures.push(format!("the pod's veth was touched: {:?}", node.host_interfaces()));
+    }
+    let recorded = node.api("GET", "/v1/endpoints/twice/twice/eth0", None).unwrap_or_else(|e| json!(e));
+    if recorded["ips"][0]["address"].as_str().map(|a| a.starts_with(&format!("{ip}/"))) != Some(true) {
+        failures.push(format!("the record changed: {recorded}"));
+    }
+    match ask(&node.ns, &format!("{ip}:8080")) {
+        Ok(l) if l.starts_with("web ") => {}
+        other => failures.push(format!("the pod no longer answers at {ip}: {other:?}")),
+    }
+    let mut check = conf.clone();
+    check["prevResult"] = first.clone();
+    let o = cni("CHECK", "twice", Some(pod.path()), None, &check);
+    if o.code != 0 {
+        failures.push(format!("CHECK after the refused ADDs: {}", o.raw));
+    }
+    assert!(failures.is_empty(), "{}\nagent log:\n{}", failures.join("\n"), node.log());
+
+    // Half made: the veth is gone (deleted by someone); the runtime's next ADD replaces it.
+    node.ns.ip(&["link", "del", &host_if]).unwrap();
+    let o = cni("ADD", "twice", Some(pod.path()), Some(args), &conf);
+    assert_eq!(o.code, 0, "ADD after the veth went: {}\n{}", o.raw, node.log());
+    let again = ip_of(&o.out);
+    assert!(pod.ip(&["-o", "-4", "addr", "show", "eth0"]).unwrap().contains(&format!("{again}/32")));
+    assert_eq!(ask(&node.ns, &format!("{again}:8080")).unwrap().split(' ').next(), Some("web"));
+    // The namespace is gone (the container died without a DEL): ADD in a new one works.
+    drop(_web);
+    drop(pod);
+    let o = cni("ADD", "twice", Some(other.path()), Some(args), &conf);
+    assert_eq!(o.code, 0, "ADD after the namespace went: {}\n{}", o.raw, node.log());
+    assert!(other.ip(&["-o", "-4", "addr", "show", "eth0"]).unwrap().contains(&format!("{}/32", ip_of(&o.out))));
+    assert_eq!(node.host_interfaces().len(), 1, "{:?}", node.host_interfaces());
+    assert_eq!(cni("DEL", "twice", Some(other.path()), None, &conf).code, 0);
+    assert!(node.host_interfaces().is_empty(), "{:?}", node.host_interfaces());
+}

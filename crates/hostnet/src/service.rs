@@ -64,6 +64,9 @@ pub enum HnsError {
     /// The request conflicts with what exists.
     #[error("{0}")]
     Conflict(String),
+    /// ADD for an attachment (network, container, interface) that is already live.
+    #[error("{0}")]
+    AttachmentExists(String),
     /// No address left.
     #[error("{0}")]
     Exhausted(StoreError),
@@ -89,15 +92,20 @@ impl From<StoreError> for HnsError {
 
 /// The CNI plugin's own error code for address exhaustion (the spec leaves 100 and up to plugins).
 pub const CNI_CODE_NO_ADDRESSES: u32 = 110;
+/// The CNI plugin's own error code for an ADD of an attachment that is already live (no spec code
+/// says "exists").
+pub const CNI_CODE_ATTACHMENT_EXISTS: u32 = 112;
 
 impl HnsError {
     /// The CNI error code: 7 invalid network configuration, 3 unknown container, 11 try again
-    /// later, 5 I/O, [`CNI_CODE_NO_ADDRESSES`] for exhaustion.
+    /// later, 5 I/O, [`CNI_CODE_NO_ADDRESSES`] for exhaustion, [`CNI_CODE_ATTACHMENT_EXISTS`] for a
+    /// second ADD.
     pub fn cni_code(&self) -> u32 {
         match self {
             HnsError::Invalid(_) => 7,
             HnsError::NotFound(_) => 3,
             HnsError::Conflict(_) => 7,
+            HnsError::AttachmentExists(_) => CNI_CODE_ATTACHMENT_EXISTS,
             HnsError::Exhausted(_) => CNI_CODE_NO_ADDRESSES,
             HnsError::Store(_) | HnsError::Link(_) | HnsError::Switch(SwitchError::Failed(_)) => 5,
             HnsError::Switch(SwitchError::NotReady(_)) => 11,
@@ -109,7 +117,7 @@ impl HnsError {
         match self {
             HnsError::Invalid(_) => 400,
             HnsError::NotFound(_) => 404,
-            HnsError::Conflict(_) | HnsError::Exhausted(_) => 409,
+            HnsError::Conflict(_) | HnsError::AttachmentExists(_) | HnsError::Exhausted(_) => 409,
             HnsError::Switch(SwitchError::NotReady(_)) => 503,
             _ => 500,
         }
@@ -133,6 +141,9 @@ pub struct Reconciled {
     pub repaired: Vec<String>,
     /// Endpoints removed (ADD never returned, or the pod's namespace is gone).
     pub removed: Vec<String>,
+    /// Endpoints kept with their links and addresses although the switch could not program them
+    /// yet (a data-plane error): retried by the sync loop, never torn down for it.
+    pub degraded: Vec<String>,
     /// Host interfaces deleted that no endpoint owned.
     pub stray_interfaces: Vec<String>,
     /// Program attachments removed whose interface no endpoint owned.
@@ -252,8 +263,9 @@ impl HostNetworking {
             .ok_or_else(|| HnsError::NotFound(format!("endpoint {id:?} does not exist")))
     }
 
-    /// Adds a pod's endpoint (CNI ADD). An endpoint of the same attachment left from an earlier ADD
-    /// is replaced.
+    /// Adds a pod's endpoint (CNI ADD). A second ADD of a live attachment fails with
+    /// [`HnsError::AttachmentExists`] and changes nothing; an endpoint of the same attachment that
+    /// is not live (its ADD never finished, or its namespace or interface is gone) is replaced.
     pub async fn add_endpoint(&self, req: EndpointRequest) -> Result<Endpoint, HnsError> {
         req.validate()?;
         if !Path::new(&req.netns).exists() {
@@ -277,7 +289,24 @@ impl HostNetworking {
         let network = self.network(&req.network)?;
         let id = Endpoint::id_of(&req.network, &req.container_id, &req.ifname);
         if let Some(old) = self.store.endpoints()?.into_iter().find(|e| e.id == id) {
-            tracing::info!(endpoint = %id, "ADD for an attachment that exists: replacing it");
+            // The spec forbids a runtime to ADD an attachment twice without a DEL between, and the
+            // reference plugins fail such an ADD (bridge: the interface already exists; host-local:
+            // "duplicate allocation is not allowed"): so does this one, touching nothing. Replacing
+            // it would give a running pod a new address under its feet; answering the old result
+            // again would hide the runtime's mistake, and could not honour a request that differs
+            // (another namespace, other port mappings). What is not live is a leftover, replaced.
+            if self.is_live(&old).await? {
+                return Err(HnsError::AttachmentExists(format!(
+                    "container {:?} already has interface {:?} on network {:?} (endpoint {id}, addresses {}, \
+                     in {}): a second ADD without a DEL between is refused, the pod keeps its network",
+                    req.container_id,
+                    req.ifname,
+                    req.network,
+                    old.ips.iter().map(|i| i.address.addr().to_string()).collect::<Vec<_>>().join(", "),
+                    old.netns,
+                )));
+            }
+            tracing::info!(endpoint = %id, state = ?old.state, "ADD for an attachment left half made: replacing it");
             self.teardown(&old).await?;
         }
         let sets = match &req.ip_ranges {
@@ -353,6 +382,15 @@ impl HostNetworking {
             "endpoint added"
         );
         Ok(ep)
+    }
+
+    /// Whether a recorded endpoint is live: its ADD finished, its pod's namespace exists, and its
+    /// veth does (the host side is enough: the pair lives and dies as one, and goes with the
+    /// namespace).
+    async fn is_live(&self, ep: &Endpoint) -> Result<bool, HnsError> {
+        Ok(ep.state == EndpointState::Ready
+            && Path::new(&ep.netns).exists()
+            && self.netlink.host_ifindex(&ep.host_interface).await?.is_some())
     }
 
     /// Removes an endpoint (CNI DEL): idempotent; `None` when there was nothing to remove.
@@ -474,10 +512,18 @@ impl HostNetworking {
         match (problems.is_empty(), self.netlink.host_ifindex(&ep.host_interface).await?, mac) {
             (true, Some(host_ifindex), Some(mac)) => {
                 // Bound, then its program (re)attached: a pinned link of the last run is
-                // switched to this run's program without a gap.
-                self.switch.attach(&ep, Made { host_ifindex, mac })?;
+                // switched to this run's program without a gap. A switch that cannot program it
+                // now costs the pod nothing it has: its links and address stay, and the sync
+                // loop retries what the data plane did not take.
+                let attached = self.switch.attach(&ep, Made { host_ifindex, mac });
                 self.switch.attach_program(&ep)?;
-                done.kept.push(ep.id.clone());
+                match attached {
+                    Ok(()) => done.kept.push(ep.id.clone()),
+                    Err(e) => {
+                        tracing::warn!(endpoint = %ep.id, error = %e, "endpoint kept; the switch retries programming it");
+                        done.degraded.push(ep.id.clone());
+                    }
+                }
             }
             (_, old, _) => {
                 tracing::info!(endpoint = %ep.id, ?problems, "making the endpoint's links again");
@@ -513,13 +559,15 @@ impl HostNetworking {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    // One broken endpoint does not hold the others back: it goes, its pod's next
-                    // CHECK says so, and the runtime recreates it.
-                    tracing::warn!(endpoint = %id, error = %e, "cannot restore the endpoint; removing it");
+                    // One broken endpoint does not hold the others back, and is not torn down
+                    // for it: a running pod loses its network only by DEL, GC or its namespace
+                    // going. What stands is kept (its record, address and links); its pod's next
+                    // CHECK names the problem, and the runtime decides.
+                    tracing::warn!(endpoint = %id, error = %e, "cannot fully restore the endpoint; keeping it");
                     if let Some(ep) = self.store.endpoints()?.into_iter().find(|e| e.id == id) {
-                        let _ = self.teardown(&ep).await;
+                        owned.insert(ep.host_interface);
                     }
-                    done.removed.push(id);
+                    done.degraded.push(id);
                 }
             }
         }
@@ -537,5 +585,81 @@ impl HostNetworking {
         });
         done.orphan_addresses = self.store.release_orphans()?;
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A switch that takes everything (only the service's own decisions are under test).
+    #[derive(Debug)]
+    struct NoSwitch;
+
+    impl Switch for NoSwitch {
+        fn attach(&self, _: &Endpoint, _: Made) -> Result<(), SwitchError> {
+            Ok(())
+        }
+        fn attach_program(&self, _: &Endpoint) -> Result<(), SwitchError> {
+            Ok(())
+        }
+        fn sweep(&self, _: &dyn Fn(&str) -> bool) -> Vec<String> {
+            Vec::new()
+        }
+        fn pod_cidrs(&self) -> Vec<ipnet::IpNet> {
+            Vec::new()
+        }
+        fn node_addresses(&self) -> Vec<std::net::IpAddr> {
+            Vec::new()
+        }
+        fn load_balancer(&self, _: &str, _: Option<&crate::objects::LoadBalancer>) -> Result<(), SwitchError> {
+            Ok(())
+        }
+        fn detach(&self, _: &Endpoint, _: Option<u32>) -> Result<(), SwitchError> {
+            Ok(())
+        }
+        fn check(&self, _: &Endpoint, _: u32) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    fn endpoint(state: EndpointState, netns: &str, host_interface: &str) -> Endpoint {
+        Endpoint {
+            id: "n/c/eth0".into(),
+            network: "n".into(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            netns: netns.into(),
+            pod: None,
+            ips: Vec::new(),
+            mac: None,
+            host_interface: host_interface.into(),
+            mtu: None,
+            dns: crate::Dns::default(),
+            policies: Vec::new(),
+            state,
+        }
+    }
+
+    /// Only a finished endpoint whose namespace and veth exist counts as live (a second ADD of it
+    /// is refused); an ADD that never finished, a namespace or an interface that is gone leaves a
+    /// leftover a new ADD replaces. (Reads links of the test's own namespace; changes nothing.)
+    #[test]
+    fn only_a_finished_endpoint_with_its_namespace_and_veth_is_live() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("s.redb")).unwrap();
+            let hns = HostNetworking::new(store, Netlink::connect().unwrap(), Arc::new(NoSwitch));
+            let ns = "/proc/self/ns/net";
+            // ("lo" stands for a host interface that exists.)
+            assert!(hns.is_live(&endpoint(EndpointState::Ready, ns, "lo")).await.unwrap());
+            assert!(!hns.is_live(&endpoint(EndpointState::Creating, ns, "lo")).await.unwrap(), "ADD never finished");
+            let gone = endpoint(EndpointState::Ready, "/run/netns/flowgate-no-such-ns", "lo");
+            assert!(!hns.is_live(&gone).await.unwrap(), "namespace gone");
+            let no_veth = endpoint(EndpointState::Ready, ns, &links::host_interface_name("n/none/eth0"));
+            assert!(!hns.is_live(&no_veth).await.unwrap(), "interface gone");
+        });
     }
 }
