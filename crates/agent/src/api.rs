@@ -147,13 +147,25 @@ fn rfc3339(t: SystemTime) -> String {
     jiff::Timestamp::try_from(t).map(|t| t.to_string()).unwrap_or_default()
 }
 
-/// Health as kube-proxy reports it: unhealthy when a change has waited longer than the timeout
-/// for a sync, or (for `/healthz`) when the node is being deleted.
+/// Health: `/healthz` as kube-proxy reports it (unhealthy when a change has waited longer than the
+/// timeout for a sync — objects the data plane did not take are reported, not waited for — or
+/// when the node is being deleted); `/livez` is whether the process makes progress.
 fn health(s: &AppState, check_node: bool) -> (StatusCode, Value) {
     let core = s.core.lock().unwrap_or_else(|p| p.into_inner());
     let now = SystemTime::now();
     let waiting_since = if core.tracker.ready() { core.status.queued_since } else { Some(s.started) };
-    let stale = waiting_since.is_some_and(|q| now.duration_since(q).unwrap_or_default() > s.health_timeout);
+    let late = |t: SystemTime| now.duration_since(t).unwrap_or_default() > s.health_timeout;
+    let stale = if check_node {
+        // Readiness: every change has been programmed (as far as the data plane takes it) in time.
+        waiting_since.is_some_and(late)
+    } else {
+        // Liveness: the process makes progress — with work waiting, the sync loop keeps trying
+        // (a failing sync retries within its backoff, well inside the timeout). Before the first
+        // lists arrive the sources are what retries; a restart would not bring them sooner.
+        core.tracker.ready()
+            && core.status.queued_since.is_some_and(late)
+            && core.status.last_attempt.is_none_or(late)
+    };
     let deleting = core
         .compiler
         .node()

@@ -219,16 +219,25 @@ impl AgentSwitch {
             return Err(SwitchError::NotReady("the cluster state has not been listed yet".into()));
         }
         if !core.sync(false, &self.metrics) {
-            let why = core.status.last_error.clone().unwrap_or_else(|| "the sync failed".into());
-            return Err(if core.compiler.policy().is_none() {
-                SwitchError::NotReady(why)
-            } else {
-                SwitchError::Failed(why)
-            });
+            if let Some(why) = core.status.last_error.clone() {
+                return Err(if core.compiler.policy().is_none() {
+                    SwitchError::NotReady(why)
+                } else {
+                    SwitchError::Failed(why)
+                });
+            }
+            // Some objects were not taken (they are retried); only this endpoint's own matter
+            // here. Other Services', policies' or pods' never block this pod.
         }
         let port = core.compiler.endpoint_port(&key);
         if adding && port.is_none() {
             return Err(SwitchError::Failed(format!("the compiler made no port for {key}")));
+        }
+        if let Some(id) = port.filter(|id| core.unapplied.ports.contains(id) || core.unapplied.acls.contains(id)) {
+            // Its addresses or its NetworkPolicy tables are not in the kernel: a pod started now
+            // could not send, or would run unprotected.
+            let why = core.status.degraded.iter().find(|p| p.contains(&key.to_string())).cloned();
+            return Err(SwitchError::Failed(why.unwrap_or_else(|| format!("the data plane did not take port {}", id.0))));
         }
         Ok(port)
     }
@@ -248,11 +257,20 @@ impl Switch for AgentSwitch {
     fn attach(&self, ep: &Endpoint, made: Made) -> Result<(), SwitchError> {
         let key = endpoint_key(ep);
         let merged = self.pod_endpoint(&key, &ep.id, Some(local(ep)));
-        let port = self.sync_now(key, merged)?;
-        let (Some(k), Some(port)) = (&self.kernel, port) else { return Ok(()) };
-        k.dataplane
-            .bind_endpoint(made.host_ifindex, port, Some(made.mac))
-            .map_err(|e| SwitchError::Failed(format!("bind {}: {e}", ep.host_interface)))
+        let synced = self.sync_now(key.clone(), merged);
+        // Bound even when the data plane did not take the port's entries yet: the interface is
+        // the port's from now on (until they are in, the pod's packets are dropped as spoofed),
+        // and the sync loop's retry completes it.
+        let port = match &synced {
+            Ok(port) => *port,
+            Err(_) => self.core.lock().unwrap_or_else(|p| p.into_inner()).compiler.endpoint_port(&key),
+        };
+        if let (Some(k), Some(port)) = (&self.kernel, port) {
+            k.dataplane
+                .bind_endpoint(made.host_ifindex, port, Some(made.mac))
+                .map_err(|e| SwitchError::Failed(format!("bind {}: {e}", ep.host_interface)))?;
+        }
+        synced.map(|_| ())
     }
 
     fn load_balancer(&self, name: &str, lb: Option<&LoadBalancer>) -> Result<(), SwitchError> {
@@ -262,8 +280,9 @@ impl Switch for AgentSwitch {
         }
         // Before the first compile it is in the state that compile reads; after, program it now.
         if core.tracker.ready() && core.compiler.policy().is_some() && !core.sync(false, &self.metrics) {
-            let why = core.status.last_error.clone().unwrap_or_else(|| "the sync failed".into());
-            return Err(SwitchError::Failed(why));
+            if let Some(why) = core.status.last_error.clone() {
+                return Err(SwitchError::Failed(why));
+            }
         }
         Ok(())
     }

@@ -259,6 +259,7 @@ async fn reconcile_when_compiled(hns: Arc<flowgate_hostnet::HostNetworking>, cor
                         kept = r.kept.len(),
                         repaired = r.repaired.len(),
                         removed = r.removed.len(),
+                        degraded = r.degraded.len(),
                         stray_interfaces = r.stray_interfaces.len(),
                         stray_attachments = r.stray_attachments.len(),
                         orphan_addresses = r.orphan_addresses,

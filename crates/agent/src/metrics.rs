@@ -21,6 +21,10 @@ pub struct Metrics {
     pub source_events: IntCounter,
     /// `flowgate_source_errors_total`: errors reported by sources (retried by them).
     pub source_errors: IntCounter,
+    /// `flowgate_unprogrammed_objects{kind, object, problem}`: 1 for each object not programmed
+    /// as written (`kind`: `conflict` for claims the compiler left out, `dataplane` for objects
+    /// the kernel did not take); gone once it is.
+    pub unprogrammed: prometheus::IntGaugeVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -62,6 +66,11 @@ impl Metrics {
         registry.register(Box::new(sync_entries.clone()))?;
         registry.register(Box::new(source_events.clone()))?;
         registry.register(Box::new(source_errors.clone()))?;
+        let unprogrammed = prometheus::IntGaugeVec::new(
+            Opts::new("flowgate_unprogrammed_objects", "Objects not programmed as written (conflicting, refused, or not taken by the data plane)"),
+            &["kind", "object", "problem"],
+        )?;
+        registry.register(Box::new(unprogrammed.clone()))?;
         Ok(Metrics {
             registry,
             sync_duration,
@@ -71,7 +80,29 @@ impl Metrics {
             sync_entries,
             source_events,
             source_errors,
+            unprogrammed,
         })
+    }
+
+    /// Replaces the objects of one kind that are not programmed (`(object, problem)` pairs).
+    pub fn set_problems<'a>(&self, kind: &str, problems: impl Iterator<Item = (&'a str, &'a str)>) {
+        // Drop the kind's old series, then add the current ones.
+        for family in self.registry.gather() {
+            if family.name() != "flowgate_unprogrammed_objects" {
+                continue;
+            }
+            for m in family.get_metric() {
+                let labels: Vec<(&str, &str)> = m.get_label().iter().map(|l| (l.name(), l.value())).collect();
+                if labels.iter().any(|(n, v)| *n == "kind" && *v == kind) {
+                    let get = |name: &str| labels.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or("");
+                    let _ = self.unprogrammed.remove_label_values(&[kind, get("object"), get("problem")]);
+                }
+            }
+        }
+        // At most 1,000 series per kind: the label values come from tenants' objects.
+        for (object, problem) in problems.take(1000) {
+            self.unprogrammed.with_label_values(&[kind, object, problem]).set(1);
+        }
     }
 
     /// The metrics in Prometheus' text format.

@@ -150,6 +150,15 @@ pub struct SyncStatus {
     pub queued_since: Option<SystemTime>,
     /// Entries the last successful sync wrote.
     pub last_entries: usize,
+    /// When the last sync was attempted (liveness: the loop makes progress).
+    #[serde(skip)]
+    pub last_attempt: Option<SystemTime>,
+    /// Objects the data plane did not take at the last apply, one line each, naming the object;
+    /// retried with backoff while everything else stays programmed.
+    pub degraded: Vec<String>,
+    /// Claims the compiler left out: Services conflicting over one address and port (with the
+    /// owner named), external addresses refused.
+    pub conflicts: Vec<flowgate_compiler::proxy::Problem>,
 }
 
 impl Core {
@@ -160,6 +169,7 @@ impl Core {
             return true;
         }
         let started = Instant::now();
+        self.status.last_attempt = Some(SystemTime::now());
         let (changes, triggers) = self.tracker.take_changes();
         let compiled = if full { self.compiler.compile_full(self.tracker.state()) } else { self.compile(&changes) };
         let delta = match compiled {
@@ -174,11 +184,14 @@ impl Core {
             }
         };
         self.unapplied.merge(delta);
+        self.report_conflicts(metrics);
         let Some(desired) = self.compiler.policy() else {
             return false;
         };
         match self.dataplane.apply(desired, &self.unapplied) {
             Ok(stats) => {
+                let complete = stats.failed.is_empty();
+                self.report_degraded(&stats.problems, metrics);
                 let elapsed = started.elapsed();
                 metrics.sync_duration.observe(elapsed.as_secs_f64());
                 metrics.sync_entries.set(stats.entries as i64);
@@ -189,14 +202,16 @@ impl Core {
                         metrics.network_programming.observe(d.as_secs_f64());
                     }
                 }
-                self.unapplied = PolicyDelta::default();
+                // What the data plane could not take is retried (with backoff); the node counts
+                // as programmed as far as it can be.
+                self.unapplied = stats.failed;
                 self.status.syncs += 1;
                 self.status.last_error = None;
                 self.status.last_success = Some(now);
                 self.status.queued_since = None;
                 self.status.last_entries = stats.entries;
-                tracing::debug!(?elapsed, entries = stats.entries, full = stats.full, "synced");
-                true
+                tracing::debug!(?elapsed, entries = stats.entries, full = stats.full, complete, "synced");
+                complete
             }
             Err(e) => {
                 self.status.failures += 1;
@@ -206,6 +221,37 @@ impl Core {
                 false
             }
         }
+    }
+
+    /// Records the compiler's conflicting and refused claims, logging those that came or went.
+    fn report_conflicts(&mut self, metrics: &Metrics) {
+        let now = self.compiler.problems();
+        if now == self.status.conflicts {
+            return;
+        }
+        for p in now.iter().filter(|p| !self.status.conflicts.contains(p)) {
+            tracing::warn!(object = %p.object, problem = %p.message, "not programmed");
+        }
+        for p in self.status.conflicts.iter().filter(|p| !now.contains(p)) {
+            tracing::info!(object = %p.object, problem = %p.message, "resolved");
+        }
+        metrics.set_problems("conflict", now.iter().map(|p| (p.object.as_str(), p.message.as_str())));
+        self.status.conflicts = now;
+    }
+
+    /// Records the objects the data plane did not take, logging those that came or went.
+    fn report_degraded(&mut self, problems: &[String], metrics: &Metrics) {
+        if problems == self.status.degraded.as_slice() {
+            return;
+        }
+        for p in problems.iter().filter(|p| !self.status.degraded.contains(p)) {
+            tracing::warn!(problem = %p, "the data plane did not take an object; retrying");
+        }
+        for p in self.status.degraded.iter().filter(|p| !problems.contains(p)) {
+            tracing::info!(problem = %p, "programmed after all");
+        }
+        metrics.set_problems("dataplane", problems.iter().map(|p| (p.as_str(), "")));
+        self.status.degraded = problems.to_vec();
     }
 
     fn compile(&mut self, changes: &Changes) -> Result<PolicyDelta, flowgate_compiler::CompileError> {
@@ -233,10 +279,15 @@ pub async fn run(core: Arc<Mutex<Core>>, timing: SyncTiming, metrics: Arc<Metric
         }
         match sched.decide(Instant::now()) {
             Decision::Sync { full } => {
-                let ok = {
-                    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
-                    core.sync(full, &metrics)
-                };
+                // Compiling and programming block (CPU, syscalls): not on the runtime's workers,
+                // which serve the API meanwhile.
+                let (core2, metrics2) = (Arc::clone(&core), Arc::clone(&metrics));
+                let ok = tokio::task::spawn_blocking(move || {
+                    let mut core = core2.lock().unwrap_or_else(|p| p.into_inner());
+                    core.sync(full, &metrics2)
+                })
+                .await
+                .unwrap_or(false);
                 sched.synced(Instant::now(), ok, full);
             }
             Decision::Wait(until) => {

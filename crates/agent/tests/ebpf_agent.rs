@@ -4,39 +4,10 @@
 //! loaded against the same pinned maps, on crafted packets (BPF_PROG_TEST_RUN).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+mod support;
 
-use flowgate_agent::{AgentSettings, DataplaneSettings};
 use flowgate_ebpf::bpffs::TempBpffs;
-use flowgate_ebpf::{objects, test_run};
-use flowgate_switch::frame;
-use flowgate_wire::{build_frame, tcp, FrameSpec, IpPair, L4Spec};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use serde_json::Value;
-
-async fn status(socket: &Path) -> Value {
-    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::builder().uri("/v1/status").header("host", "x").body(Full::new(Bytes::new())).unwrap();
-    let resp = tx.send_request(req).await.unwrap();
-    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
-}
-
-async fn synced(socket: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = status(socket).await;
-        if s["sync"]["syncs"].as_u64().unwrap_or(0) >= 1 && s["pending"] == Value::Bool(false) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "agent never synced: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use support::{probe, run_agent, status};
 
 fn cluster(endpoint: &str, with_api: bool) -> String {
     let mut s = format!(
@@ -46,31 +17,6 @@ fn cluster(endpoint: &str, with_api: bool) -> String {
         s.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: api}\nspec:\n  clusterIP: 172.30.0.11\n  ports: [{port: 443}]\n");
     }
     s
-}
-
-/// Runs a SYN from `client` to `dst` through the uplink program over the pinned maps; returns
-/// (retval, destination after the switch).
-fn probe(maps: &Path, client: &str, dst: &str) -> (u32, String) {
-    let mut loaded = flowgate_ebpf::load(objects::UPLINK, Some(maps), &[]).unwrap();
-    let prog = loaded.classifier("fg_uplink_ingress").unwrap();
-    let (c, d): (std::net::SocketAddr, std::net::SocketAddr) = (client.parse().unwrap(), dst.parse().unwrap());
-    let f = build_frame(&FrameSpec::new(
-        IpPair::new(c.ip(), d.ip()).unwrap(),
-        L4Spec::tcp(c.port(), d.port(), tcp::Flags::SYN),
-    ));
-    let r = test_run(prog, &f).unwrap();
-    let out = frame::key_of(&r.output).map(|(k, _)| k.dst_socket().to_string()).unwrap_or_default();
-    (r.retval, out)
-}
-
-async fn run_agent(dir: &Path, bpffs: &Path) -> flowgate_agent::RunningAgent {
-    let mut settings = AgentSettings::for_manifests(dir.join("m"), dir.join("api.sock"));
-    settings.bpffs = bpffs.to_path_buf();
-    settings.dataplane = DataplaneSettings::Ebpf { uplink: None };
-    settings.timing.min_interval = Duration::from_millis(10);
-    let agent = flowgate_agent::start(settings).await.unwrap();
-    synced(&dir.join("api.sock")).await;
-    agent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,8 +16,8 @@ pub use model::ModelDataplane;
 
 use flowgate_switch::{PolicyDelta, SwitchPolicy};
 
-/// Why a backend could not apply a change. Nothing of the change is in force when this is
-/// returned; the caller retries.
+/// Why a backend could not apply a change at all (it could not even start: a lock, a closed
+/// handle). Nothing of the change is in force when this is returned; the caller retries.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     /// The backend refused or failed the operation.
@@ -33,12 +33,18 @@ pub enum DataplaneError {
 }
 
 /// What one apply did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct ApplyStats {
     /// Entries written or removed (ports, sets, backend sets, rule lists).
     pub entries: usize,
     /// Whether everything was reprogrammed.
     pub full: bool,
+    /// The parts of the change the backend could not program (the kernel refused a write, a map
+    /// was full, a rule list too long). Each is left as the data plane holds it, recorded
+    /// exactly, so applying them again converges; everything else of the change is in force.
+    pub failed: PolicyDelta,
+    /// What failed, one line per object, naming it (`lb rules for 10.0.0.1:80/TCP (svc ns/a ...)`).
+    pub problems: Vec<String>,
 }
 
 /// A data plane: somewhere the switch policy is programmed.
@@ -46,8 +52,12 @@ pub trait Dataplane: Send + Sync {
     /// Short name for logs and metrics (`model`, `ebpf`).
     fn name(&self) -> &'static str;
 
-    /// Programs the parts of `desired` that `delta` marks (everything when `delta.full`). Either the
-    /// whole change is in force afterwards, or (on error) none of it.
+    /// Programs the parts of `desired` that `delta` marks (everything when `delta.full`).
+    ///
+    /// Object by object: afterwards every object of the change is in force except those named in
+    /// [`ApplyStats::failed`], which the backend left consistent with its record (so passing them
+    /// to `apply` again converges); one object the data plane cannot take never holds back the
+    /// others. An `Err` means nothing of the change was applied.
     fn apply(&self, desired: &SwitchPolicy, delta: &PolicyDelta) -> Result<ApplyStats, DataplaneError>;
 
     /// Packet counters, by name (`allowed`, `dropped_<reason>`, `flow_hits`, `first_packets`,
@@ -65,8 +75,9 @@ pub trait Dataplane: Send + Sync {
 }
 
 /// Two data planes kept in step: `primary` (the kernel) first, then `mirror` (the model that
-/// `trace --live` reads). If the primary fails nothing is applied to the mirror, so the mirror
-/// never shows what the kernel does not hold.
+/// `trace --live` reads). If the primary fails nothing is applied to the mirror; objects the
+/// primary could not program are reported by it (and retried), while the mirror shows the
+/// desired policy.
 pub struct Tee {
     /// Applied first.
     pub primary: std::sync::Arc<dyn Dataplane>,

@@ -34,7 +34,7 @@ impl Dataplane for ModelDataplane {
             let copy = desired.clone();
             let mut p = self.programmed.write().map_err(|_| poisoned())?;
             *p = copy;
-            return Ok(ApplyStats { entries: 0, full: true });
+            return Ok(ApplyStats { entries: 0, full: true, ..ApplyStats::default() });
         }
         // Gather every new value first, then install them under one lock: readers see the old
         // policy or the new one, never a mix.
@@ -78,7 +78,7 @@ impl Dataplane for ModelDataplane {
             p.snat_v4 = v4;
             p.snat_v6 = v6;
         }
-        Ok(ApplyStats { entries, full: false })
+        Ok(ApplyStats { entries, ..ApplyStats::default() })
     }
 }
 

@@ -186,6 +186,14 @@ impl Acls {
         Ok(())
     }
 
+    /// Marks a port's tables as not known exactly (a write failed part-way): its next sync
+    /// rewrites them whole.
+    pub(crate) fn mark_dirty(&mut self, id: PortId) {
+        if let Some(port) = self.ports.get_mut(&id) {
+            port.dirty = true;
+        }
+    }
+
     /// Reads the ACL state a previous agent left (`endpoints`: each port's addresses).
     pub(crate) fn adopt(m: &KernelMaps, endpoints: &HashMap<PortId, Vec<maps::Addr>>) -> Acls {
         let mut a = Acls::default();

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use flowgate_dataplane::{ApplyStats, Dataplane, DataplaneError};
-use flowgate_switch::{BackendSetId, PolicyDelta, PortId, RuleRef, SetId, SwitchPolicy};
+use flowgate_switch::{BackendSetId, PolicyDelta, PortId, RuleKey, RuleRef, SetId, SwitchPolicy};
 
 use crate::acl_tables::Acls;
 use crate::compile::{self, IpNetOrd, KernelRuleKey};
@@ -95,6 +95,8 @@ struct Programmed {
     any_endpoint: HashSet<maps::Addr>,
     acls: Acls,
     generation: u64,
+    /// Backend sets whose last write failed part-way: their next write is a whole one.
+    dirty_backend_sets: HashSet<BackendSetId>,
 }
 
 /// The kernel data plane.
@@ -243,12 +245,13 @@ impl Dataplane for EbpfDataplane {
     fn apply(&self, desired: &SwitchPolicy, delta: &PolicyDelta) -> Result<ApplyStats, DataplaneError> {
         let mut guard = self.inner.lock().map_err(|_| err("lock", "poisoned"))?;
         let (m, p) = &mut *guard;
+        let mut w = Writer { m, p, desired, full: delta.full, out: ApplyStats { full: delta.full, ..Default::default() } };
         // What to look at: everything (full) or what the delta names.
         let (sets, backend_sets, rules): (Vec<SetId>, Vec<BackendSetId>, Vec<RuleRef>) = if delta.full {
             let mut s: BTreeSet<u32> = desired.sets().map(|(id, _)| id.0).collect();
-            s.extend(p.sets.keys().map(|id| id.0));
+            s.extend(w.p.sets.keys().map(|id| id.0));
             let mut b: BTreeSet<u32> = desired.backend_sets().map(|(id, _)| id.0).collect();
-            b.extend(p.backend_sets.keys().map(|id| id.0));
+            b.extend(w.p.backend_sets.keys().map(|id| id.0));
             (
                 s.into_iter().map(SetId).collect(),
                 b.into_iter().map(BackendSetId).collect(),
@@ -261,243 +264,449 @@ impl Dataplane for EbpfDataplane {
                 delta.rules.iter().cloned().collect(),
             )
         };
-        let mut entries = 0;
-
-        // 1. Address sets and backend sets first: rules written next may refer to them.
+        // Address and backend sets first: rules written next may refer to them. Each phase
+        // writes object by object; an object the kernel refuses is recorded as it stands in the
+        // kernel, reported, and handed back for a retry, and the others go on.
         for id in &sets {
-            let want = compile::set_prefixes(desired, *id);
-            let have = p.sets.remove(id).unwrap_or_default();
-            // Single addresses go to the hash, real prefixes to the trie (see fg_in_set).
-            for net in want.difference(&have) {
-                let k = compile::set_key(id.0, net.0);
-                let data = maps::SetData { set: k.set, addr: k.addr };
-                if compile::is_host(net.0) {
-                    m.set_hosts.insert(data, 1u8, 0).map_err(|e| err(format!("set {} add {}", id.0, net.0), e))?;
-                } else {
-                    m.sets
-                        .insert(&LpmKey::new(k.prefixlen, data), 1u8, 0)
-                        .map_err(|e| err(format!("set {} add {}", id.0, net.0), e))?;
-                }
-                entries += 1;
-            }
-            for net in have.difference(&want) {
-                let k = compile::set_key(id.0, net.0);
-                let data = maps::SetData { set: k.set, addr: k.addr };
-                if compile::is_host(net.0) {
-                    let _ = m.set_hosts.remove(&data);
-                } else {
-                    let _ = m.sets.remove(&LpmKey::new(k.prefixlen, data));
-                }
-                entries += 1;
-            }
-            let info = compile::prefix_families(&want);
-            if info != compile::prefix_families(&have) || delta.full {
-                if info == 0 {
-                    let _ = m.set_info.remove(&id.0);
-                } else {
-                    m.set_info.insert(id.0, info, 0).map_err(|e| err(format!("set {} info", id.0), e))?;
-                }
-            }
-            if !want.is_empty() {
-                p.sets.insert(*id, want);
-            }
+            w.set(*id);
         }
         let mut removed_backend_sets = Vec::new();
         for id in &backend_sets {
-            let old = p.backend_sets.remove(id).unwrap_or_default();
-            match desired.backend_set(*id) {
-                Some(set) => {
-                    let (header, backends) = compile::backend_set(set);
-                    // A change writes what changed: backends at the same index as before and
-                    // members that stay are already in the kernel (a full sync rewrites them).
-                    let kept: HashSet<&maps::Backend> = if delta.full { HashSet::new() } else { old.iter().collect() };
-                    let wanted: HashSet<&maps::Backend> = backends.iter().collect();
-                    for (i, b) in backends.iter().enumerate() {
-                        if delta.full || old.get(i) != Some(b) {
-                            m.backends
-                                .insert(maps::BackendKey { set: id.0, index: i as u32 }, b, 0)
-                                .map_err(|e| err(format!("backend set {} backend {i}", id.0), e))?;
-                            entries += 1;
-                        }
-                        if !kept.contains(b) {
-                            m.members
-                                .insert(member_key(*id, b), 1u8, 0)
-                                .map_err(|e| err(format!("backend set {} member {i}", id.0), e))?;
-                        }
-                    }
-                    m.backend_sets.insert(id.0, header, 0).map_err(|e| err(format!("backend set {}", id.0), e))?;
-                    entries += 1;
-                    for i in backends.len()..old.len() {
-                        let _ = m.backends.remove(&maps::BackendKey { set: id.0, index: i as u32 });
-                        entries += 1;
-                    }
-                    for b in old.iter().filter(|b| !wanted.contains(b)) {
-                        let _ = m.members.remove(&member_key(*id, b));
-                    }
-                    p.backend_sets.insert(*id, backends);
-                }
-                None => removed_backend_sets.push((*id, old)),
+            if let Some(old) = w.backend_set(*id) {
+                removed_backend_sets.push((*id, old));
             }
         }
-
-        // 2. Rules.
         for r in &rules {
-            let Some(key) = compile::kernel_key(r) else { continue };
-            let list = desired
-                .rules_at(r)
-                .map(|rs| compile::rule_list(rs, r.layer.name()))
-                .transpose()
-                .map_err(|e| err("compile rule", e))?;
-            match (key, list) {
-                (KernelRuleKey::Dest(k), Some(l)) => m.lb_dest.insert(k.key(), l, 0).map_err(|e| err("lb rule", e))?,
-                (KernelRuleKey::Dest(k), None) => {
-                    let _ = m.lb_dest.remove(&k.key());
-                }
-                (KernelRuleKey::NodePort(port, proto), Some(l)) => m
-                    .lb_nodeport
-                    .insert(maps::PortKey { port, proto, pad: 0 }, l, 0)
-                    .map_err(|e| err("nodeport rule", e))?,
-                (KernelRuleKey::NodePort(port, proto), None) => {
-                    let _ = m.lb_nodeport.remove(&maps::PortKey { port, proto, pad: 0 });
-                }
-                (KernelRuleKey::Group(slot), l) => {
-                    m.groups.set(slot, l.unwrap_or_default(), 0).map_err(|e| err("group", e))?
-                }
-            }
-            if desired.rules_at(r).is_some() {
-                p.rules.insert(key);
-            } else {
-                p.rules.remove(&key);
-            }
-            entries += 1;
+            w.rule_list(r);
         }
         if delta.full {
-            // Rules programmed earlier that the desired policy no longer has.
-            let want: BTreeSet<KernelRuleKey> = rules.iter().filter_map(compile::kernel_key).collect();
-            for key in p.rules.difference(&want).copied().collect::<Vec<_>>() {
-                match key {
-                    KernelRuleKey::Dest(k) => {
-                        let _ = m.lb_dest.remove(&k.key());
-                    }
-                    KernelRuleKey::NodePort(port, proto) => {
-                        let _ = m.lb_nodeport.remove(&maps::PortKey { port, proto, pad: 0 });
-                    }
-                    KernelRuleKey::Group(slot) => {
-                        let _ = m.groups.set(slot, maps::RuleList::default(), 0);
-                    }
-                }
-                p.rules.remove(&key);
-                entries += 1;
+            w.sweep_rules(&rules);
+        }
+        // Backend sets no rule refers to any more: while a rule list could not be rewritten, the
+        // old one in the kernel may still name them, so they wait for its retry.
+        if w.out.failed.rules.is_empty() {
+            for (id, old) in removed_backend_sets {
+                w.remove_backend_set(id, old);
+            }
+        } else {
+            for (id, old) in removed_backend_sets {
+                w.p.backend_sets.insert(id, old);
+                w.out.failed.backend_sets.insert(id);
             }
         }
-
-        // 3. Backend sets no rule refers to any more.
-        for (id, old) in removed_backend_sets {
-            let _ = m.backend_sets.remove(&id.0);
-            for (i, b) in old.iter().enumerate() {
-                let _ = m.backends.remove(&maps::BackendKey { set: id.0, index: i as u32 });
-                let _ = m.members.remove(&member_key(id, b));
-            }
-            entries += 1 + old.len();
-        }
-
-        // 4. Endpoint addresses (anti-spoofing).
-        let ports: Vec<flowgate_switch::PortId> = if delta.full {
+        let ports: Vec<PortId> = if delta.full {
             let mut all: BTreeSet<u32> = desired.ports().map(|(id, _)| id.0).collect();
-            all.extend(p.endpoints.keys().map(|id| id.0));
-            all.into_iter().map(flowgate_switch::PortId).collect()
+            all.extend(w.p.endpoints.keys().map(|id| id.0));
+            all.into_iter().map(PortId).collect()
         } else {
             delta.ports.iter().copied().collect()
         };
-        let mut touched = delta.full;
-        for id in ports {
-            let want: Vec<maps::Addr> = match desired.port(id) {
-                Some(port) if matches!(port.kind, flowgate_switch::PortKind::Endpoint { .. }) => {
-                    port.addresses.iter().map(|a| maps::Addr::from_ip(*a)).collect()
-                }
-                _ => Vec::new(),
-            };
-            let have = p.endpoints.remove(&id).unwrap_or_default();
-            for a in want.iter().filter(|a| !have.contains(a)) {
-                m.endpoint_addrs
-                    .insert(maps::EndpointKey { port_id: id.0, addr: *a }, 1u8, 0)
-                    .map_err(|e| err(format!("endpoint {} address", id.0), e))?;
-                entries += 1;
-                touched = true;
-            }
-            for a in have.iter().filter(|a| !want.contains(a)) {
-                let _ = m.endpoint_addrs.remove(&maps::EndpointKey { port_id: id.0, addr: *a });
-                entries += 1;
-                touched = true;
-            }
-            if !want.is_empty() {
-                p.endpoints.insert(id, want);
-            }
-        }
-        // Every local endpoint's address once more, under ANY_ENDPOINT_PORT, and the node's own
-        // addresses and pod gateways (its host addresses): what arrives from the network with one
-        // of them as its source is dropped as spoofed.
-        if touched || delta.host {
-            let mut owned: HashSet<maps::Addr> = p.endpoints.values().flatten().copied().collect();
-            owned.extend(
-                desired
-                    .host_addresses
-                    .nets()
-                    .into_iter()
-                    .filter(|n| n.prefix_len() == n.max_prefix_len())
-                    .map(|n| maps::Addr::from_ip(n.addr())),
-            );
-            for a in owned.difference(&p.any_endpoint) {
-                m.endpoint_addrs
-                    .insert(maps::EndpointKey { port_id: maps::ANY_ENDPOINT_PORT, addr: *a }, 1u8, 0)
-                    .map_err(|e| err("local endpoint address".to_string(), e))?;
-                entries += 1;
-            }
-            for a in p.any_endpoint.difference(&owned) {
-                let _ = m.endpoint_addrs.remove(&maps::EndpointKey { port_id: maps::ANY_ENDPOINT_PORT, addr: *a });
-                entries += 1;
-            }
-            p.any_endpoint = owned;
-        }
-
-        // 5. Endpoint ACLs (NetworkPolicy): the endpoints whose layers, addresses or sets changed.
+        w.endpoints(&ports, delta.host);
+        // Endpoint ACLs (NetworkPolicy): the endpoints whose layers, addresses or sets changed.
         let mut acl_ports: BTreeSet<PortId> = if delta.full {
             let mut all: BTreeSet<PortId> = desired.acls.keys().copied().collect();
-            all.extend(p.acls.ports.keys().copied());
+            all.extend(w.p.acls.ports.keys().copied());
             all
         } else {
             delta.acls.iter().chain(delta.ports.iter()).copied().collect()
         };
         for s in &sets {
-            if let Some(users) = p.acls.set_users.get(s) {
+            if let Some(users) = w.p.acls.set_users.get(s) {
                 acl_ports.extend(users.iter().copied());
             }
         }
         for id in acl_ports {
-            p.acls.sync_port(m, desired, id, &mut entries)?;
+            w.acl(id);
         }
         if delta.full {
-            p.acls.sweep(m, &mut entries);
+            w.p.acls.sweep(w.m, &mut w.out.entries);
         }
+        w.config();
+        Ok(w.out)
+    }
+}
 
-        // 6. Configuration, with the new generation: cached flows are re-checked from now on.
-        p.generation += 1;
+/// One apply in progress: the maps, the record of what they hold, and what was done and what
+/// failed. The record changes only after the kernel accepted a write.
+struct Writer<'a> {
+    m: &'a mut KernelMaps,
+    p: &'a mut Programmed,
+    desired: &'a SwitchPolicy,
+    full: bool,
+    out: ApplyStats,
+}
+
+impl Writer<'_> {
+    fn failed(&mut self, object: String, e: impl std::fmt::Display) {
+        self.out.problems.push(format!("{object}: {e}"));
+    }
+
+    /// A kernel error with its cause (aya's message alone does not say which errno).
+    fn kernel(e: &aya::maps::MapError) -> String {
+        match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        }
+    }
+
+    fn set_name(&self, id: SetId) -> String {
+        match self.desired.address_set(id) {
+            Some(s) => format!("address set {:?} ({})", s.name, id.0),
+            None => format!("address set {}", id.0),
+        }
+    }
+
+    /// Writes the prefixes of one address set that changed.
+    fn set(&mut self, id: SetId) {
+        let want = compile::set_prefixes(self.desired, id);
+        let before = self.p.sets.remove(&id).unwrap_or_default();
+        let mut have = before.clone();
+        let mut failure = None;
+        // Single addresses go to the hash, real prefixes to the trie (see fg_in_set).
+        for net in want.difference(&before) {
+            let k = compile::set_key(id.0, net.0);
+            let data = maps::SetData { set: k.set, addr: k.addr };
+            let written = if compile::is_host(net.0) {
+                self.m.set_hosts.insert(data, 1u8, 0)
+            } else {
+                self.m.sets.insert(&LpmKey::new(k.prefixlen, data), 1u8, 0)
+            };
+            match written {
+                Ok(()) => {
+                    have.insert(*net);
+                    self.out.entries += 1;
+                }
+                Err(e) => {
+                    failure = Some(format!("add {}: {}", net.0, Self::kernel(&e)));
+                    break;
+                }
+            }
+        }
+        for net in before.difference(&want) {
+            let k = compile::set_key(id.0, net.0);
+            let data = maps::SetData { set: k.set, addr: k.addr };
+            // (A key already gone is as good as removed.)
+            if compile::is_host(net.0) {
+                let _ = self.m.set_hosts.remove(&data);
+            } else {
+                let _ = self.m.sets.remove(&LpmKey::new(k.prefixlen, data));
+            }
+            have.remove(net);
+            self.out.entries += 1;
+        }
+        let info = compile::prefix_families(&have);
+        if info != compile::prefix_families(&before) || self.full {
+            let written = if info == 0 {
+                let _ = self.m.set_info.remove(&id.0);
+                Ok(())
+            } else {
+                self.m.set_info.insert(id.0, info, 0)
+            };
+            if let Err(e) = written {
+                // The trie is consulted by this flag: without it, the set's prefixes are not
+                // looked up. Forget them, so that the retry writes them and the flag again.
+                for net in have.iter().filter(|n| !compile::is_host(n.0)).copied().collect::<Vec<_>>() {
+                    let k = compile::set_key(id.0, net.0);
+                    let _ = self.m.sets.remove(&LpmKey::new(k.prefixlen, maps::SetData { set: k.set, addr: k.addr }));
+                    have.remove(&net);
+                }
+                failure.get_or_insert(format!("flags: {}", Self::kernel(&e)));
+            }
+        }
+        if !have.is_empty() {
+            self.p.sets.insert(id, have);
+        }
+        if let Some(e) = failure {
+            self.out.failed.sets.insert(id);
+            let name = self.set_name(id);
+            self.failed(name, e);
+        }
+    }
+
+    /// Writes one backend set that changed; returns the old backends of a set that is gone (it is
+    /// removed after the rules that named it).
+    fn backend_set(&mut self, id: BackendSetId) -> Option<Vec<maps::Backend>> {
+        // A set whose last write failed is rewritten whole: its members are not known exactly.
+        let whole = self.full || self.p.dirty_backend_sets.remove(&id);
+        let old = self.p.backend_sets.remove(&id).unwrap_or_default();
+        let Some(set) = self.desired.backend_set(id) else { return Some(old) };
+        let (header, backends) = compile::backend_set(set);
+        match self.write_backend_set(id, &header, &backends, &old, whole) {
+            Ok(()) => {
+                self.p.backend_sets.insert(id, backends);
+            }
+            Err(e) => {
+                // Re-read what the kernel holds under this set; its next write is a whole one.
+                let mut held: Vec<(u32, maps::Backend)> =
+                    self.m.backends.iter().flatten().filter(|(k, _)| k.set == id.0).map(|(k, b)| (k.index, b)).collect();
+                held.sort_by_key(|(i, _)| *i);
+                self.p.backend_sets.insert(id, held.into_iter().map(|(_, b)| b).collect());
+                self.p.dirty_backend_sets.insert(id);
+                self.out.failed.backend_sets.insert(id);
+                self.failed(format!("backend set {:?} ({})", set.name, id.0), Self::kernel(&e));
+            }
+        }
+        None
+    }
+
+    fn write_backend_set(
+        &mut self,
+        id: BackendSetId,
+        header: &maps::BackendSet,
+        backends: &[maps::Backend],
+        old: &[maps::Backend],
+        whole: bool,
+    ) -> Result<(), aya::maps::MapError> {
+        // A change writes what changed: backends at the same index as before and members that
+        // stay are already in the kernel.
+        let kept: HashSet<&maps::Backend> = if whole { HashSet::new() } else { old.iter().collect() };
+        let wanted: HashSet<&maps::Backend> = backends.iter().collect();
+        for (i, b) in backends.iter().enumerate() {
+            if whole || old.get(i) != Some(b) {
+                self.m.backends.insert(maps::BackendKey { set: id.0, index: i as u32 }, b, 0)?;
+                self.out.entries += 1;
+            }
+            if !kept.contains(b) {
+                self.m.members.insert(member_key(id, b), 1u8, 0)?;
+            }
+        }
+        self.m.backend_sets.insert(id.0, header, 0)?;
+        self.out.entries += 1;
+        for i in backends.len()..old.len() {
+            let _ = self.m.backends.remove(&maps::BackendKey { set: id.0, index: i as u32 });
+            self.out.entries += 1;
+        }
+        for b in old.iter().filter(|b| !wanted.contains(b)) {
+            let _ = self.m.members.remove(&member_key(id, b));
+        }
+        Ok(())
+    }
+
+    fn remove_backend_set(&mut self, id: BackendSetId, old: Vec<maps::Backend>) {
+        let _ = self.m.backend_sets.remove(&id.0);
+        for (i, b) in old.iter().enumerate() {
+            let _ = self.m.backends.remove(&maps::BackendKey { set: id.0, index: i as u32 });
+            let _ = self.m.members.remove(&member_key(id, b));
+        }
+        self.out.entries += 1 + old.len();
+    }
+
+    /// Writes one rule list that changed. A list the kernel cannot express (too many rules under
+    /// one destination) is removed from the kernel and reported: its traffic meets the layers
+    /// after it (a ClusterIP's is rejected by the service filter), never another's rules.
+    fn rule_list(&mut self, r: &RuleRef) {
+        let Some(key) = compile::kernel_key(r) else { return };
+        let rules = self.desired.rules_at(r);
+        let what = || match &r.key {
+            RuleKey::Destination((ip, proto, port)) => format!("{} rules for {ip}:{port}/{proto}", r.layer.name()),
+            RuleKey::Port(proto, port) => format!("{} rules for port {port}/{proto}", r.layer.name()),
+            RuleKey::Group => format!("{} rules of {}", r.layer.name(), r.group),
+        };
+        let named = |rs: &[flowgate_switch::Rule]| {
+            let first = rs.first().map(|r| r.name.to_string()).unwrap_or_default();
+            format!("{} ({first})", what())
+        };
+        // A list naming a set or backend set the kernel did not take waits for it.
+        if let Some(rs) = rules {
+            let waits = rs.iter().any(|rule| {
+                let c = &rule.conditions;
+                let set_failed = |m: &Option<flowgate_switch::AddrMatch>| match m {
+                    Some(flowgate_switch::AddrMatch::In(s) | flowgate_switch::AddrMatch::NotIn(s)) => {
+                        self.out.failed.sets.contains(s)
+                    }
+                    _ => false,
+                };
+                let backends_failed = match &rule.action {
+                    flowgate_switch::Action::Dnat(d) => self.out.failed.backend_sets.contains(&d.backends),
+                    _ => false,
+                };
+                set_failed(&c.src) || set_failed(&c.dst) || backends_failed
+            });
+            if waits {
+                self.out.failed.rules.insert(r.clone());
+                let name = named(rs);
+                self.failed(name, "waits for an address or backend set the kernel did not take");
+                return;
+            }
+        }
+        let list = match rules.map(|rs| compile::rule_list(rs, r.layer.name())).transpose() {
+            Ok(list) => list,
+            Err(e) => {
+                // Degraded: nothing under this key rather than a list the kernel would misread.
+                let name = rules.map(named).unwrap_or_else(what);
+                self.failed(name, e);
+                self.out.failed.rules.insert(r.clone());
+                None
+            }
+        };
+        let written = match (key, list) {
+            (KernelRuleKey::Dest(k), Some(l)) => self.m.lb_dest.insert(k.key(), l, 0),
+            (KernelRuleKey::Dest(k), None) => {
+                let _ = self.m.lb_dest.remove(&k.key());
+                Ok(())
+            }
+            (KernelRuleKey::NodePort(port, proto), Some(l)) => {
+                self.m.lb_nodeport.insert(maps::PortKey { port, proto, pad: 0 }, l, 0)
+            }
+            (KernelRuleKey::NodePort(port, proto), None) => {
+                let _ = self.m.lb_nodeport.remove(&maps::PortKey { port, proto, pad: 0 });
+                Ok(())
+            }
+            (KernelRuleKey::Group(slot), l) => self.m.groups.set(slot, l.unwrap_or_default(), 0),
+        };
+        match written {
+            Ok(()) if list.is_some() => {
+                self.p.rules.insert(key);
+            }
+            Ok(()) => {
+                self.p.rules.remove(&key);
+            }
+            Err(e) => {
+                // Nothing changed under this key: the record stays as it was.
+                self.out.failed.rules.insert(r.clone());
+                let name = rules.map(named).unwrap_or_else(what);
+                self.failed(name, Self::kernel(&e));
+                return;
+            }
+        }
+        self.out.entries += 1;
+    }
+
+    /// Rules programmed earlier that the desired policy no longer has (a full apply).
+    fn sweep_rules(&mut self, rules: &[RuleRef]) {
+        let want: BTreeSet<KernelRuleKey> = rules.iter().filter_map(compile::kernel_key).collect();
+        for key in self.p.rules.difference(&want).copied().collect::<Vec<_>>() {
+            match key {
+                KernelRuleKey::Dest(k) => {
+                    let _ = self.m.lb_dest.remove(&k.key());
+                }
+                KernelRuleKey::NodePort(port, proto) => {
+                    let _ = self.m.lb_nodeport.remove(&maps::PortKey { port, proto, pad: 0 });
+                }
+                KernelRuleKey::Group(slot) => {
+                    let _ = self.m.groups.set(slot, maps::RuleList::default(), 0);
+                }
+            }
+            self.p.rules.remove(&key);
+            self.out.entries += 1;
+        }
+    }
+
+    /// Endpoint addresses (anti-spoofing) of the ports that changed, then the addresses the
+    /// uplink refuses as sources.
+    fn endpoints(&mut self, ports: &[PortId], host: bool) {
+        let mut touched = self.full;
+        for &id in ports {
+            let want: Vec<maps::Addr> = match self.desired.port(id) {
+                Some(port) if matches!(port.kind, flowgate_switch::PortKind::Endpoint { .. }) => {
+                    port.addresses.iter().map(|a| maps::Addr::from_ip(*a)).collect()
+                }
+                _ => Vec::new(),
+            };
+            let mut have = self.p.endpoints.remove(&id).unwrap_or_default();
+            let mut failure = None;
+            for a in want.clone() {
+                if have.contains(&a) {
+                    continue;
+                }
+                match self.m.endpoint_addrs.insert(maps::EndpointKey { port_id: id.0, addr: a }, 1u8, 0) {
+                    Ok(()) => {
+                        have.push(a);
+                        self.out.entries += 1;
+                        touched = true;
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            for a in have.clone().into_iter().filter(|a| !want.contains(a)) {
+                let _ = self.m.endpoint_addrs.remove(&maps::EndpointKey { port_id: id.0, addr: a });
+                have.retain(|h| *h != a);
+                self.out.entries += 1;
+                touched = true;
+            }
+            if !have.is_empty() {
+                self.p.endpoints.insert(id, have);
+            }
+            if let Some(e) = failure {
+                self.out.failed.ports.insert(id);
+                let name = self.desired.port(id).map(|p| p.label()).unwrap_or_else(|| format!("port {}", id.0));
+                self.failed(format!("endpoint {name} addresses"), Self::kernel(&e));
+            }
+        }
+        // Every local endpoint's address once more, under ANY_ENDPOINT_PORT, and the node's own
+        // addresses and pod gateways (its host addresses): what arrives from the network with one
+        // of them as its source is dropped as spoofed.
+        if !(touched || host) {
+            return;
+        }
+        let mut owned: HashSet<maps::Addr> = self.p.endpoints.values().flatten().copied().collect();
+        owned.extend(
+            self.desired
+                .host_addresses
+                .nets()
+                .into_iter()
+                .filter(|n| n.prefix_len() == n.max_prefix_len())
+                .map(|n| maps::Addr::from_ip(n.addr())),
+        );
+        for a in owned.difference(&self.p.any_endpoint.clone()) {
+            match self.m.endpoint_addrs.insert(maps::EndpointKey { port_id: maps::ANY_ENDPOINT_PORT, addr: *a }, 1u8, 0)
+            {
+                Ok(()) => {
+                    self.p.any_endpoint.insert(*a);
+                    self.out.entries += 1;
+                }
+                Err(e) => {
+                    self.out.failed.host = true;
+                    self.failed(format!("local address {} refused as a source from the network", a.to_ip()), Self::kernel(&e));
+                }
+            }
+        }
+        for a in self.p.any_endpoint.difference(&owned).copied().collect::<Vec<_>>() {
+            let _ = self.m.endpoint_addrs.remove(&maps::EndpointKey { port_id: maps::ANY_ENDPOINT_PORT, addr: a });
+            self.p.any_endpoint.remove(&a);
+            self.out.entries += 1;
+        }
+    }
+
+    /// One endpoint's ACL tables.
+    fn acl(&mut self, id: PortId) {
+        if let Err(e) = self.p.acls.sync_port(self.m, self.desired, id, &mut self.out.entries) {
+            // Part of it may be written: the retry rewrites it whole.
+            self.p.acls.mark_dirty(id);
+            self.out.failed.acls.insert(id);
+            let name = self.desired.port(id).map(|p| p.label()).unwrap_or_else(|| format!("port {}", id.0));
+            self.failed(format!("NetworkPolicy of endpoint {name}"), e);
+        }
+    }
+
+    /// The configuration, with the new generation: cached flows are re-checked from now on.
+    fn config(&mut self) {
+        let generation = self.p.generation + 1;
         let cfg = maps::Config {
-            generation: p.generation,
-            nodeport_set: compile::nodeport_set(desired),
-            node_local_set: desired
+            generation,
+            nodeport_set: compile::nodeport_set(self.desired),
+            node_local_set: self
+                .desired
                 .sets()
                 .find(|(_, s)| s.name == "node-local")
                 .map(|(id, _)| id.0)
                 .unwrap_or(maps::NO_SET),
-            snat_v4: desired.snat_v4.map(maps::Addr::from_ip).unwrap_or_default(),
-            snat_v6: desired.snat_v6.map(maps::Addr::from_ip).unwrap_or_default(),
-            has_snat_v4: u8::from(desired.snat_v4.is_some()),
-            has_snat_v6: u8::from(desired.snat_v6.is_some()),
+            snat_v4: self.desired.snat_v4.map(maps::Addr::from_ip).unwrap_or_default(),
+            snat_v6: self.desired.snat_v6.map(maps::Addr::from_ip).unwrap_or_default(),
+            has_snat_v4: u8::from(self.desired.snat_v4.is_some()),
+            has_snat_v6: u8::from(self.desired.snat_v6.is_some()),
             pad: [0; 6],
         };
-        m.config.set(0, cfg, 0).map_err(|e| err("config", e))?;
-        Ok(ApplyStats { entries, full: delta.full })
+        match self.m.config.set(0, cfg, 0) {
+            Ok(()) => self.p.generation = generation,
+            Err(e) => {
+                self.out.failed.host = true;
+                self.failed("the node's configuration (generation, NodePort addresses, SNAT)".into(), Self::kernel(&e));
+            }
+        }
     }
 }
 
