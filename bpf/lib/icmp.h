@@ -63,24 +63,28 @@ static __always_inline int fg_icmp4_quoted_addr(struct __sk_buff *skb, __u32 off
 	return bpf_l4_csum_replace(skb, icmp_csum_off, ipc_old, ipc_new, 2);
 }
 
+/* An ICMP error (the message at l4_off): 1 when it is about a connection the flow table allows
+ * (then translated back as the connection's packets are, and to be let through), 0 otherwise (not
+ * an error, unreadable, or about no allowed connection). (A rewrite that fails leaves the error
+ * as it is, still about its connection.) */
 static __attribute__((noinline)) int fg_icmp_error(struct __sk_buff *skb, __u32 l3_off, __u32 l4_off, __u32 v6)
 {
 	__u8 type;
 	if (bpf_skb_load_bytes(skb, l4_off, &type, 1) < 0)
-		return FG_PASS;
+		return 0;
 	if (v6 ? (type < 1 || type > 4) : (type != 3 && type != 11 && type != 12))
-		return FG_PASS;
+		return 0;
 	__u32 zero = 0;
 	struct fg_icmp_ctx *c = bpf_map_lookup_elem(&fg_icmp_scratch, &zero);
 	if (!c)
-		return FG_PASS;
+		return 0;
 	__builtin_memset(c, 0, sizeof(*c));
 	c->inner_l3 = l4_off + 8;
 	__u8 proto;
 	if (!v6) {
 		if (bpf_skb_load_bytes(skb, l3_off, &c->o4, sizeof(c->o4)) < 0 ||
 		    bpf_skb_load_bytes(skb, c->inner_l3, &c->i4, sizeof(c->i4)) < 0 || c->i4.ihl < 5)
-			return FG_PASS;
+			return 0;
 		fg_addr_v4(&c->outer_src, c->o4.saddr);
 		fg_addr_v4(&c->outer_dst, c->o4.daddr);
 		fg_addr_v4(&c->inner.src, c->i4.saddr);
@@ -90,7 +94,7 @@ static __attribute__((noinline)) int fg_icmp_error(struct __sk_buff *skb, __u32 
 	} else {
 		if (bpf_skb_load_bytes(skb, l3_off, &c->o6, sizeof(c->o6)) < 0 ||
 		    bpf_skb_load_bytes(skb, c->inner_l3, &c->i6, sizeof(c->i6)) < 0)
-			return FG_PASS;
+			return 0;
 		__builtin_memcpy(&c->outer_src, &c->o6.saddr, 16);
 		__builtin_memcpy(&c->outer_dst, &c->o6.daddr, 16);
 		__builtin_memcpy(&c->inner.src, &c->i6.saddr, 16);
@@ -99,9 +103,9 @@ static __attribute__((noinline)) int fg_icmp_error(struct __sk_buff *skb, __u32 
 		c->inner_l4 = c->inner_l3 + sizeof(c->i6);
 	}
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
-		return FG_PASS;
+		return 0;
 	if (bpf_skb_load_bytes(skb, c->inner_l4, c->ports, sizeof(c->ports)) < 0)
-		return FG_PASS;
+		return 0;
 	c->inner.proto = proto;
 	c->inner.sport = c->ports[0];
 	c->inner.dport = c->ports[1];
@@ -112,7 +116,7 @@ static __attribute__((noinline)) int fg_icmp_error(struct __sk_buff *skb, __u32 
 	c->rev.dport = c->inner.sport;
 	struct fg_flow *f = bpf_map_lookup_elem(&fg_flows, &c->rev);
 	if (!f || f->verdict != FG_VERDICT_ALLOW)
-		return FG_PASS;
+		return 0;
 
 	int dst = f->flags & FG_FLOW_REWRITE_DST, src = f->flags & FG_FLOW_REWRITE_SRC;
 	int from_peer = fg_addr_eq(&c->outer_src, &c->inner.dst);
@@ -124,10 +128,10 @@ static __attribute__((noinline)) int fg_icmp_error(struct __sk_buff *skb, __u32 
 			__be32 old = c->outer_dst.w[3], new = f->new_dst.w[3];
 			if (bpf_l3_csum_replace(skb, outer_csum, old, new, 4) < 0 ||
 			    bpf_skb_store_bytes(skb, l3_off + offsetof(struct iphdr, daddr), &new, 4, 0) < 0)
-				return FG_PASS;
+				return 1;
 			if (fg_icmp4_quoted_addr(skb, c->inner_l3 + offsetof(struct iphdr, saddr), inner_csum, icmp_csum,
 						 c->inner.src.w[3], new) < 0)
-				return FG_PASS;
+				return 1;
 		}
 		if (src) {
 			__be32 new = f->new_src.w[3];
@@ -135,11 +139,11 @@ static __attribute__((noinline)) int fg_icmp_error(struct __sk_buff *skb, __u32 
 				__be32 old = c->outer_src.w[3];
 				if (bpf_l3_csum_replace(skb, outer_csum, old, new, 4) < 0 ||
 				    bpf_skb_store_bytes(skb, l3_off + offsetof(struct iphdr, saddr), &new, 4, 0) < 0)
-					return FG_PASS;
+					return 1;
 			}
 			if (fg_icmp4_quoted_addr(skb, c->inner_l3 + offsetof(struct iphdr, daddr), inner_csum, icmp_csum,
 						 c->inner.dst.w[3], new) < 0)
-				return FG_PASS;
+				return 1;
 		}
 	} else {
 		__u32 base = l3_off + offsetof(struct ipv6hdr, saddr);
@@ -147,38 +151,38 @@ static __attribute__((noinline)) int fg_icmp_error(struct __sk_buff *skb, __u32 
 			__s64 d = bpf_csum_diff(c->outer_dst.w, 16, f->new_dst.w, 16, 0);
 			if (bpf_l4_csum_replace(skb, icmp_csum, 0, d, BPF_F_PSEUDO_HDR) < 0 ||
 			    bpf_skb_store_bytes(skb, base + 16, f->new_dst.w, 16, 0) < 0)
-				return FG_PASS;
+				return 1;
 			d = bpf_csum_diff(c->inner.src.w, 16, f->new_dst.w, 16, 0);
 			if (bpf_l4_csum_replace(skb, icmp_csum, 0, d, 0) < 0 ||
 			    bpf_skb_store_bytes(skb, c->inner_l3 + offsetof(struct ipv6hdr, saddr), f->new_dst.w, 16, 0) < 0)
-				return FG_PASS;
+				return 1;
 		}
 		if (src) {
 			if (from_peer) {
 				__s64 d = bpf_csum_diff(c->outer_src.w, 16, f->new_src.w, 16, 0);
 				if (bpf_l4_csum_replace(skb, icmp_csum, 0, d, BPF_F_PSEUDO_HDR) < 0 ||
 				    bpf_skb_store_bytes(skb, base, f->new_src.w, 16, 0) < 0)
-					return FG_PASS;
+					return 1;
 			}
 			__s64 d = bpf_csum_diff(c->inner.dst.w, 16, f->new_src.w, 16, 0);
 			if (bpf_l4_csum_replace(skb, icmp_csum, 0, d, 0) < 0 ||
 			    bpf_skb_store_bytes(skb, c->inner_l3 + offsetof(struct ipv6hdr, daddr), f->new_src.w, 16, 0) < 0)
-				return FG_PASS;
+				return 1;
 		}
 	}
 	/* The quoted ports: source gets new_dst's port, destination new_src's. */
 	if (dst && f->new_dport != c->inner.sport) {
 		if (bpf_l4_csum_replace(skb, icmp_csum, c->inner.sport, f->new_dport, 2) < 0 ||
 		    bpf_skb_store_bytes(skb, c->inner_l4, &f->new_dport, 2, 0) < 0)
-			return FG_PASS;
+			return 1;
 	}
 	if (src && f->new_sport != c->inner.dport) {
 		if (bpf_l4_csum_replace(skb, icmp_csum, c->inner.dport, f->new_sport, 2) < 0 ||
 		    bpf_skb_store_bytes(skb, c->inner_l4 + 2, &f->new_sport, 2, 0) < 0)
-			return FG_PASS;
+			return 1;
 	}
 	fg_count(FG_COUNTER_FLOW_HIT);
-	return FG_PASS;
+	return 1;
 }
 
 #endif

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Parsing a frame into the 5-tuple the switch decides on. Only Ethernet + IPv4/IPv6 + TCP/UDP/SCTP
- * are handled; anything else is not the switch's business and passes. */
+/* Parsing a frame into the 5-tuple the switch decides on: Ethernet + IPv4/IPv6 + TCP/UDP/SCTP as
+ * connections; ICMP/ICMPv6 and other IP protocols with their addresses (judged without ports);
+ * anything else (other ethertypes) is not the switch's business and passes. */
 #ifndef FLOWGATE_PARSE_H
 #define FLOWGATE_PARSE_H
 
@@ -19,6 +20,7 @@ enum fg_parse_result {
 	FG_PARSE_PASS = 1,       /* not a packet the switch handles */
 	FG_PARSE_MALFORMED = 2,
 	FG_PARSE_ICMP = 3,       /* ICMP or ICMPv6: l3_off, l4_off, v6 and the outer addresses are set */
+	FG_PARSE_OTHER = 4,      /* another IP protocol: the same are set, and key.proto; no ports */
 };
 
 #define FG_MAX_EXT_HEADERS 4
@@ -93,9 +95,9 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_pkt *p)
 		p->key.proto = proto;
 		return FG_PARSE_ICMP;
 	}
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
-		return FG_PARSE_PASS;
 	p->key.proto = proto;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
+		return FG_PARSE_OTHER;
 	/* The ports: read in place when the linear area holds them (nearly always), else copied. */
 	__u32 l4 = p->l4_off;
 	__u16 *in_place = data + (l4 & 0x3fff);

@@ -472,26 +472,83 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 	return fg_verdict_ret(skb, p, w->fwd.verdict, w->fwd.reason, 0);
 }
 
+/* Whether an ICMPv6 message of type `type` to `dst` is on-link housekeeping a pod needs whatever
+ * its policies: neighbour discovery (router and neighbour solicitations and advertisements) and
+ * multicast listener discovery, to a link-local or multicast destination (never routed). */
+static __always_inline int fg_icmp6_onlink(__u8 type, const struct fg_addr *dst)
+{
+	if (!((type >= 130 && type <= 136) || type == 143))
+		return 0;
+	return (dst->w[0] & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000) ||
+	       (dst->w[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000);
+}
+
 /* ICMP and ICMPv6 (p parsed as such), in a subprogram of its own: it and fg_switch_packet never
- * share a stack frame, which keeps the deepest call chain inside the verifier's 512 bytes. An echo
- * request is judged by the endpoints' ACLs (as protocol ICMP, port 0: only rules that name no port
- * let it through); errors about translated flows are translated back; the rest passes. */
+ * share a stack frame, which keeps the deepest call chain inside the verifier's 512 bytes. The
+ * endpoints' ACLs judge every message as protocol ICMP with port 0 (only rules that name no port
+ * let it through), except: an error about a connection the flow table allows belongs to that
+ * connection and passes (translated back like its packets); an echo reply passes where the echo
+ * request it answers would have (judged the other way round: echo is not tracked); ICMPv6 neighbour
+ * and multicast listener discovery on the link passes (fg_icmp6_onlink). Nothing is cached. */
 static __attribute__((noinline)) int fg_icmp_entry(struct __sk_buff *skb, __u32 ingress, const struct fg_pkt *p)
 {
 	__u8 type;
 	if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
 		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
-	if (type == (p->v6 ? 128 : 8)) {
-		if (fg_acl_check(&p->key.src, &p->key.dst, FG_ACL_ASK(p->key.proto, p->v6, ingress == FG_INGRESS_ENDPOINT), 0))
-			return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_POLICY_DENIED, 0);
+	if (p->v6 && fg_icmp6_onlink(type, &p->key.dst))
 		return fg_verdict_ret(skb, 0, FG_VERDICT_ALLOW, 0, 0);
+	if (fg_icmp_error(skb, p->l3_off, p->l4_off, p->v6))
+		return fg_verdict_ret(skb, 0, FG_VERDICT_ALLOW, 0, 0);
+	const struct fg_addr *src = &p->key.src, *dst = &p->key.dst;
+	int from_endpoint = ingress == FG_INGRESS_ENDPOINT;
+	if (type == (p->v6 ? 129 : 0)) {
+		/* (The request went the other way; any local end of it is an endpoint.) */
+		src = &p->key.dst;
+		dst = &p->key.src;
+		from_endpoint = 1;
 	}
-	return fg_icmp_error(skb, p->l3_off, p->l4_off, p->v6);
+	if (fg_acl_check(src, dst, FG_ACL_ASK(p->key.proto, p->v6, from_endpoint), 0))
+		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_POLICY_DENIED, 0);
+	return fg_verdict_ret(skb, 0, FG_VERDICT_ALLOW, 0, 0);
+}
+
+/* Another IP protocol (GRE, ESP, ...; p parsed as FG_PARSE_OTHER): no ports, so judged by the
+ * endpoints' ACLs as that protocol with port 0 — an isolated pod sends and receives it only where
+ * a rule naming no port (or the own-node rule) allows. Nothing is cached or translated. */
+static __attribute__((noinline)) int fg_other_entry(struct __sk_buff *skb, __u32 ingress, const struct fg_pkt *p)
+{
+	if (fg_acl_check(&p->key.src, &p->key.dst, FG_ACL_ASK(p->key.proto, p->v6, ingress == FG_INGRESS_ENDPOINT), 0))
+		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_POLICY_DENIED, 0);
+	return fg_verdict_ret(skb, 0, FG_VERDICT_ALLOW, 0, 0);
+}
+
+/* Whether an IPv6 packet (from an endpoint) is ICMPv6 neighbour or multicast listener discovery on
+ * the link (fg_icmp6_onlink), directly after the IPv6 header or after one Hop-by-Hop Options
+ * header (MLD's router alert). */
+static __always_inline int fg_endpoint_onlink_nd(struct __sk_buff *skb)
+{
+	__u8 next;
+	struct fg_addr dst;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &next, 1) < 0 || bpf_skb_load_bytes(skb, ETH_HLEN + 24, &dst, 16) < 0)
+		return 0;
+	__u32 off = ETH_HLEN + 40;
+	if (next == 0) {
+		__u8 h[2];
+		if (bpf_skb_load_bytes(skb, off, h, 2) < 0)
+			return 0;
+		next = h[0];
+		off += ((__u32)h[1] + 1) * 8;
+	}
+	__u8 type;
+	if (next != IPPROTO_ICMPV6 || bpf_skb_load_bytes(skb, off, &type, 1) < 0)
+		return 0;
+	return fg_icmp6_onlink(type, &dst);
 }
 
 /* Anti-spoofing: every frame an endpoint sends carries its MAC (when known) and, for IP, one of
- * its addresses as the source, whatever the protocol (IPv6 link-local and unspecified sources —
- * neighbor discovery — excepted). ARP passes; other ethertypes (VLAN tags included) are dropped. */
+ * its addresses as the source, whatever the protocol (IPv6 link-local and unspecified sources for
+ * neighbour and multicast listener discovery on the link excepted). ARP passes; other ethertypes
+ * (VLAN tags included) are dropped. */
 static __attribute__((noinline)) int fg_endpoint_source_ok(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
@@ -512,13 +569,14 @@ static __attribute__((noinline)) int fg_endpoint_source_ok(struct __sk_buff *skb
 	} else if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 8, &ek.addr, 16) < 0)
 			return 0;
-		if ((ek.addr.w[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000))
-			return 1;
+		/* A link-local or unspecified source: neighbour and multicast listener discovery on the
+		 * link only, never a way around anti-spoofing or egress policy. */
+		if ((ek.addr.w[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000) ||
+		    !(ek.addr.w[0] | ek.addr.w[1] | ek.addr.w[2] | ek.addr.w[3]))
+			return fg_endpoint_onlink_nd(skb);
 		/* An IPv4-mapped source is an IPv4 address in disguise: never an endpoint's. */
 		if (!ek.addr.w[0] && !ek.addr.w[1] && ek.addr.w[2] == bpf_htonl(0xffff))
 			return 0;
-		if (!(ek.addr.w[0] | ek.addr.w[1] | ek.addr.w[2] | ek.addr.w[3]))
-			return 1;
 	} else {
 		return eth.h_proto == bpf_htons(ETH_P_ARP);
 	}
@@ -587,6 +645,8 @@ static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 		return fg_switch_packet(skb, ingress, w);
 	if (pr == FG_PARSE_ICMP)
 		return fg_icmp_entry(skb, ingress, &w->p);
+	if (pr == FG_PARSE_OTHER)
+		return fg_other_entry(skb, ingress, &w->p);
 	if (pr == FG_PARSE_PASS)
 		return FG_PASS;
 	return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);

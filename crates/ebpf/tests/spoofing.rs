@@ -1,6 +1,6 @@
 //! Anti-spoofing on endpoints: once a pod's host-side interface is bound to its port, packets
 //! entering through it must carry the pod's MAC and one of its addresses, whatever their protocol
-//! (IPv6 link-local sources and ARP excepted); anything else is dropped (reason "spoofed") before
+//! (ARP, and IPv6 neighbour discovery from link-local sources, excepted); anything else is dropped (reason "spoofed") before
 //! any translation. Run on a real veth's ifindex (the program reads
 //! `skb->ifindex`), inside a throw-away network namespace.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -76,7 +76,7 @@ fn endpoints_cannot_send_as_someone_else() {
         fragment[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes());
         assert_eq!(run(&fragment), (2, 6), "a later fragment from another address: spoofed");
         // IPv6 neighbor discovery comes from link-local addresses; ARP passes; VLAN tags do not.
-        assert_eq!(run(&echo("fe80::1", "fe80::2")).0, 0, "link-local source passes");
+        assert_eq!(run(&echo("fe80::1", "fe80::2")), (2, 6), "a link-local source is for neighbour discovery only");
         assert_eq!(run(&echo("::ffff:10.0.1.5", "fd00::7")), (2, 6), "the pod's IPv4 address, IPv4-mapped in IPv6");
         let mut arp = vec![0xffu8; 6];
         arp.extend_from_slice(&pod_mac);
@@ -305,6 +305,118 @@ fn the_network_cannot_send_as_the_node() {
         let counters = dp.counters();
         let spoofed = counters.iter().find(|(name, _)| name.contains("spoofed")).map(|(_, v)| *v);
         assert_eq!(spoofed, Some(19), "{counters:?}");
+    })
+    .unwrap();
+}
+
+/// An ICMPv6 message of type `icmp_type` (code 0, 20 bytes of body) from `src` to `dst`, after a
+/// Hop-by-Hop Options header with a router alert when `hop_by_hop` (as MLD sends it).
+fn icmp6(src: &str, dst: &str, icmp_type: u8, hop_by_hop: bool, mac: [u8; 6]) -> Vec<u8> {
+    let ips = IpPair::new(src.parse().unwrap(), dst.parse().unwrap()).unwrap();
+    let mut body = vec![icmp_type, 0, 0, 0];
+    body.extend_from_slice(&[0u8; 20]);
+    let mut f = if hop_by_hop {
+        let mut hbh = vec![58u8, 0, 5, 2, 0, 0, 1, 0];
+        hbh.extend_from_slice(&body);
+        let mut f = build_frame(
+            &FrameSpec::new(ips, L4Spec::Raw { protocol: flowgate_wire::Protocol::from(0) }).with_payload(hbh),
+        );
+        f[14 + 6] = 0;
+        f
+    } else {
+        build_frame(
+            &FrameSpec::new(ips, L4Spec::Raw { protocol: flowgate_wire::Protocol::from(58) }).with_payload(body),
+        )
+    };
+    f[6..12].copy_from_slice(&mac);
+    f
+}
+
+/// Issue 12, item 3: a pod's IPv6 link-local (and unspecified) source is for what the pod needs on
+/// the link — neighbour discovery and multicast listener discovery, to a link-local or multicast
+/// destination — and nothing else: not a ping, not UDP to the gateway, not neighbour discovery
+/// aimed at a routed address; whatever the pod's egress policy, on-link discovery passes. The
+/// endpoint program and the model agree. Before this, every packet with a link-local source passed
+/// the endpoint's anti-spoofing check (and went on to the switch, unjudged as ICMP).
+#[test]
+fn a_pods_link_local_source_is_for_neighbour_discovery_only() {
+    if !flowgate_ebpf::privileged_test("a_pods_link_local_source_is_for_neighbour_discovery_only") {
+        return;
+    }
+    // The pod isolated for egress with no rule: on-link discovery must still pass.
+    let manifests = format!(
+        "{NODE_V6}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: default}}\nspec: {{podSelector: {{}}, policyTypes: [Egress]}}\n"
+    );
+    let state = flowgate_cluster::load_str(Path::new("m.yaml"), &manifests).unwrap().state;
+    let policy = flowgate_compiler::compile(&state, Some("node-a")).unwrap().policy;
+    let pod_port = policy.endpoint_for("fd00:244::5".parse().unwrap()).unwrap();
+
+    let ns = Netns::new().unwrap();
+    ns.add_veth_pair("fgh0", "fgp0").unwrap();
+    let host_ifindex = ns.ifindex("fgh0").unwrap();
+    let mac = ns.mac("fgp0").unwrap();
+    ns.run(|| {
+        let mut loaded = flowgate_ebpf::load(objects::ENDPOINT, None, &[]).unwrap();
+        let dp = EbpfDataplane::new(KernelMaps::take(&mut loaded.ebpf).unwrap());
+        dp.apply(&policy, &PolicyDelta::full()).unwrap();
+        dp.bind_endpoint(host_ifindex, pod_port, Some(mac)).unwrap();
+        let last: std::cell::RefCell<PerCpuArray<_, maps::Last>> =
+            std::cell::RefCell::new(PerCpuArray::try_from(loaded.ebpf.take_map("fg_last").unwrap()).unwrap());
+        let cpus = aya::util::nr_cpus().unwrap();
+        let prog = loaded.classifier("fg_from_endpoint").unwrap();
+        let ctx = SkbContext { ifindex: host_ifindex, ..SkbContext::default() };
+        let run = |f: &[u8]| {
+            let clear = aya::maps::PerCpuValues::try_from(vec![maps::Last::default(); cpus]).unwrap();
+            last.borrow_mut().set(0, clear, 0).unwrap();
+            let r = test_run_with(prog, f, Some(&ctx), 1).unwrap();
+            let l = last.borrow().get(&0, 0).unwrap().iter().find(|l| l.verdict != 0).copied().unwrap_or_default();
+            (r.retval, l.reason)
+        };
+        let mut sw = flowgate_switch::Switch::new(std::sync::Arc::new(policy.clone()));
+        let mut failures = Vec::new();
+        // (src, dst, what: ICMPv6 type or 17 for UDP, with a hop-by-hop header, passes, why)
+        let cases: [(&str, &str, u8, bool, bool, &str); 11] = [
+            ("fe80::5", "ff02::1:ff00:1", 135, false, true, "neighbour solicitation to a solicited-node group"),
+            ("fe80::5", "fe80::1", 135, false, true, "neighbour solicitation to the gateway's link-local address"),
+            ("fe80::5", "fe80::1", 136, false, true, "neighbour advertisement"),
+            ("fe80::5", "ff02::2", 133, false, true, "router solicitation"),
+            ("::", "ff02::1:ff00:5", 135, false, true, "duplicate address detection"),
+            ("fe80::5", "ff02::16", 143, true, true, "an MLDv2 report after a router alert"),
+            ("fe80::5", "fd00:1::2", 135, false, false, "neighbour solicitation to a routed address"),
+            ("fe80::5", "fd00:1::2", 128, false, false, "a ping from the link-local address"),
+            ("fe80::5", "fe80::1", 128, false, false, "a ping to the gateway's link-local address"),
+            ("fe80::5", "fe80::1", 17, false, false, "UDP to the gateway's link-local address"),
+            ("::", "fd00:1::2", 17, false, false, "UDP from the unspecified address"),
+        ];
+        for (src, dst, what, hbh, passes, why) in cases {
+            let frame = if what == 17 {
+                let ips = IpPair::new(src.parse().unwrap(), dst.parse().unwrap()).unwrap();
+                let mut f = build_frame(&FrameSpec::new(ips, L4Spec::udp(546, 547)));
+                f[6..12].copy_from_slice(&mac);
+                f
+            } else {
+                icmp6(src, dst, what, hbh, mac)
+            };
+            let got = run(&frame);
+            let want = if passes { (0, 0) } else { (2, 6) };
+            let key = flowgate_switch::FlowKey {
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                proto: if what == 17 { flowgate_switch::Proto::UDP } else { flowgate_switch::Proto::ICMPV6 },
+                sport: if what == 17 { 546 } else { 0 },
+                dport: if what == 17 { 547 } else { 0 },
+            };
+            let model =
+                if what == 17 { sw.process(pod_port, key, 0) } else { sw.process_icmp(pod_port, key, what, None) };
+            let model_passes = model.verdict == flowgate_switch::Verdict::Allow;
+            if got != want || model_passes != passes {
+                failures.push(format!(
+                    "{why}: kernel {got:?}, model {:?} {:?}, want passes = {passes}",
+                    model.verdict, model.reason
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     })
     .unwrap();
 }

@@ -127,6 +127,24 @@ impl Switch {
         self.first_packet(ingress, key, now)
     }
 
+    /// Processes an ICMP or ICMPv6 message of type `icmp_type` (ports 0 in `key`) entering on
+    /// `ingress`; `quoted` is the packet an error quotes. Nothing is cached (as in the kernel); an
+    /// error belongs to a connection when the flow table allows the quoted packet's other
+    /// direction (it is then translated back in the kernel; here only the verdict is modelled).
+    pub fn process_icmp(&mut self, ingress: PortId, key: FlowKey, icmp_type: u8, quoted: Option<FlowKey>) -> Outcome {
+        let belongs = quoted.is_some_and(|q| {
+            matches!(self.flows.get(&q.reversed()).map(|e| e.transposition), Some(Transposition::Forward { .. }))
+        });
+        let path = walk::icmp(&self.policy, ingress, &key, icmp_type, belongs, &mut NoSteps);
+        Outcome {
+            verdict: path.verdict,
+            reason: path.reason,
+            packet: key,
+            egress: (path.verdict == Verdict::Allow).then_some(path.egress),
+            cached: false,
+        }
+    }
+
     /// Re-checks a flow cached under an older policy. Returns true when the flow's entries are
     /// valid again (possibly re-decided), false when they were removed.
     fn revalidate(&mut self, entry: &FlowEntry, now: u64) -> bool {

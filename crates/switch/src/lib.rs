@@ -40,4 +40,4 @@ pub use policy::{
 pub use port::{Port, PortId, PortKind};
 pub use rule::{Action, AddrMatch, Conditions, Dnat, DropReason, IngressKind, PortRange, Rule};
 pub use trace::{trace, trace_choice, trace_from, Trace};
-pub use walk::{Deliver, Verdict};
+pub use walk::{icmp6_onlink, icmp_is_error, Deliver, Verdict};

@@ -1,7 +1,7 @@
 //! The layer walk of a connection's first packet — the single implementation of "what does the
 //! switch do", shared by the stateful engine ([`crate::Switch`]) and by [`crate::trace`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
@@ -256,6 +256,84 @@ pub(crate) fn echo(policy: &SwitchPolicy, ingress: PortId, key: &FlowKey, steps:
     let label = policy.port(egress).map(|p| p.label()).unwrap_or_default();
     steps.push(|| format!("to {label} ({})", key.dst));
     Path { verdict: Verdict::Allow, reason: None, dnat: None, masquerade: false, egress }
+}
+
+/// Whether an ICMPv6 message of type `icmp_type` to `dst` is on-link housekeeping a pod needs
+/// whatever its policies: neighbour discovery (router and neighbour solicitations and
+/// advertisements) and multicast listener discovery, to a link-local or multicast destination
+/// (never routed). The kernel's `fg_icmp6_onlink` (bpf/lib/switch.h).
+pub fn icmp6_onlink(icmp_type: u8, dst: IpAddr) -> bool {
+    let IpAddr::V6(d) = dst else { return false };
+    ((130..=136).contains(&icmp_type) || icmp_type == 143) && (d.is_multicast() || d.is_unicast_link_local())
+}
+
+/// Whether an ICMP (`v6` false) or ICMPv6 type is an error quoting the packet it is about.
+pub fn icmp_is_error(icmp_type: u8, v6: bool) -> bool {
+    if v6 {
+        (1..=4).contains(&icmp_type)
+    } else {
+        matches!(icmp_type, 3 | 11 | 12)
+    }
+}
+
+/// The walk of an ICMP or ICMPv6 message of type `icmp_type` (ports 0 in `key`), as the kernel's
+/// `fg_icmp_entry` decides it: anti-spoofing (a pod's IPv6 link-local or unspecified source is
+/// allowed only for on-link neighbour and multicast listener discovery, [`icmp6_onlink`], which
+/// passes whatever the policies); an error that `belongs` to a connection the flow table allows
+/// passes; an echo reply passes where the echo request it answers would have (the request's walk,
+/// the other way round: echo is not tracked); everything else is judged by the endpoints' ACLs as
+/// an echo request is (protocol ICMP, port 0: only rules naming no port let it through).
+pub(crate) fn icmp(
+    policy: &SwitchPolicy,
+    ingress: PortId,
+    key: &FlowKey,
+    icmp_type: u8,
+    belongs: bool,
+    steps: &mut impl Steps,
+) -> Path {
+    let Some(port) = policy.port(ingress) else {
+        steps.push(|| format!("unknown ingress port {}", ingress.0));
+        return Path::stop(Verdict::Drop, DropReason::Spoofed);
+    };
+    let v6 = key.src.is_ipv6();
+    let allow = |steps: &mut dyn FnMut(String), why: &str| {
+        steps(why.to_string());
+        Path { verdict: Verdict::Allow, reason: None, dnat: None, masquerade: false, egress: policy.port_of(key.dst) }
+    };
+    let mut push = |s: String| steps.push(|| s);
+    if let Some(p) = forged_from_network(policy, port, key, &mut NoSteps) {
+        push(format!("anti-spoofing: {} may not come from the network", key.src));
+        return p;
+    }
+    let onlink = v6 && icmp6_onlink(icmp_type, key.dst);
+    if let (PortKind::Endpoint { .. }, IpAddr::V6(s)) = (&port.kind, key.src) {
+        if s.is_unicast_link_local() || s.is_unspecified() {
+            if onlink {
+                return allow(&mut push, "neighbour or multicast listener discovery on the link");
+            }
+            push(format!("anti-spoofing: a pod sends from {s} only for neighbour discovery on the link"));
+            return Path::stop(Verdict::Drop, DropReason::Spoofed);
+        }
+    }
+    if onlink {
+        return allow(&mut push, "neighbour or multicast listener discovery on the link");
+    }
+    if belongs && icmp_is_error(icmp_type, v6) {
+        return allow(&mut push, "an error about an allowed connection");
+    }
+    if icmp_type == if v6 { 129 } else { 0 } {
+        if let Some(p) = leaving_endpoint(port, ingress, key, &mut NoSteps) {
+            if p.verdict != Verdict::Allow {
+                push(format!("anti-spoofing: {} is not an address of this endpoint", key.src));
+            }
+            return p;
+        }
+        push("echo reply: judged as the echo request it answers".to_string());
+        let request = key.reversed();
+        let p = echo(policy, policy.port_of(key.dst), &request, steps);
+        return Path { egress: policy.port_of(key.dst), ..p };
+    }
+    echo(policy, ingress, key, steps)
 }
 
 /// For a packet arriving from the network (the uplink): a source only this node may use is forged —
