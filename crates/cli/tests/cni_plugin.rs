@@ -710,3 +710,136 @@ fn a_second_add_is_refused_and_a_leftover_replaced() {
     assert_eq!(cni("DEL", "twice", Some(other.path()), None, &conf).code, 0);
     assert!(node.host_interfaces().is_empty(), "{:?}", node.host_interfaces());
 }
+
+/// Makes `ns` send 127.0.0.0/8 out of `dev` to `via`, as a hostile peer would (its own loopback
+/// addresses flushed, route_localnet on its interface): the node must never answer.
+fn route_loopback_out(ns: &Netns, dev: &str, via: &str) {
+    let out = ns
+        .command("sh")
+        .args(["-c", &format!("echo 1 > /proc/sys/net/ipv4/conf/{dev}/route_localnet")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    ns.ip(&["addr", "flush", "dev", "lo"]).unwrap();
+    ns.ip(&["route", "add", "127.0.0.0/8", "via", via, "dev", dev]).unwrap();
+}
+
+/// Host ports on the node's loopback and at the pods' gateway, as the reference portmap plugin
+/// serves them: `hostIP` 127.0.0.1 is accepted (podman `-p 127.0.0.1:8081:80`) and served to the
+/// node's own clients on 127.0.0.1 only; a host port without `hostIP` answers on 127.0.0.1 from the
+/// node, at the gateway address from pods (the pod itself included, hairpinned) and from the node,
+/// and on the node's address from outside as before. Loopback is never served to anyone else: a
+/// pod or a peer on the uplink routing 127.0.0.0/8 to the node reaches neither a host port nor a
+/// service the node listens to on 127.0.0.1 (CVE-2020-8558).
+#[test]
+fn host_ports_answer_on_loopback_to_the_node_only_and_at_the_gateway() {
+    if !root("host_ports_answer_on_loopback_to_the_node_only_and_at_the_gateway") {
+        return;
+    }
+    let node = Node::start("hostports");
+    let conf = node.conf("hp", "10.244.1.0/24");
+    let mut with_ports = conf.clone();
+    with_ports["runtimeConfig"] = json!({"portMappings": [
+        {"hostPort": 30990, "containerPort": 8080, "protocol": "tcp"},
+        {"hostPort": 30991, "containerPort": 8080, "protocol": "tcp", "hostIP": "127.0.0.1"},
+    ]});
+    let (web, rw) = add_pod(&with_ports, "hp-web", "shop", "web");
+    let (client, rc) = add_pod(&conf, "hp-client", "shop", "client");
+    let (web_ip, client_ip) = (ip_of(&rw), ip_of(&rc));
+    let gateway = rw["ips"][0]["gateway"].as_str().unwrap().to_owned();
+    let _web = Server::tcp(&web, "web", "0.0.0.0:8080");
+    // A service of the node's own, on loopback only.
+    let _node_local = Server::tcp(&node.ns, "node-local", "127.0.0.1:30992");
+    let mut failures = Vec::new();
+    fn expect(failures: &mut Vec<String>, what: &str, got: Result<String, String>, want: Option<&str>) {
+        match (got, want) {
+            (Ok(l), Some(w)) if l == w => {}
+            (Err(_), None) => {}
+            (got, want) => failures.push(format!("{what}: got {got:?}, want {want:?}")),
+        }
+    }
+    let from_node = format!("web {NODE_IP}");
+    expect(&mut failures, "node -> 127.0.0.1:30990", ask(&node.ns, "127.0.0.1:30990"), Some(&from_node));
+    expect(
+        &mut failures,
+        "node -> 127.0.0.1:30991 (hostIP 127.0.0.1)",
+        ask(&node.ns, "127.0.0.1:30991"),
+        Some(&from_node),
+    );
+    expect(
+        &mut failures,
+        "node -> its address:30991 (hostIP 127.0.0.1)",
+        ask(&node.ns, &format!("{NODE_IP}:30991")),
+        None,
+    );
+    expect(
+        &mut failures,
+        "client pod -> gateway:30990",
+        ask(&client, &format!("{gateway}:30990")),
+        Some(&format!("web {client_ip}")),
+    );
+    expect(
+        &mut failures,
+        "web pod -> gateway:30990 (itself)",
+        ask(&web, &format!("{gateway}:30990")),
+        Some(&from_node),
+    );
+    expect(
+        &mut failures,
+        "node -> gateway:30990",
+        ask(&node.ns, &format!("{gateway}:30990")),
+        Some(&format!("web {gateway}")),
+    );
+    expect(
+        &mut failures,
+        "internet -> node:30990",
+        ask(&node.internet, &format!("{NODE_IP}:30990")),
+        Some(&format!("web {INTERNET_IP}")),
+    );
+    expect(
+        &mut failures,
+        "client pod -> gateway:30991 (hostIP 127.0.0.1)",
+        ask(&client, &format!("{gateway}:30991")),
+        None,
+    );
+    expect(
+        &mut failures,
+        "node -> 127.0.0.1:30992 (control)",
+        ask(&node.ns, "127.0.0.1:30992"),
+        Some("node-local 127.0.0.1"),
+    );
+
+    // `flowgate trace --live` says the same as the kernel.
+    let trace = |from: &str, to: &str| -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowgate"))
+            .args(["trace", "--live", "--socket"])
+            .arg(node.socket())
+            .args(["--from", from, "--to", to, "-o", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let t = trace("127.0.0.1", "127.0.0.1:30991");
+    if t["dnat"] != json!([format!("{web_ip}:8080")]) || t["masquerade"] != json!(true) {
+        failures.push(format!("trace from the node's loopback: {t}"));
+    }
+    let t = trace(&client_ip, &format!("{gateway}:30990"));
+    if t["dnat"] != json!([format!("{web_ip}:8080")]) || t["masquerade"] != json!(false) {
+        failures.push(format!("trace from a pod to the gateway: {t}"));
+    }
+
+    // Hostile peers sending to 127.0.0.1: a pod, and a peer on the uplink.
+    route_loopback_out(&client, "eth0", &gateway);
+    route_loopback_out(&node.internet, "eth0", NODE_IP);
+    for (who, ns) in [("pod", &client), ("uplink peer", &node.internet)] {
+        for port in [30990, 30991, 30992] {
+            expect(&mut failures, &format!("{who} -> 127.0.0.1:{port}"), ask(ns, &format!("127.0.0.1:{port}")), None);
+        }
+    }
+    expect(&mut failures, "node -> 127.0.0.1:30990 after", ask(&node.ns, "127.0.0.1:30990"), Some(&from_node));
+    assert!(failures.is_empty(), "{}\nagent log:\n{}", failures.join("\n"), node.log());
+    for id in ["hp-web", "hp-client"] {
+        assert_eq!(cni("DEL", id, None, None, &conf).code, 0);
+    }
+    assert!(node.host_interfaces().is_empty(), "{:?}", node.host_interfaces());
+}

@@ -258,3 +258,87 @@ spec:
         assert_eq!((t.verdict, t.reason), want, "{from} -> {to}: full compile");
     }
 }
+
+/// Host ports belong to every local address of the node, as with the reference `portmap` plugin:
+/// one without `hostIP` is also served on the gateway addresses of the node's pods (a pod calling
+/// `gateway:hostPort`; a gateway that comes with a new network is served at once, incrementally as
+/// from scratch) and on loopback; a `hostIP` of 127.0.0.1 serves loopback only. On loopback only
+/// the node's own clients are served, masqueraded (a pod cannot answer 127.0.0.1); a packet from
+/// the network or from a pod to 127.0.0.1 is never sent on (CVE-2020-8558).
+#[test]
+fn host_ports_are_served_on_the_gateways_and_on_loopback_to_the_node_only() {
+    let mut state = load_str(std::path::Path::new("node.yaml"), NODE).unwrap().state;
+    let web = ObjectKey::new("shop", "web-1");
+    let client = ObjectKey::new("shop", "client");
+    let other = ObjectKey::new("", "other/ctr-9/eth0");
+    let host_port = |host_port: u16, host_ip: Option<&str>| HostPort {
+        host_port,
+        container_port: 8080,
+        protocol: "TCP".into(),
+        host_ip: host_ip.map(|h| h.parse().unwrap()),
+    };
+    let gw = |g: &str| vec![g.parse().unwrap()];
+    state.local_endpoints.insert(
+        web.clone(),
+        LocalEndpoint {
+            ips: vec!["10.244.1.5".parse().unwrap()],
+            host_ports: vec![host_port(30999, None), host_port(30998, Some("127.0.0.1"))],
+            gateways: gw("10.244.1.1"),
+            ..LocalEndpoint::default()
+        },
+    );
+    state.local_endpoints.insert(
+        client.clone(),
+        LocalEndpoint {
+            ips: vec!["10.244.1.6".parse().unwrap()],
+            gateways: gw("10.244.1.1"),
+            ..LocalEndpoint::default()
+        },
+    );
+    let mut c = Compiler::new(None);
+    c.compile_full(&state).unwrap();
+    let served = r#"Allow ["10.244.1.5:8080"] masquerade=false"#;
+    let masqueraded = r#"Allow ["10.244.1.5:8080"] masquerade=true"#;
+    let not_served = r#"Allow [] masquerade=false"#;
+    let cases = |c: &Compiler, other_gateway: &str| {
+        let p = c.policy().unwrap();
+        let s = |from: &str, to: &str| summary(p, &key(from, to, Proto::TCP));
+        vec![
+            ("node, 127.0.0.1", s("127.0.0.1:40000", "127.0.0.1:30999"), masqueraded),
+            ("node, hostIP 127.0.0.1", s("127.0.0.1:40000", "127.0.0.1:30998"), masqueraded),
+            ("node address, hostIP 127.0.0.1", s("192.168.77.1:40000", "192.168.77.1:30998"), not_served),
+            ("network to 127.0.0.1", s("203.0.113.9:40000", "127.0.0.1:30999"), not_served),
+            ("pod to 127.0.0.1", s("10.244.1.6:40000", "127.0.0.1:30999"), not_served),
+            ("pod to its gateway", s("10.244.1.6:40000", "10.244.1.1:30999"), served),
+            ("pod to the node address", s("10.244.1.6:40000", "192.168.77.1:30999"), served),
+            ("pod to the other network's gateway", s("10.244.1.6:40000", other_gateway), served),
+        ]
+    };
+    for (what, got, want) in cases(&c, "10.244.1.1:30999") {
+        assert_eq!(got, want, "{what}");
+    }
+    let t = trace(c.policy().unwrap(), &key("127.0.0.1:40000", "127.0.0.1:30999", Proto::TCP));
+    assert!(t.steps.iter().any(|s| s.contains("the node's own clients only")), "{:?}", t.steps);
+
+    // A pod of another network brings another gateway: web-1's host port is served there too.
+    state.local_endpoints.insert(
+        other.clone(),
+        LocalEndpoint {
+            ips: vec!["10.245.0.2".parse().unwrap()],
+            gateways: gw("10.245.0.1"),
+            ..LocalEndpoint::default()
+        },
+    );
+    c.update(&state, &Changes { local_endpoints: [other.clone()].into(), ..Changes::default() }).unwrap();
+    let mut fresh = Compiler::new(None);
+    fresh.compile_full(&state).unwrap();
+    for compiler in [&c, &fresh] {
+        for (what, got, want) in cases(compiler, "10.245.0.1:30999") {
+            assert_eq!(got, want, "{what}, with the second network");
+        }
+    }
+    state.local_endpoints.remove(&other);
+    c.update(&state, &Changes { local_endpoints: [other.clone()].into(), ..Changes::default() }).unwrap();
+    let p = c.policy().unwrap();
+    assert_eq!(summary(p, &key("10.244.1.6:40000", "10.245.0.1:30999", Proto::TCP)), not_served, "gateway gone");
+}

@@ -3,7 +3,8 @@
 //! side, the pod's interface, made directly inside the pod's namespace; the pod's addresses (host
 //! routes, /32 and /128), a route to the gateway on the link and the default route through it; on
 //! the host side the gateway address, the route to each pod address and the sysctls the switch
-//! needs (it masquerades before routing, so the host accepts packets from its own addresses).
+//! needs (it masquerades before routing, so the host accepts packets from its own addresses; lo
+//! accepts loopback addresses arriving on it, for the replies of host ports on 127.0.0.1).
 //!
 //! A netlink socket works in the namespace it was opened in, so the pod's side is configured through
 //! a socket opened by a short-lived thread that entered the pod's namespace (`setns(2)`); no
@@ -299,6 +300,12 @@ impl Netlink {
         if v4 {
             sysctl(&format!("net/ipv4/conf/{}/rp_filter", spec.host), "0")?;
             sysctl(&format!("net/ipv4/conf/{}/accept_local", spec.host), "1")?;
+            // The replies of the node's own connections to a host port on 127.0.0.1 are handed
+            // to lo by the endpoint program, 127.0.0.1 to 127.0.0.1 and without the route their
+            // first packet had: lo must accept loopback (and local) addresses arriving on it.
+            // Only lo: packets arriving anywhere else stay martian (CVE-2020-8558).
+            sysctl("net/ipv4/conf/lo/route_localnet", "1")?;
+            sysctl("net/ipv4/conf/lo/accept_local", "1")?;
         }
         if spec.ips.iter().any(|i| i.address.addr().is_ipv6()) {
             // Neighbour solicitations for the pod's addresses need a usable link-local source;

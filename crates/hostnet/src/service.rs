@@ -277,10 +277,12 @@ impl HostNetworking {
         let node_addresses = self.switch.node_addresses();
         for (i, p) in req.policies.iter().enumerate() {
             if let Policy::PortMapping { host_ip: Some(ip), .. } = p {
-                if !node_addresses.contains(ip) {
+                // Loopback is the node's own too (`podman run -p 127.0.0.1:8081:80`): served to
+                // the node's own clients only.
+                if !ip.is_loopback() && !node_addresses.contains(ip) {
                     return Err(HnsError::Invalid(FieldError::new(
                         format!("policies[{i}].hostIP"),
-                        format!("{ip} is not an address of this node ({node_addresses:?})"),
+                        format!("{ip} is not an address of this node ({node_addresses:?}, or loopback)"),
                     )));
                 }
             }
