@@ -134,6 +134,14 @@ struct {
 } fg_flows SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct fg_frag_key);
+	__type(value, struct fg_flow_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fg_fragments SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);

@@ -177,6 +177,18 @@ struct fg_flow {
 	__u64 last_seen_ns;
 };
 
+/* fg_fragments: a fragmented datagram (source, destination, protocol, IP identification; IPv4's
+ * 16 bits or IPv6's 32) -> the flow key of its first fragment, recorded when the first fragment
+ * passes the switch: the later fragments carry no ports, and get that flow's verdict and address
+ * rewrite (LRU; written by the programs only). */
+struct fg_frag_key {
+	struct fg_addr src;
+	struct fg_addr dst;
+	__u32 id;
+	__u8 proto;
+	__u8 pad[3];
+};
+
 /* ---- configuration, ports, counters -------------------------------------------------------- */
 
 struct fg_config {
@@ -256,6 +268,7 @@ enum fg_drop_reason {
 	FG_REASON_POLICY_DENIED = 7,
 	FG_REASON_MALFORMED = 8,
 	FG_REASON_NAT_EXHAUSTED = 9,
+	FG_REASON_FRAGMENT = 10,     /* a later fragment whose first fragment the switch has not seen */
 	FG_REASON_MAX = 16,
 };
 

@@ -13,6 +13,14 @@ struct fg_pkt {
 	__u32 l4_off;
 	__u32 l4_len;            /* bytes from l4_off to the end of the IP packet */
 	__u8 v6;
+	__u8 frag;               /* enum fg_frag */
+	__u32 frag_id;           /* IP identification of a fragment (IPv4: 16 bits, network order) */
+};
+
+enum fg_frag {
+	FG_FRAG_NONE = 0,
+	FG_FRAG_FIRST = 1,       /* offset 0, more fragments follow */
+	FG_FRAG_LATER = 2,       /* offset > 0: no transport header */
 };
 
 enum fg_parse_result {
@@ -21,6 +29,7 @@ enum fg_parse_result {
 	FG_PARSE_MALFORMED = 2,
 	FG_PARSE_ICMP = 3,       /* ICMP or ICMPv6: l3_off, l4_off, v6 and the outer addresses are set */
 	FG_PARSE_OTHER = 4,      /* another IP protocol: the same are set, and key.proto; no ports */
+	FG_PARSE_FRAGMENT = 5,   /* a later fragment: addresses, key.proto, frag and frag_id set */
 };
 
 #define FG_MAX_EXT_HEADERS 4
@@ -41,12 +50,18 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_pkt *p)
 			return FG_PARSE_MALFORMED;
 		if (ip->ihl < 5)
 			return FG_PARSE_MALFORMED;
-		/* Non-first fragments carry no ports: not ours to translate. */
-		if (ip->frag_off & bpf_htons(0x1fff))
-			return FG_PARSE_PASS;
 		fg_addr_v4(&p->key.src, ip->saddr);
 		fg_addr_v4(&p->key.dst, ip->daddr);
 		proto = ip->protocol;
+		/* A later fragment carries no ports: it follows its first fragment (fg_fragments). */
+		if (ip->frag_off & bpf_htons(0x3fff)) {
+			p->frag_id = ip->id;
+			p->frag = (ip->frag_off & bpf_htons(0x1fff)) ? FG_FRAG_LATER : FG_FRAG_FIRST;
+			if (p->frag == FG_FRAG_LATER) {
+				p->key.proto = proto;
+				return FG_PARSE_FRAGMENT;
+			}
+		}
 		p->l4_off = p->l3_off + ip->ihl * 4;
 		p->l4_len = bpf_ntohs(ip->tot_len) - ip->ihl * 4;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
@@ -71,9 +86,20 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_pkt *p)
 				return FG_PARSE_MALFORMED;
 			__u32 len;
 			if (proto == 44) {
-				/* Fragment: a later fragment carries no ports (not ours, as for IPv4). */
-				if ((h[2] << 8 | h[3]) & 0xfff8)
-					return FG_PARSE_PASS;
+				/* Fragment: a later one carries no ports and follows its first (as for IPv4). */
+				__u32 id;
+				if (bpf_skb_load_bytes(skb, p->l4_off + 4, &id, 4) < 0)
+					return FG_PARSE_MALFORMED;
+				if ((h[2] << 8 | h[3]) & 0xfff8) {
+					p->frag = FG_FRAG_LATER;
+					p->frag_id = id;
+					p->key.proto = h[0];
+					return FG_PARSE_FRAGMENT;
+				}
+				if (h[3] & 1) {
+					p->frag = FG_FRAG_FIRST;
+					p->frag_id = id;
+				}
 				len = 8;
 			} else if (proto == 51) {
 				len = ((__u32)h[1] + 2) * 4;

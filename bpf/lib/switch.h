@@ -472,6 +472,61 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 	return fg_verdict_ret(skb, p, w->fwd.verdict, w->fwd.reason, 0);
 }
 
+/* The fg_fragments key of the datagram p is a fragment of. */
+static __always_inline void fg_frag_key_of(struct fg_frag_key *k, const struct fg_pkt *p)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->src = p->key.src;
+	k->dst = p->key.dst;
+	k->id = p->frag_id;
+	k->proto = p->key.proto;
+}
+
+/* A later fragment (p parsed as FG_PARSE_FRAGMENT): it carries no ports, so it follows the first
+ * fragment of its datagram — the verdict of the flow that fragment decided, and its address
+ * rewrite (IPv4: the header checksum follows; the transport checksum is in the first fragment).
+ * Without one (the first fragment not seen yet, or evicted, or another datagram's forged
+ * identification) it is dropped: a later fragment is never a way around the flow table's NAT or
+ * policy. Nothing is delivered directly (the pod's stack reassembles). */
+static __attribute__((noinline)) int fg_fragment_entry(struct __sk_buff *skb, struct fg_work *w)
+{
+	struct fg_pkt *p = &w->p;
+	struct fg_frag_key k;
+	fg_frag_key_of(&k, p);
+	struct fg_flow_key *first = bpf_map_lookup_elem(&fg_fragments, &k);
+	if (!first)
+		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_FRAGMENT, 0);
+	w->rev = *first;
+	struct fg_flow *f = bpf_map_lookup_elem(&fg_flows, &w->rev);
+	if (!f)
+		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_FRAGMENT, 0);
+	if (f->verdict != FG_VERDICT_ALLOW)
+		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, f->reason, 1);
+	__u32 off = p->l3_off + (p->v6 ? offsetof(struct ipv6hdr, saddr) : offsetof(struct iphdr, saddr));
+	if (f->flags & FG_FLOW_REWRITE_SRC) {
+		if (!p->v6) {
+			__be32 old = p->key.src.w[3], new = f->new_src.w[3];
+			if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), old, new, 4) < 0 ||
+			    bpf_skb_store_bytes(skb, off, &new, 4, 0) < 0)
+				return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
+		} else if (bpf_skb_store_bytes(skb, off, f->new_src.w, 16, 0) < 0) {
+			return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
+		}
+	}
+	if (f->flags & FG_FLOW_REWRITE_DST) {
+		if (!p->v6) {
+			__be32 old = p->key.dst.w[3], new = f->new_dst.w[3];
+			if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), old, new, 4) < 0 ||
+			    bpf_skb_store_bytes(skb, off + 4, &new, 4, 0) < 0)
+				return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
+		} else if (bpf_skb_store_bytes(skb, off + 16, f->new_dst.w, 16, 0) < 0) {
+			return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
+		}
+	}
+	fg_count(FG_COUNTER_FLOW_HIT);
+	return fg_verdict_ret(skb, 0, FG_VERDICT_ALLOW, 0, 1);
+}
+
 /* Whether an ICMPv6 message of type `type` to `dst` is on-link housekeeping a pod needs whatever
  * its policies: neighbour discovery (router and neighbour solicitations and advertisements) and
  * multicast listener discovery, to a link-local or multicast destination (never routed). */
@@ -641,8 +696,16 @@ static __always_inline int fg_switch(struct __sk_buff *skb, __u8 ingress)
 	if (!w)
 		return FG_PASS;
 	int pr = fg_parse(skb, &w->p);
+	if (pr == FG_PARSE_OK && w->p.frag == FG_FRAG_FIRST) {
+		/* The later fragments of this datagram follow its flow (fg_fragment_entry). */
+		struct fg_frag_key fk;
+		fg_frag_key_of(&fk, &w->p);
+		bpf_map_update_elem(&fg_fragments, &fk, &w->p.key, BPF_ANY);
+	}
 	if (pr == FG_PARSE_OK)
 		return fg_switch_packet(skb, ingress, w);
+	if (pr == FG_PARSE_FRAGMENT)
+		return fg_fragment_entry(skb, w);
 	if (pr == FG_PARSE_ICMP)
 		return fg_icmp_entry(skb, ingress, &w->p);
 	if (pr == FG_PARSE_OTHER)

@@ -428,6 +428,22 @@ pub struct RuleHitKey {
     pub addr: Addr,
 }
 
+/// `struct fg_frag_key`: a fragmented datagram (`fg_fragments`, written by the programs only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// Source address.
+    pub src: Addr,
+    /// Destination address.
+    pub dst: Addr,
+    /// IP identification (IPv4's 16 bits or IPv6's 32), network order.
+    pub id: u32,
+    /// IP protocol.
+    pub proto: u8,
+    /// Padding.
+    pub pad: [u8; 3],
+}
+
 /// `struct fg_last`: the outcome of the last packet on this CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -457,7 +473,7 @@ pub mod verdict {
 }
 
 /// Names of the drop reasons, by `enum fg_drop_reason` value (index 0 is "none").
-pub const DROP_REASONS: [&str; 10] = [
+pub const DROP_REASONS: [&str; 11] = [
     "none",
     "no_endpoints",
     "no_local_endpoints",
@@ -468,6 +484,7 @@ pub const DROP_REASONS: [&str; 10] = [
     "policy_denied",
     "malformed",
     "nat_exhausted",
+    "fragment",
 ];
 
 /// Counter index of flow-table hits (`FG_COUNTER_FLOW_HIT`).
@@ -487,6 +504,7 @@ macro_rules! pod {
     )*};
 }
 pod!(
+    FragKey,
     RuleHitKey,
     AclEndpoint,
     AclPortData,
@@ -532,6 +550,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Last>(), 16);
         assert_eq!(std::mem::size_of::<Port>(), 12);
         assert_eq!(std::mem::size_of::<EndpointKey>(), 20);
+        assert_eq!(std::mem::size_of::<FragKey>(), 40);
         assert_eq!(std::mem::size_of::<AclEndpoint>(), 8);
         assert_eq!(std::mem::size_of::<RuleHitKey>(), 28);
         assert_eq!(std::mem::size_of::<AclPortData>() + 4, 16);
