@@ -3,7 +3,7 @@
 //! podman's CNI backend) for ADD, CHECK and DEL, and podman 4 with its CNI backend starting a
 //! container from a local busybox image. Pods made by them reach each other, a Service VIP, the
 //! "internet" through outbound NAT and a host port from outside; the container's resolv.conf shows
-//! the result's DNS.
+//! the result's DNS; podman publishes a host port on the node's loopback (`-p 127.0.0.1:...`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cni;
@@ -309,6 +309,55 @@ fn podman_starts_a_container_on_a_flowgate_network() {
     assert_eq!(node.host_interfaces().len(), 1, "{:?}", node.host_interfaces());
     let eps = node.api("GET", "/v1/endpoints", None).unwrap();
     assert_eq!(eps.as_array().unwrap().len(), 1, "{eps}");
+
+    // A host port on the node's loopback (`-p 127.0.0.1:...`, which the agent once refused as "not
+    // an address of this node"), reached by the node's own client.
+    let out = podman.run(&[
+        "run",
+        "-d",
+        "--name",
+        "fg-hostport",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--network",
+        "fgpod",
+        "-p",
+        "127.0.0.1:18081:8080",
+        "localhost/fgbb",
+        "nc",
+        "-ll",
+        "-p",
+        "8080",
+        "-e",
+        "echo",
+        "web",
+    ]);
+    assert!(
+        out.status.success(),
+        "podman run -p 127.0.0.1:18081:8080 failed: {}
+agent log:
+{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    let t = Instant::now();
+    let answer = loop {
+        let r = ask(&node.ns, "127.0.0.1:18081");
+        if r.is_ok() || t.elapsed() > Duration::from_secs(10) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rm = podman.run(&["rm", "--force", "fg-hostport"]);
+    assert_eq!(answer, Ok("web".to_owned()), "the node -> 127.0.0.1:18081 (podman's host port)");
+    assert!(rm.status.success(), "podman rm: {}", String::from_utf8_lossy(&rm.stderr));
+    let t = Instant::now();
+    while node.host_interfaces().len() != 1 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(node.host_interfaces().len(), 1, "podman's DEL: {:?}", node.host_interfaces());
     drop(podman);
     assert_eq!(cni("DEL", "srv", None, None, &node.conf("fgpod", "10.244.1.0/24")).code, 0);
 }
