@@ -237,7 +237,9 @@ impl AgentSwitch {
             // Its addresses or its NetworkPolicy tables are not in the kernel: a pod started now
             // could not send, or would run unprotected.
             let why = core.status.degraded.iter().find(|p| p.contains(&key.to_string())).cloned();
-            return Err(SwitchError::Failed(why.unwrap_or_else(|| format!("the data plane did not take port {}", id.0))));
+            return Err(SwitchError::Failed(
+                why.unwrap_or_else(|| format!("the data plane did not take port {}", id.0)),
+            ));
         }
         Ok(port)
     }

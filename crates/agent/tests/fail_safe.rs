@@ -46,13 +46,24 @@ async fn services_sharing_an_address_do_not_wedge_the_node() {
     for (i, n) in ["g", "f", "e", "d", "c", "b", "a"].iter().enumerate() {
         let ext = "  externalIPs: [203.0.113.50]\n";
         let created = format!("2026-02-0{}T00:00:00Z", i + 1);
-        text.push_str(&service(&format!("share-{n}"), &format!("172.30.1.{}", 10 + i), &format!("10.0.3.{}", 10 + i), &created, ext, ""));
+        text.push_str(&service(
+            &format!("share-{n}"),
+            &format!("172.30.1.{}", 10 + i),
+            &format!("10.0.3.{}", 10 + i),
+            &created,
+            ext,
+            "",
+        ));
     }
     write(dir.path(), &text);
     // Before: the apply failed on every sync, so the agent never synced (run_agent waits for it).
     let agent = run_agent(dir.path(), &bpffs).await;
     let maps = bpffs.join("maps");
-    assert_eq!(probe(&maps, "198.51.100.7:40000", "203.0.113.50:80"), (0, "10.0.3.10:8080".into()), "the oldest owns it");
+    assert_eq!(
+        probe(&maps, "198.51.100.7:40000", "203.0.113.50:80"),
+        (0, "10.0.3.10:8080".into()),
+        "the oldest owns it"
+    );
     assert_eq!(probe(&maps, "198.51.100.7:40001", "172.30.0.10:80"), (0, "10.0.2.1:8080".into()));
     let s = status(&dir.path().join("api.sock")).await;
     let conflicts = s["sync"]["conflicts"].as_array().unwrap();
@@ -63,7 +74,11 @@ async fn services_sharing_an_address_do_not_wedge_the_node() {
 }
 
 /// Fills a pinned hash map with junk keys until the kernel refuses one; returns them.
-fn fill<K: aya::Pod, V: aya::Pod>(path: &Path, key: impl Fn(u32) -> K, value: V) -> (BpfHashMap<MapData, K, V>, Vec<K>) {
+fn fill<K: aya::Pod, V: aya::Pod>(
+    path: &Path,
+    key: impl Fn(u32) -> K,
+    value: V,
+) -> (BpfHashMap<MapData, K, V>, Vec<K>) {
     let data = MapData::from_pin(path).unwrap();
     let mut map: BpfHashMap<MapData, K, V> = Map::HashMap(data).try_into().unwrap();
     let mut junk = Vec::new();
@@ -119,7 +134,12 @@ async fn a_full_map_degrades_one_object_and_is_retried() {
         "status: {loadBalancer: {ingress: [{ip: 203.0.113.20}]}}\n",
     );
     let pod = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: extra-pod}\nspec: {nodeName: node-a, containers: [{name: c, image: i}]}\nstatus: {podIP: 10.0.5.5, podIPs: [{ip: 10.0.5.5}]}\n";
-    for (phase, web) in [("rule lists", "10.0.2.2"), ("backend sets", "10.0.2.3"), ("address sets", "10.0.2.4"), ("endpoints", "10.0.2.5")] {
+    for (phase, web) in [
+        ("rule lists", "10.0.2.2"),
+        ("backend sets", "10.0.2.3"),
+        ("address sets", "10.0.2.4"),
+        ("endpoints", "10.0.2.5"),
+    ] {
         let (added, needle, probe_to): (&str, &str, Option<&str>) = match phase {
             "rule lists" => (&extra, "extra", Some("172.30.0.20:80")),
             "backend sets" => (&extra, "extra", Some("172.30.0.20:80")),
@@ -133,11 +153,19 @@ async fn a_full_map_degrades_one_object_and_is_retried() {
         };
         let s = match phase {
             "rule lists" => {
-                let full = fill(&maps.join("fg_lb_dest"), |i| maps::LbKey { dst: junk_addr(i), dport: 80, proto: 6, pad: 0 }, maps::RuleList::default());
+                let full = fill(
+                    &maps.join("fg_lb_dest"),
+                    |i| maps::LbKey { dst: junk_addr(i), dport: 80, proto: 6, pad: 0 },
+                    maps::RuleList::default(),
+                );
                 write_change();
                 let s = status_until(&socket, "a degraded rule list", |s| !degraded(s).is_empty()).await;
                 check(&s);
-                assert_eq!(probe(&maps, "198.51.100.7:41000", "172.30.0.10:80"), (0, format!("{web}:8080")), "{phase}: the rest is programmed");
+                assert_eq!(
+                    probe(&maps, "198.51.100.7:41000", "172.30.0.10:80"),
+                    (0, format!("{web}:8080")),
+                    "{phase}: the rest is programmed"
+                );
                 empty(full);
                 s
             }
@@ -146,7 +174,11 @@ async fn a_full_map_degrades_one_object_and_is_retried() {
                 write_change();
                 let s = status_until(&socket, "a degraded backend set", |s| !degraded(s).is_empty()).await;
                 check(&s);
-                assert_eq!(probe(&maps, "198.51.100.7:42000", "172.30.0.10:80"), (0, format!("{web}:8080")), "{phase}: the rest is programmed");
+                assert_eq!(
+                    probe(&maps, "198.51.100.7:42000", "172.30.0.10:80"),
+                    (0, format!("{web}:8080")),
+                    "{phase}: the rest is programmed"
+                );
                 empty(full);
                 s
             }
@@ -155,16 +187,28 @@ async fn a_full_map_degrades_one_object_and_is_retried() {
                 write_change();
                 let s = status_until(&socket, "a degraded set", |s| !degraded(s).is_empty()).await;
                 check(&s);
-                assert_eq!(probe(&maps, "198.51.100.7:43000", "172.30.0.10:80"), (0, format!("{web}:8080")), "{phase}: the rest is programmed");
+                assert_eq!(
+                    probe(&maps, "198.51.100.7:43000", "172.30.0.10:80"),
+                    (0, format!("{web}:8080")),
+                    "{phase}: the rest is programmed"
+                );
                 empty(full);
                 s
             }
             _ => {
-                let full = fill(&maps.join("fg_endpoint_addrs"), |i| maps::EndpointKey { port_id: 0x7000_0000 + i, addr: junk_addr(i) }, 1u8);
+                let full = fill(
+                    &maps.join("fg_endpoint_addrs"),
+                    |i| maps::EndpointKey { port_id: 0x7000_0000 + i, addr: junk_addr(i) },
+                    1u8,
+                );
                 write_change();
                 let s = status_until(&socket, "a degraded endpoint", |s| !degraded(s).is_empty()).await;
                 check(&s);
-                assert_eq!(probe(&maps, "198.51.100.7:44000", "172.30.0.10:80"), (0, format!("{web}:8080")), "{phase}: the rest is programmed");
+                assert_eq!(
+                    probe(&maps, "198.51.100.7:44000", "172.30.0.10:80"),
+                    (0, format!("{web}:8080")),
+                    "{phase}: the rest is programmed"
+                );
                 empty(full);
                 s
             }
@@ -173,7 +217,11 @@ async fn a_full_map_degrades_one_object_and_is_retried() {
         // Room made: the retry alone programs it.
         status_until(&socket, "the retry", |s| degraded(s).is_empty() && s["pending"] == Value::Bool(false)).await;
         if let Some(to) = probe_to {
-            assert_eq!(probe(&maps, "198.51.100.7:45000", to), (0, "10.0.4.1:8080".into()), "{phase}: programmed by the retry");
+            assert_eq!(
+                probe(&maps, "198.51.100.7:45000", to),
+                (0, "10.0.4.1:8080".into()),
+                "{phase}: programmed by the retry"
+            );
         }
         // Back to the base state for the next phase.
         write(dir.path(), &base(web));

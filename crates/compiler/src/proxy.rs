@@ -29,7 +29,9 @@
 //! port), an address in a ServiceCIDR, the cluster's pod CIDRs (`clusterCIDR`) or the node's
 //! podCIDRs, loopback, link-local, unspecified, multicast or broadcast addresses; and, when
 //! `FlowgateConfiguration.externalIPs.allowedCIDRs` is set, any address outside it. The node's own
-//! addresses are always allowed (kube-proxy's users and tests rely on them).
+//! addresses are always allowed (kube-proxy's users and tests rely on them). A Service with more
+//! than [`MAX_EXTERNAL_DESTINATIONS`] external destinations (addresses × ports) keeps its
+//! ClusterIP and NodePorts and has all its external addresses refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -51,6 +53,9 @@ use crate::settings::{LocalMatch, NodePortAddresses, ProxySettings};
 const SERVICE_IPS: &str = "service-ips";
 const SERVICE_NODEPORTS: &str = "service-nodeports";
 const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+
+/// The most externalIP and load-balancer destinations (addresses × ports) one Service may have.
+pub const MAX_EXTERNAL_DESTINATIONS: usize = 10_000;
 
 /// What kind of claim a Service (or the node) makes on a destination; the first kind owns it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -99,6 +104,14 @@ struct Claim {
     /// Seconds since the epoch of the owner's creation; `i64::MAX` when unknown (newest).
     created: i64,
     rules: Vec<Rule>,
+}
+
+/// Where one Service's ports put the claims they make.
+struct NewClaims<'a> {
+    destinations: &'a mut BTreeMap<DestinationKey, Claim>,
+    node_ports: &'a mut BTreeMap<(Proto, u16), Claim>,
+    /// The Service's creation, for every claim.
+    created: i64,
 }
 
 /// An object the data plane does not carry as written, and why.
@@ -200,6 +213,8 @@ pub struct ServiceProxy {
     /// Claims not programmed (conflicting or refused), by what they claimed.
     problems: FxHashMap<DestinationKey, Vec<Problem>>,
     node_port_problems: FxHashMap<(Proto, u16), Vec<Problem>>,
+    /// Services refused as a whole part (too many external destinations).
+    service_problems: FxHashMap<ObjectKey, Problem>,
     slices_of_service: FxHashMap<ObjectKey, BTreeSet<ObjectKey>>,
     service_of_slice: FxHashMap<ObjectKey, ObjectKey>,
 }
@@ -252,6 +267,7 @@ impl ServiceProxy {
             },
             problems: FxHashMap::default(),
             node_port_problems: FxHashMap::default(),
+            service_problems: FxHashMap::default(),
             slices_of_service: FxHashMap::default(),
             service_of_slice: FxHashMap::default(),
         };
@@ -355,6 +371,7 @@ impl ServiceProxy {
     pub fn problems(&self) -> Vec<Problem> {
         let mut out: Vec<Problem> =
             self.problems.values().chain(self.node_port_problems.values()).flatten().cloned().collect();
+        out.extend(self.service_problems.values().cloned());
         out.sort();
         out
     }
@@ -406,13 +423,35 @@ impl ServiceProxy {
             let mut rules_np: BTreeMap<(Proto, u16), Claim> = BTreeMap::new();
             let created = creation_seconds(svc);
             let slice_keys = self.slices_of_service.get(key).cloned().unwrap_or_default();
-            for v4 in [true, false] {
-                for sp in service_ports(key, svc, v4) {
-                    let slices = slice_keys.iter().filter_map(|k| state.endpoint_slices.get(k));
-                    let eps = endpoints(slices, &sp, &node.name);
-                    let claims = (&mut rules_dest, &mut rules_np, created);
-                    self.compile_port(&sp, &eps, node, settings, policy, &mut frag, claims);
+            let mut ports: Vec<ServicePort> =
+                [true, false].into_iter().flat_map(|v4| service_ports(key, svc, v4)).collect();
+            let external: usize = ports.iter().map(|sp| sp.external_ips.len() + sp.lb_ips.len()).sum();
+            if external > MAX_EXTERNAL_DESTINATIONS {
+                // Addresses × ports grow as a product (3,000 of each is 9 million destinations
+                // in an object the API accepts): past the limit the Service keeps its ClusterIP
+                // and NodePorts, and its external addresses are refused.
+                for sp in &mut ports {
+                    sp.external_ips.clear();
+                    sp.lb_ips.clear();
                 }
+                self.service_problems.insert(
+                    key.clone(),
+                    Problem {
+                        object: owner_name(key),
+                        message: format!(
+                            "{external} externalIP and loadBalancer destinations (addresses × ports) refused: \
+                             more than {MAX_EXTERNAL_DESTINATIONS}"
+                        ),
+                    },
+                );
+            } else {
+                self.service_problems.remove(key);
+            }
+            for sp in ports {
+                let slices = slice_keys.iter().filter_map(|k| state.endpoint_slices.get(k));
+                let eps = endpoints(slices, &sp, &node.name);
+                let claims = NewClaims { destinations: &mut rules_dest, node_ports: &mut rules_np, created };
+                self.compile_port(&sp, &eps, node, settings, policy, &mut frag, claims);
             }
             for (d, claim) in rules_dest {
                 self.destinations.entry(d).or_default().insert(key.clone(), claim);
@@ -432,6 +471,8 @@ impl ServiceProxy {
             delta.backend_sets.extend(frag.backend_sets.iter().copied());
             delta.sets.extend(frag.sets.iter().copied());
             self.fragments.insert(key.clone(), frag);
+        } else {
+            self.service_problems.remove(key);
         }
         for n in touched_np {
             let (owned, problems) = decide(self.node_ports.get(&n), |_| None, &|| {
@@ -512,7 +553,8 @@ impl ServiceProxy {
                 guard.refusal(d.0)
             }
         };
-        let (owned, problems) = decide(self.destinations.get(&d), refusal, &|| format!("{}:{}/{}", fmt_ip(d.0), d.2, d.1));
+        let (owned, problems) =
+            decide(self.destinations.get(&d), refusal, &|| format!("{}:{}/{}", fmt_ip(d.0), d.2, d.1));
         if self.destinations.get(&d).is_none_or(|c| c.is_empty()) {
             self.destinations.remove(&d);
             if let Some(set) = self.destinations_of_ip.get_mut(&d.0) {
@@ -538,12 +580,9 @@ impl ServiceProxy {
         settings: &ProxySettings,
         policy: &mut SwitchPolicy,
         frag: &mut Fragment,
-        (rules_dest, rules_np, created): (
-            &mut BTreeMap<DestinationKey, Claim>,
-            &mut BTreeMap<(Proto, u16), Claim>,
-            i64,
-        ),
+        claims: NewClaims<'_>,
     ) {
+        let NewClaims { destinations: rules_dest, node_ports: rules_np, created } = claims;
         let claim = |kind, rules| Claim { kind, created, rules };
         let name = sp.name();
         let cat = categorize(eps, sp, &node.name, node.zone(), settings.prefer_same_node);
@@ -748,7 +787,12 @@ fn decide(
         };
         problems.push(Problem {
             object: owner_name(owner),
-            message: format!("{} {} conflicts with {}, which owns it ({why})", c.kind.name(), what(), owner_name(winner)),
+            message: format!(
+                "{} {} conflicts with {}, which owns it ({why})",
+                c.kind.name(),
+                what(),
+                owner_name(winner)
+            ),
         });
     }
     (Some(won.rules.clone()), problems)

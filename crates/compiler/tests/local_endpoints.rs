@@ -342,3 +342,37 @@ fn host_ports_are_served_on_the_gateways_and_on_loopback_to_the_node_only() {
     let p = c.policy().unwrap();
     assert_eq!(summary(p, &key("10.244.1.6:40000", "10.245.0.1:30999", Proto::TCP)), not_served, "gateway gone");
 }
+
+#[test]
+fn the_nodes_loopback_clients_reach_an_isolated_pods_host_port() {
+    let isolated = format!(
+        "{NODE}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: shop}}\nspec: {{podSelector: {{}}, policyTypes: [Ingress]}}\n"
+    );
+    let mut state = load_str(std::path::Path::new("node.yaml"), &isolated).unwrap().state;
+    state.local_endpoints.insert(
+        ObjectKey::new("shop", "web-1"),
+        LocalEndpoint {
+            ips: vec!["10.244.1.5".parse().unwrap()],
+            host_ports: vec![HostPort {
+                host_port: 30999,
+                container_port: 8080,
+                protocol: "TCP".into(),
+                host_ip: None,
+            }],
+            gateways: vec!["10.244.1.1".parse().unwrap()],
+            ..LocalEndpoint::default()
+        },
+    );
+    let mut c = Compiler::new(None);
+    c.compile_full(&state).unwrap();
+    let p = c.policy().unwrap();
+    let s = |from: &str, to: &str| summary(p, &key(from, to, Proto::TCP));
+    assert_eq!(s("127.0.0.1:40000", "127.0.0.1:30999"), r#"Allow ["10.244.1.5:8080"] masquerade=true"#);
+    assert_eq!(s("192.168.77.1:40000", "192.168.77.1:30999"), r#"Allow ["10.244.1.5:8080"] masquerade=false"#);
+    // Anyone else is still denied by the isolation.
+    assert!(
+        s("203.0.113.9:40000", "192.168.77.1:30999").starts_with("Drop"),
+        "{}",
+        s("203.0.113.9:40000", "192.168.77.1:30999")
+    );
+}
