@@ -302,8 +302,20 @@ fn kernel_dataplane(
     for d in [&maps_dir, &links_dir] {
         std::fs::create_dir_all(d).map_err(|err| e(&format!("create {}", d.display()), &err))?;
     }
+    // Maps another version left are checked first: adopted, replaced, or (newer) refused.
+    let objects = [flowgate_ebpf::objects::UPLINK, flowgate_ebpf::objects::ENDPOINT];
+    let checked = flowgate_ebpf::pinned::check(bpffs, &objects, &[]).map_err(|err| e("pinned state", &err))?;
+    for (map, why) in &checked.replaced {
+        tracing::warn!(map, why, "pinned map replaced (its entries are not carried over)");
+    }
+    tracing::info!(
+        version = ?checked.found,
+        adopted = checked.adopted.len(),
+        replaced = checked.replaced.len(),
+        "pinned state checked"
+    );
     let mut loaded = flowgate_ebpf::load_all(
-        &[flowgate_ebpf::objects::UPLINK, flowgate_ebpf::objects::ENDPOINT],
+        &objects,
         Some(&maps_dir),
         &[("FG_DIRECT_DELIVERY", flowgate_ebpf::GlobalValue::U8(u8::from(direct)))],
     )

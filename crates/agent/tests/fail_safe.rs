@@ -229,3 +229,35 @@ async fn a_full_map_degrades_one_object_and_is_retried() {
     }
     agent.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refuses_pinned_state_of_a_newer_version_and_keeps_it() {
+    if !flowgate_ebpf::privileged_test("an_agent_refuses_pinned_state_of_a_newer_version_and_keeps_it") {
+        return;
+    }
+    let fs = TempBpffs::new().unwrap();
+    let bpffs = fs.path().join("flowgate");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("m")).unwrap();
+    write(dir.path(), &format!("{HEAD}{}", service("web", "172.30.0.10", "10.0.2.1", "2026-01-01T00:00:00Z", "", "")));
+    let agent = run_agent(dir.path(), &bpffs).await;
+    agent.stop();
+    // A newer agent ran meanwhile (its mark is all this one needs to see).
+    let newer = bpffs.join(format!("abi-{}", flowgate_ebpf::pinned::ABI_VERSION + 1));
+    std::fs::create_dir(&newer).unwrap();
+    let maps_before: Vec<_> = std::fs::read_dir(bpffs.join("maps")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut settings = flowgate_agent::AgentSettings::for_manifests(dir.path().join("m"), dir.path().join("api.sock"));
+    settings.bpffs = bpffs.clone();
+    settings.dataplane = flowgate_agent::DataplaneSettings::Ebpf { uplink: None };
+    let err = match flowgate_agent::start(settings).await {
+        Ok(a) => {
+            a.stop();
+            panic!("an older agent adopted a newer agent's pinned state");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("newer than this agent"), "{err}");
+    let maps_after: Vec<_> = std::fs::read_dir(bpffs.join("maps")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(maps_before, maps_after, "nothing removed");
+    assert!(newer.is_dir());
+}

@@ -235,6 +235,22 @@ pub fn load_all(
     pin_dir: Option<&Path>,
     globals: &[(&str, GlobalValue)],
 ) -> Result<Vec<Loaded>, EbpfError> {
+    load_sized(objects, pin_dir, globals, &[])
+}
+
+/// [`load_all`], with the number of entries of some maps set (`(map name, max_entries)`): a map
+/// created by this load gets that size; a pinned map of another size is not adopted (see
+/// [`crate::pinned::check`], which the agent runs first).
+///
+/// # Errors
+///
+/// As [`load`].
+pub fn load_sized(
+    objects: &[&[u8]],
+    pin_dir: Option<&Path>,
+    globals: &[(&str, GlobalValue)],
+    max_entries: &[(&str, u32)],
+) -> Result<Vec<Loaded>, EbpfError> {
     for object in objects {
         if object.is_empty() {
             return Err(EbpfError::NotBuilt { name: object_name(object) });
@@ -249,6 +265,9 @@ pub fn load_all(
                 loader.btf(kernel_btf()).default_map_pin_directory(dir);
                 for (name, bytes) in &values {
                     loader.override_global(name, bytes.as_slice(), true);
+                }
+                for (name, entries) in max_entries {
+                    loader.map_max_entries(name, *entries);
                 }
                 loader.load(object).map(|ebpf| Loaded { ebpf }).map_err(|source| EbpfError::Load {
                     name: object_name(object),
