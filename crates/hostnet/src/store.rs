@@ -23,6 +23,13 @@ const LOAD_BALANCERS: TableDefinition<&str, &[u8]> = TableDefinition::new("load-
 const ADDRESSES: TableDefinition<&str, &str> = TableDefinition::new("addresses");
 /// `<network>|<range set index>` -> the address handed out last.
 const LAST: TableDefinition<&str, &str> = TableDefinition::new("last-reserved");
+/// `format` -> the version of the records' format.
+const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
+
+/// The version of the records' format this build reads and writes. A store without one is of
+/// version 0 (before versions were written), whose records read as version 1's. Bump it when a
+/// record changes in a way an older agent would misread, and convert older records on open.
+pub const FORMAT_VERSION: u32 = 1;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +41,19 @@ pub enum StoreError {
         path: String,
         /// What failed.
         message: String,
+    },
+    /// The store was written by a newer flowgate: nothing is read or changed.
+    #[error(
+        "store {path} holds records of format {found}, newer than this agent's {supported}: run the \
+         newer flowgated (nothing was changed)"
+    )]
+    Newer {
+        /// The file.
+        path: String,
+        /// The format found.
+        found: u32,
+        /// The format this agent reads.
+        supported: u32,
     },
     /// A range set has no free address.
     #[error("no free address in network {network:?}: range set {set} ({ranges}) has all {capacity} addresses in use")]
@@ -75,8 +95,14 @@ impl Store {
         }
         let db = redb::Database::create(path).map_err(|e| fail(e.to_string()))?;
         let store = Store { db, path: p };
+        // The format first: a newer agent's records are neither read nor touched.
+        let found = store.format()?;
+        if found > FORMAT_VERSION {
+            return Err(StoreError::Newer { path: store.path.clone(), found, supported: FORMAT_VERSION });
+        }
         // Create the tables, so readers never meet a missing one.
         store.write(|tx| {
+            tx.open_table(META)?.insert("format", FORMAT_VERSION)?;
             tx.open_table(NETWORKS)?;
             tx.open_table(ENDPOINTS)?;
             tx.open_table(ADDRESSES)?;
@@ -85,6 +111,17 @@ impl Store {
             Ok(())
         })?;
         Ok(store)
+    }
+
+    /// The format of the records (0: a store from before formats were written, or a new one).
+    pub fn format(&self) -> Result<u32, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(self.err(e)),
+        };
+        Ok(t.get("format").map_err(|e| self.err(e))?.map(|v| v.value()).unwrap_or(0))
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
@@ -357,5 +394,45 @@ mod tests {
         let _s = Store::open(&path).unwrap();
         let err = Store::open(&path).unwrap_err();
         assert!(err.to_string().contains("s.redb"), "{err}");
+    }
+
+    #[test]
+    fn records_carry_their_format_and_an_older_agent_refuses_a_newer_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let sets: Vec<Vec<IpRange>> = vec![vec![serde_json::from_str(r#"{"subnet":"10.9.0.0/29"}"#).unwrap()]];
+        // A store from before formats were written (no meta table): read, and marked as ours.
+        {
+            let s = Store::open(&path).unwrap();
+            s.reserve(ep("a"), &sets).unwrap();
+            s.write(|tx| {
+                tx.delete_table(META)?;
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(s.format().unwrap(), 0);
+        }
+        {
+            let s = Store::open(&path).unwrap();
+            assert_eq!(s.format().unwrap(), FORMAT_VERSION);
+            assert_eq!(s.endpoints().unwrap().len(), 1, "an older store's records are read");
+            // A newer agent writes its format.
+            s.write(|tx| {
+                tx.open_table(META)?.insert("format", FORMAT_VERSION + 1)?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        let err = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Newer { found, supported, .. } if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer than this agent"), "{err}");
+        // Nothing was deleted or rewritten: the newer agent finds everything as it left it.
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        assert_eq!(tx.open_table(ENDPOINTS).unwrap().iter().unwrap().count(), 1);
+        assert_eq!(tx.open_table(META).unwrap().get("format").unwrap().unwrap().value(), FORMAT_VERSION + 1);
     }
 }
