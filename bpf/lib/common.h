@@ -125,6 +125,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fg_affinity SEC(".maps");
 
+/* The flow table of connections that are not established yet (and of those that never will be:
+ * unanswered, dropped by a later policy): LRU, so that under pressure they are the ones that go.
+ * Established connections live in fg_flows_est (bpf/lib/flow.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, FG_MAX_ENTRIES_FLOWS);

@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "parse.h"
+#include "flow.h"
 
 /* RFC 1624 incremental update of a 16-bit one's complement checksum for a 16-bit change. */
 static __always_inline __u16 fg_csum16(__u16 csum, __u16 old, __u16 new)
@@ -114,7 +115,7 @@ static __attribute__((noinline)) int fg_icmp_error(struct __sk_buff *skb, __u32 
 	c->rev.dst = c->inner.src;
 	c->rev.sport = c->inner.dport;
 	c->rev.dport = c->inner.sport;
-	struct fg_flow *f = bpf_map_lookup_elem(&fg_flows, &c->rev);
+	struct fg_flow *f = fg_flow_find(&c->rev);
 	if (!f || f->verdict != FG_VERDICT_ALLOW)
 		return 0;
 

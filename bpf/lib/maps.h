@@ -162,6 +162,8 @@ enum fg_verdict {
 #define FG_FLOW_CLOSED 0x8       /* TCP: a FIN or RST was seen (either direction) */
 #define FG_FLOW_VIA_STACK 0x10   /* from the network, not routed back where it came from: never
 				  * delivered directly (bpf/lib/deliver.h) */
+#define FG_FLOW_SEEN_REPLY 0x20  /* a reply has passed (both entries of the connection) */
+#define FG_FLOW_ESTABLISHED 0x40 /* in fg_flows_est: answered, and the opener went on (bpf/lib/flow.h) */
 
 /* A header transposition: what every later packet of this direction gets. */
 struct fg_flow {
@@ -187,6 +189,46 @@ struct fg_frag_key {
 	__u32 id;
 	__u8 proto;
 	__u8 pad[3];
+};
+
+/* fg_nat_pools: the source ports in use towards one peer (address, port, protocol) under one
+ * translated source address — the masquerade ports of the node address, or the ports the switch
+ * gave connections whose own reply key was taken — one bit per port (bpf/lib/flow.h). A hint kept by
+ * the programs: a clear bit is a free port unless a connection the pool never saw holds it (every
+ * candidate is checked against the flow tables), a set bit whose connection is gone (evicted) is
+ * found by the pool's clock hand. LRU; written by the programs only. */
+#define FG_NAT_PORT_FIRST 1024   /* ports handed out: 1024..65535 */
+#define FG_NAT_WORDS 1024        /* 65,536 bits */
+struct fg_nat_pool_key {
+	struct fg_addr nat;      /* the translated source address (the replies' destination) */
+	struct fg_addr peer;     /* the destination after translation (the replies' source) */
+	__u16 peer_port;         /* network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct fg_nat_pool {
+	__u64 used[FG_NAT_WORDS];
+	__u32 next;              /* the word the next search starts at */
+	__u32 hand;              /* the clock hand: the next port checked when no bit is clear */
+};
+
+/* fg_flow_counters: per-CPU counters of the flow tables under pressure. */
+enum fg_flow_counter {
+	FG_FLOW_PROMOTED = 0,    /* connections moved to fg_flows_est */
+	FG_FLOW_EXPIRED = 1,     /* connections removed after their idle timeout */
+	FG_FLOW_EVICTED = 2,     /* embryonic connections that gave their port to a new connection */
+	FG_FLOW_EST_FULL = 3,    /* promotions refused: fg_flows_est was full */
+	FG_FLOW_REBOUND = 4,     /* first packets whose reply key a live connection held: another source port */
+	FG_FLOW_COUNTERS = 8,
+};
+
+/* fg_flow_gauges: what the last sweep (fg_flow_gc) found. */
+struct fg_flow_gauges {
+	__u64 established;       /* entries in fg_flows_est */
+	__u64 embryonic;         /* entries in fg_flows */
+	__u64 sweeps;
+	__u64 last_sweep_ns;
 };
 
 /* ---- configuration, ports, counters -------------------------------------------------------- */

@@ -15,6 +15,7 @@
 #include "icmp.h"
 #include "acl.h"
 #include "deliver.h"
+#include "flow.h"
 
 /* Whether address `a` is in set `set`: one hash lookup for single addresses, then the LPM trie only
  * for sets that also hold prefixes of a's family. */
@@ -200,31 +201,6 @@ static __always_inline void fg_decide(const struct fg_pkt *p, __u8 ingress, cons
 	d->verdict = FG_VERDICT_ALLOW;
 }
 
-static __always_inline void fg_reverse_key(struct fg_flow_key *rev, const struct fg_flow_key *k, const struct fg_flow *f)
-{
-	__builtin_memset(rev, 0, sizeof(*rev));
-	rev->proto = k->proto;
-	rev->src = (f->flags & FG_FLOW_REWRITE_DST) ? f->new_dst : k->dst;
-	rev->sport = (f->flags & FG_FLOW_REWRITE_DST) ? f->new_dport : k->dport;
-	rev->dst = (f->flags & FG_FLOW_REWRITE_SRC) ? f->new_src : k->src;
-	rev->dport = (f->flags & FG_FLOW_REWRITE_SRC) ? f->new_sport : k->sport;
-}
-
-/* How long a closed TCP connection (a FIN or RST seen) and an idle UDP or SCTP flow keep their
- * masquerade source port before a new connection may take it over (load-time constants; TCP
- * connections that are not closed keep theirs until the flow table evicts them). */
-volatile const __u64 FG_CLOSED_TIMEOUT_NS = 10000000000ull;
-volatile const __u64 FG_IDLE_TIMEOUT_NS = 300000000000ull;
-
-/* Whether the connection an entry belongs to is over. */
-static __always_inline int fg_flow_expired(const struct fg_flow *f, __u8 proto, __u64 now)
-{
-	__u64 idle = now - f->last_seen_ns;
-	if (f->flags & FG_FLOW_CLOSED)
-		return idle > FG_CLOSED_TIMEOUT_NS;
-	return proto != IPPROTO_TCP && idle > FG_IDLE_TIMEOUT_NS;
-}
-
 /* The reply direction's entry of a connection whose first packet is `k` and whose forward
  * transposition has `fwd_flags`: replies are readdressed back to the original source and appear to
  * come from the original destination. */
@@ -249,9 +225,10 @@ static __always_inline void fg_reply_entry(struct fg_flow *back, const struct fg
 	}
 }
 
-/* Builds the forward transposition from a decision; picks the masquerade source port. */
+/* Builds the forward transposition from a decision; binds its source port: a masquerade port, or
+ * another port for a connection whose reply key a live connection holds (bpf/lib/flow.h). */
 static __always_inline int fg_transposition(const struct fg_pkt *p, const struct fg_config *cfg, const struct fg_decision *d,
-					    const struct fg_flow *keep, struct fg_flow *f)
+					    const struct fg_flow *keep, struct fg_flow *f, struct fg_nat_scratch *s)
 {
 	__builtin_memset(f, 0, sizeof(*f));
 	f->verdict = d->verdict;
@@ -264,44 +241,40 @@ static __always_inline int fg_transposition(const struct fg_pkt *p, const struct
 		f->new_dst = d->backend.addr;
 		f->new_dport = d->backend.port;
 	}
-	if (!d->masq)
-		return 0;
 	const struct fg_addr *dst = d->dnat ? &d->backend.addr : &p->key.dst;
 	int v4 = fg_addr_is_v4(dst);
-	if (v4 ? !cfg->has_snat_v4 : !cfg->has_snat_v6)
-		return 0;
-	f->flags |= FG_FLOW_REWRITE_SRC;
-	f->new_src = v4 ? cfg->snat_v4 : cfg->snat_v6;
-	/* A re-checked flow that still goes to the same place keeps its masquerade port: its reply
+	int masq = d->masq && (v4 ? cfg->has_snat_v4 : cfg->has_snat_v6);
+	if (masq) {
+		f->flags |= FG_FLOW_REWRITE_SRC;
+		f->new_src = v4 ? cfg->snat_v4 : cfg->snat_v6;
+	}
+	/* A re-checked flow that still goes to the same place keeps its source port: its reply
 	 * entry is its own, not a collision. (With another backend, the port is checked again.) */
 	int same_dst = d->dnat ? ((keep && (keep->flags & FG_FLOW_REWRITE_DST)) && fg_addr_eq(&keep->new_dst, &f->new_dst) &&
 				  keep->new_dport == f->new_dport)
 			       : (keep && !(keep->flags & FG_FLOW_REWRITE_DST));
-	if (keep && same_dst && (keep->flags & FG_FLOW_REWRITE_SRC) && fg_addr_eq(&keep->new_src, &f->new_src)) {
-		f->new_sport = keep->new_sport;
-		return 0;
-	}
-	__u16 port = p->key.sport;
-	__u64 now = bpf_ktime_get_ns();
-#pragma unroll
-	for (int i = 0; i < 8; i++) {
-		f->new_sport = port;
-		struct fg_flow_key rev;
-		fg_reverse_key(&rev, &p->key, f);
-		struct fg_flow *o = bpf_map_lookup_elem(&fg_flows, &rev);
-		if (!o)
+	if (keep && same_dst) {
+		if (!(keep->flags & FG_FLOW_REWRITE_SRC) && !masq)
 			return 0;
-		if (fg_flow_expired(o, p->key.proto, now)) {
-			/* The connection that held this port is over: both of its entries go. */
-			struct fg_flow_key old;
-			fg_reverse_key(&old, &rev, o);
-			bpf_map_delete_elem(&fg_flows, &old);
-			bpf_map_delete_elem(&fg_flows, &rev);
+		if ((keep->flags & FG_FLOW_REWRITE_SRC) && fg_addr_eq(&keep->new_src, masq ? &f->new_src : &p->key.src)) {
+			f->flags |= FG_FLOW_REWRITE_SRC;
+			f->new_src = keep->new_src;
+			f->new_sport = keep->new_sport;
 			return 0;
 		}
-		port = bpf_htons(1024 + bpf_get_prandom_u32() % (65536 - 1024));
 	}
-	return -1;
+	if (masq)
+		return fg_nat_bind(&p->key, f, s);
+	/* Not translated: its reply key must be free, or it gets another source port (never a live
+	 * connection's entry overwritten: a forged packet, or a host socket on a pod's masquerade
+	 * port, would take that connection's replies). */
+	fg_reverse_key(&s->rev, &p->key, f);
+	if (fg_reply_key_free(&p->key, s, bpf_ktime_get_ns()))
+		return 0;
+	f->flags |= FG_FLOW_REWRITE_SRC;
+	f->new_src = p->key.src;
+	fg_flow_count(FG_FLOW_REBOUND);
+	return fg_nat_bind(&p->key, f, s);
 }
 
 static __always_inline void fg_last_set(__u8 verdict, __u8 reason, __u8 cached)
@@ -335,10 +308,8 @@ static __always_inline int fg_mac_eq(const __u8 *a, const __u8 *b)
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
 }
 
-/* A FIN or RST closes the connection: both of its entries are marked, so that its masquerade
- * port can be taken over once it has been idle for FG_CLOSED_TIMEOUT_NS. */
-static __always_inline void fg_tcp_closing(struct __sk_buff *skb, const struct fg_pkt *p, struct fg_flow *f,
-					   struct fg_flow_key *other)
+/* A TCP packet's flags (0 if unreadable). */
+static __always_inline __u8 fg_tcp_flags(struct __sk_buff *skb, const struct fg_pkt *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -348,12 +319,20 @@ static __always_inline void fg_tcp_closing(struct __sk_buff *skb, const struct f
 	if (off <= 0x3fff && (void *)(in_place + 1) <= end)
 		flags = *in_place;
 	else if (bpf_skb_load_bytes(skb, off, &flags, 1) < 0)
-		return;
-	if (!(flags & 0x05)) /* FIN, RST */
+		return 0;
+	return flags;
+}
+
+/* A FIN or RST closes the connection: both of its entries are marked, so that its masquerade
+ * port can be taken over once it has been idle for FG_CLOSED_TIMEOUT_NS. */
+static __always_inline void fg_tcp_closing(const struct fg_pkt *p, __u8 tcp_flags, struct fg_flow *f,
+					   struct fg_flow_key *other)
+{
+	if (!(tcp_flags & 0x05)) /* FIN, RST */
 		return;
 	f->flags |= FG_FLOW_CLOSED;
 	fg_reverse_key(other, &p->key, f);
-	struct fg_flow *o = bpf_map_lookup_elem(&fg_flows, other);
+	struct fg_flow *o = fg_flow_find(other);
 	if (o)
 		o->flags |= FG_FLOW_CLOSED;
 }
@@ -368,6 +347,7 @@ struct fg_work {
 	struct fg_flow_key old_rev;
 	struct fg_decision d;
 	struct bpf_fib_lookup fib;
+	struct fg_nat_scratch nat;
 };
 
 struct {
@@ -397,15 +377,15 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 	if (!cfg)
 		return FG_PASS;
 
-	struct fg_flow *f = bpf_map_lookup_elem(&fg_flows, &p->key);
+	struct fg_flow *f = fg_flow_find(&p->key);
 	int have_keep = 0;
 	if (f && f->generation != cfg->generation && (f->flags & FG_FLOW_REPLY)) {
 		/* A reply follows its connection's forward entry, which is re-checked when the opening
 		 * side sends. Without one (evicted), the reply entry goes and the packet is decided as
 		 * a new connection: no reply entry outlives the policy that allowed its connection. */
 		fg_reverse_key(&w->rev, &p->key, f);
-		if (!bpf_map_lookup_elem(&fg_flows, &w->rev)) {
-			bpf_map_delete_elem(&fg_flows, &p->key);
+		if (!fg_flow_find(&w->rev)) {
+			fg_flow_forget(&p->key);
 			f = 0;
 		}
 	}
@@ -413,10 +393,13 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 		if (f->generation == cfg->generation || (f->flags & FG_FLOW_REPLY)) {
 			fg_count(FG_COUNTER_FLOW_HIT);
 			f->last_seen_ns = bpf_ktime_get_ns();
+			__u8 tcp_flags = p->key.proto == IPPROTO_TCP ? fg_tcp_flags(skb, p) : 0;
 			if (p->key.proto == IPPROTO_TCP && !(f->flags & FG_FLOW_CLOSED))
-				fg_tcp_closing(skb, p, f, &w->rev);
+				fg_tcp_closing(p, tcp_flags, f, &w->rev);
 			if (f->verdict != FG_VERDICT_ALLOW)
 				return fg_verdict_ret(skb, p, f->verdict, f->reason, 1);
+			if (!(f->flags & FG_FLOW_ESTABLISHED))
+				f = fg_flow_progress(&p->key, f, tcp_flags, &w->fwd, &w->back, &w->rev);
 			if (fg_apply(skb, p, f) < 0)
 				return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 1);
 			return fg_allowed(skb, w, ingress, 1, f->flags);
@@ -427,8 +410,15 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 	}
 	fg_count(FG_COUNTER_FIRST_PACKET);
 	fg_decide(p, ingress, cfg, have_keep ? &w->keep : 0, &w->d);
-	if (fg_transposition(p, cfg, &w->d, have_keep ? &w->keep : 0, &w->fwd) < 0)
+	if (fg_transposition(p, cfg, &w->d, have_keep ? &w->keep : 0, &w->fwd, &w->nat) < 0)
 		return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_NAT_EXHAUSTED, 0);
+	/* A new connection that is dropped takes no entries: a flood of refused packets cannot fill
+	 * the table (each is decided again, as cheaply as the first time). */
+	if (!have_keep && w->fwd.verdict != FG_VERDICT_ALLOW)
+		return fg_verdict_ret(skb, p, w->fwd.verdict, w->fwd.reason, 0);
+	/* A re-checked connection stays in the table it is in. */
+	if (have_keep)
+		w->fwd.flags |= w->keep.flags & (FG_FLOW_ESTABLISHED | FG_FLOW_SEEN_REPLY);
 	if (w->fwd.verdict == FG_VERDICT_ALLOW)
 		fg_reverse_key(&w->rev, &p->key, &w->fwd);
 	else if (have_keep && (w->keep.flags & (FG_FLOW_REWRITE_SRC | FG_FLOW_REWRITE_DST))) {
@@ -440,19 +430,23 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 		w->fwd.new_dst = w->keep.new_dst;
 		w->fwd.new_dport = w->keep.new_dport;
 	}
+	if (have_keep)
+		fg_reverse_key(&w->old_rev, &p->key, &w->keep);
 	if (have_keep && w->keep.verdict == FG_VERDICT_ALLOW) {
 		/* The old reply entry goes when its key changes; under the same key it is overwritten
 		 * below, never deleted first (a reply on another CPU must never miss it). A connection
 		 * the new policy stops is closed in both directions: its reply entry becomes a drop, so
 		 * that a packet of the other side cannot open it again as a new flow. */
-		fg_reverse_key(&w->old_rev, &p->key, &w->keep);
 		if (w->fwd.verdict != FG_VERDICT_ALLOW) {
 			/* (With the reply's translation, so that it still leads to its forward entry.) */
 			fg_reply_entry(&w->back, &p->key, w->keep.flags, FG_VERDICT_DROP, w->fwd.reason, cfg->generation);
-			bpf_map_update_elem(&fg_flows, &w->old_rev, &w->back, BPF_ANY);
-		} else if (!fg_addr_eq(&w->old_rev.src, &w->rev.src) || !fg_addr_eq(&w->old_rev.dst, &w->rev.dst) ||
-			   w->old_rev.sport != w->rev.sport || w->old_rev.dport != w->rev.dport)
-			bpf_map_delete_elem(&fg_flows, &w->old_rev);
+			w->back.flags |= w->fwd.flags & (FG_FLOW_ESTABLISHED | FG_FLOW_SEEN_REPLY);
+			fg_flow_put(&w->old_rev, &w->back, BPF_ANY);
+		} else if (!fg_key_eq(&w->old_rev, &w->rev)) {
+			if (w->keep.flags & FG_FLOW_REWRITE_SRC)
+				fg_pool_release(&w->old_rev, &w->nat.pk);
+			fg_flow_forget(&w->old_rev);
+		}
 	}
 	/* A connection from the network whose source the node would not route back out of the
 	 * interface it came in through takes the stack's path, never direct delivery: its reverse-path
@@ -461,10 +455,17 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 	    !fg_routed_back(skb, p, &w->fib))
 		w->fwd.flags |= FG_FLOW_VIA_STACK;
 	w->fwd.last_seen_ns = bpf_ktime_get_ns();
-	bpf_map_update_elem(&fg_flows, &p->key, &w->fwd, BPF_ANY);
 	if (w->fwd.verdict == FG_VERDICT_ALLOW) {
 		fg_reply_entry(&w->back, &p->key, w->fwd.flags, FG_VERDICT_ALLOW, 0, cfg->generation);
-		bpf_map_update_elem(&fg_flows, &w->rev, &w->back, BPF_ANY);
+		w->back.flags |= w->fwd.flags & (FG_FLOW_ESTABLISHED | FG_FLOW_SEEN_REPLY);
+		/* A new reply key is taken only if nobody has it (another CPU's connection may have
+		 * bound the same port a moment ago): never overwritten. */
+		int own = have_keep && fg_key_eq(&w->old_rev, &w->rev);
+		if (fg_flow_put(&w->rev, &w->back, own ? BPF_ANY : BPF_NOEXIST) < 0)
+			return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_NAT_EXHAUSTED, 0);
+	}
+	fg_flow_put(&p->key, &w->fwd, BPF_ANY);
+	if (w->fwd.verdict == FG_VERDICT_ALLOW) {
 		if (fg_apply(skb, p, &w->fwd) < 0)
 			return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_MALFORMED, 0);
 		return fg_allowed(skb, w, ingress, 0, w->fwd.flags);
@@ -497,7 +498,7 @@ static __attribute__((noinline)) int fg_fragment_entry(struct __sk_buff *skb, st
 	if (!first)
 		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_FRAGMENT, 0);
 	w->rev = *first;
-	struct fg_flow *f = bpf_map_lookup_elem(&fg_flows, &w->rev);
+	struct fg_flow *f = fg_flow_find(&w->rev);
 	if (!f)
 		return fg_verdict_ret(skb, 0, FG_VERDICT_DROP, FG_REASON_FRAGMENT, 0);
 	if (f->verdict != FG_VERDICT_ALLOW)

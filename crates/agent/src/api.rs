@@ -116,15 +116,7 @@ pub async fn serve_metrics(addr: SocketAddr, state: AppState) -> std::io::Result
             get(|State(s): State<AppState>| async move {
                 let counters = s.core.lock().map(|c| c.dataplane.counters()).unwrap_or_default();
                 let mut text = s.metrics.render();
-                if !counters.is_empty() {
-                    text.push_str(
-                        "# HELP flowgate_dataplane_packets_total Packets seen by the kernel data plane, by outcome.\n",
-                    );
-                    text.push_str("# TYPE flowgate_dataplane_packets_total counter\n");
-                    for (name, value) in counters {
-                        text.push_str(&format!("flowgate_dataplane_packets_total{{outcome=\"{name}\"}} {value}\n"));
-                    }
-                }
+                text.push_str(&crate::metrics::Metrics::render_dataplane(&counters));
                 text
             }),
         )

@@ -75,8 +75,8 @@ pub struct RunningAgent {
     pub metrics: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The loaded eBPF objects (their programs stay loaded while the agent runs; pinned links and
-    /// maps outlive it).
-    _kernel: Vec<flowgate_ebpf::Loaded>,
+    /// maps outlive it), shared with the flow-table sweeper.
+    _kernel: Arc<Mutex<Vec<flowgate_ebpf::Loaded>>>,
 }
 
 impl RunningAgent {
@@ -99,7 +99,8 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
         DataplaneSettings::Ebpf { uplink } => {
             // A load-time choice of the programs: read once, when the agent starts.
             let direct = settings.flowgate.as_ref().is_none_or(|f| !f.routed_delivery());
-            let (ebpf, mut loaded) = kernel_dataplane(&settings.bpffs, uplink.as_deref(), direct)?;
+            let timeouts = settings.flowgate.as_ref().map(|f| f.flow_timeouts.resolved()).unwrap_or_default();
+            let (ebpf, mut loaded) = kernel_dataplane(&settings.bpffs, uplink.as_deref(), direct, timeouts)?;
             let ebpf = Arc::new(ebpf);
             let endpoint = loaded.pop().ok_or_else(|| AgentError::Ebpf("the endpoint object is missing".into()))?;
             let hooks = Arc::new(hostnet::KernelHooks {
@@ -195,6 +196,10 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
     if let Some(hns) = hns {
         tasks.push(tokio::spawn(reconcile_when_compiled(hns, Arc::clone(&core))));
     }
+    let kernel = Arc::new(Mutex::new(kernel));
+    if !kernel.lock().map(|k| k.is_empty()).unwrap_or(true) {
+        tasks.push(tokio::spawn(sweep_flows(Arc::clone(&kernel))));
+    }
     Ok(RunningAgent { socket: settings.socket.clone(), healthz, metrics: metrics_addr, tasks, _kernel: kernel })
 }
 
@@ -275,6 +280,42 @@ async fn reconcile_when_compiled(hns: Arc<flowgate_hostnet::HostNetworking>, cor
     }
 }
 
+/// How often the kernel flow tables are swept: connections past their idle timeout are removed
+/// (their masquerade ports freed) and the tables' entries counted for `flowgate status`. A
+/// connection that has just expired is also reclaimed at once by a new one that needs its port.
+const FLOW_SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the sweep program (`fg_flow_gc`, bpf/lib/flow.h) of the uplink object every
+/// [`FLOW_SWEEP_PERIOD`]; it walks both flow tables in the kernel (milliseconds for 100,000s of
+/// entries).
+async fn sweep_flows(kernel: Arc<Mutex<Vec<flowgate_ebpf::Loaded>>>) {
+    let frame = [0u8; 64];
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(FLOW_SWEEP_PERIOD).await;
+        let kernel = Arc::clone(&kernel);
+        let run = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mut k = kernel.lock().map_err(|_| "poisoned".to_string())?;
+            let uplink = k.first_mut().ok_or("no uplink object")?;
+            let prog = uplink.classifier("fg_flow_gc").map_err(|e| e.to_string())?;
+            flowgate_ebpf::test_run(prog, &frame).map(|_| ()).map_err(|e| e.to_string())
+        })
+        .await;
+        match run {
+            Ok(Ok(())) => failing = false,
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "flow table sweep failed; will retry");
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "flow table sweep failed; will retry");
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Loads the eBPF programs with their maps pinned under `bpffs/maps` (adopting maps a previous
 /// agent left, so established flows survive a restart), and attaches the uplink programs (ingress:
 /// traffic arriving; egress: the node's own traffic to Services) with links pinned under
@@ -284,6 +325,7 @@ fn kernel_dataplane(
     bpffs: &std::path::Path,
     uplink: Option<&str>,
     direct: bool,
+    timeouts: flowgate_cluster::ResolvedFlowTimeouts,
 ) -> Result<(flowgate_ebpf::backend::EbpfDataplane, Vec<flowgate_ebpf::Loaded>), AgentError> {
     // The whole error chain: the verifier's log is in a source, and it is what a person needs.
     let e = |what: &str, err: &dyn std::error::Error| {
@@ -314,13 +356,22 @@ fn kernel_dataplane(
         replaced = checked.replaced.len(),
         "pinned state checked"
     );
+    // (Validated to 1 s .. 30 days: nanoseconds fit.)
+    let ns = |d: std::time::Duration| flowgate_ebpf::GlobalValue::U64(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let mut loaded = flowgate_ebpf::load_all(
         &objects,
         Some(&maps_dir),
-        &[("FG_DIRECT_DELIVERY", flowgate_ebpf::GlobalValue::U8(u8::from(direct)))],
+        &[
+            ("FG_DIRECT_DELIVERY", flowgate_ebpf::GlobalValue::U8(u8::from(direct))),
+            ("FG_TCP_TIMEOUT_NS", ns(timeouts.tcp_established)),
+            ("FG_TCP_EMBRYONIC_TIMEOUT_NS", ns(timeouts.tcp_embryonic)),
+            ("FG_CLOSED_TIMEOUT_NS", ns(timeouts.tcp_closing)),
+            ("FG_UDP_TIMEOUT_NS", ns(timeouts.udp)),
+            ("FG_UDP_EMBRYONIC_TIMEOUT_NS", ns(timeouts.udp_embryonic)),
+        ],
     )
     .map_err(|err| e("load", &err))?;
-    tracing::info!(local_delivery = if direct { "Direct" } else { "Routed" }, "eBPF programs loaded");
+    tracing::info!(local_delivery = if direct { "Direct" } else { "Routed" }, ?timeouts, "eBPF programs loaded");
     let maps = flowgate_ebpf::backend::KernelMaps::take(&mut loaded[0].ebpf).map_err(|err| e("maps", &err))?;
     let dataplane = flowgate_ebpf::backend::EbpfDataplane::adopt(maps);
     if let Some(iface) = uplink {

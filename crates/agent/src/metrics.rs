@@ -105,10 +105,82 @@ impl Metrics {
         }
     }
 
+    /// The kernel data plane's counters (`Dataplane::counters`) in Prometheus' text format: packets
+    /// by outcome; the flow tables' entries (`flow_entries_*`, as the last sweep counted them) as
+    /// gauges; what happened to connections under pressure (`flows_*`) as counters.
+    pub fn render_dataplane(counters: &[(String, u64)]) -> String {
+        let mut packets = String::new();
+        let mut entries = String::new();
+        let mut flows = String::new();
+        for (name, value) in counters {
+            if let Some(table) = name.strip_prefix("flow_entries_") {
+                entries.push_str(&format!("flowgate_flow_entries{{table=\"{table}\"}} {value}\n"));
+            } else if let Some(event) = name.strip_prefix("flows_") {
+                flows.push_str(&format!("flowgate_flows_total{{event=\"{event}\"}} {value}\n"));
+            } else {
+                packets.push_str(&format!("flowgate_dataplane_packets_total{{outcome=\"{name}\"}} {value}\n"));
+            }
+        }
+        let mut text = String::new();
+        for (name, kind, help, body) in [
+            ("flowgate_dataplane_packets_total", "counter", "Packets seen by the kernel data plane, by outcome.", packets),
+            (
+                "flowgate_flow_entries",
+                "gauge",
+                "Entries of the kernel flow tables (established: never evicted for new connections; embryonic: LRU), at the last sweep.",
+                entries,
+            ),
+            (
+                "flowgate_flows_total",
+                "counter",
+                "Connections of the kernel flow tables: promoted to established, expired, evicted (an embryonic connection gave its port to a new one), refused promotion (established table full), rebound (given another source port: their reply key was taken).",
+                flows,
+            ),
+        ] {
+            if !body.is_empty() {
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{body}"));
+            }
+        }
+        text
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataplane_counters_render_as_packets_flow_entries_and_flow_events() {
+        let counters: Vec<(String, u64)> = [
+            ("allowed", 7),
+            ("dropped_nat_exhausted", 1),
+            ("flows_evicted", 3),
+            ("flow_entries_established", 20),
+            ("flow_entries_embryonic", 5),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
+        let text = Metrics::render_dataplane(&counters);
+        for line in [
+            "# TYPE flowgate_dataplane_packets_total counter",
+            "flowgate_dataplane_packets_total{outcome=\"allowed\"} 7",
+            "flowgate_dataplane_packets_total{outcome=\"dropped_nat_exhausted\"} 1",
+            "# TYPE flowgate_flow_entries gauge",
+            "flowgate_flow_entries{table=\"established\"} 20",
+            "flowgate_flow_entries{table=\"embryonic\"} 5",
+            "# TYPE flowgate_flows_total counter",
+            "flowgate_flows_total{event=\"evicted\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+        assert!(Metrics::render_dataplane(&[]).is_empty());
     }
 }

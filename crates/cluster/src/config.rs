@@ -85,6 +85,116 @@ pub struct FlowgateConfiguration {
     /// What Services may claim as externalIPs and load-balancer IPs.
     #[serde(rename = "externalIPs")]
     pub external_ips: ExternalIpsConfiguration,
+    /// Idle timeouts of the kernel flow table's connections. Read when the agent starts.
+    pub flow_timeouts: FlowTimeouts,
+}
+
+/// How long the kernel data plane keeps an idle connection (its flow entries, its masquerade
+/// port), as Go durations (`30s`, `5m`, `24h`); empty = the default. A connection is established
+/// once a reply has passed and its opener went on (TCP: its handshake's last ACK); until then it is
+/// embryonic, and embryonic connections are also the first to go under pressure.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FlowTimeouts {
+    /// Established TCP and SCTP connections (default `24h`, kube-proxy's conntrack
+    /// `tcpEstablishedTimeout`).
+    pub tcp_established: String,
+    /// TCP and SCTP connections not established yet: a SYN with no answer (default `30s`).
+    pub tcp_embryonic: String,
+    /// TCP connections after a FIN or RST (default `10s`).
+    pub tcp_closing: String,
+    /// UDP flows with traffic both ways past one exchange (default `120s`, conntrack's
+    /// `udp_timeout_stream`).
+    pub udp: String,
+    /// UDP flows with no reply or a single exchange, such as a DNS lookup (default `30s`,
+    /// conntrack's `udp_timeout`).
+    pub udp_embryonic: String,
+}
+
+/// The flow timeouts in force, defaults filled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedFlowTimeouts {
+    /// `tcpEstablished`.
+    pub tcp_established: std::time::Duration,
+    /// `tcpEmbryonic`.
+    pub tcp_embryonic: std::time::Duration,
+    /// `tcpClosing`.
+    pub tcp_closing: std::time::Duration,
+    /// `udp`.
+    pub udp: std::time::Duration,
+    /// `udpEmbryonic`.
+    pub udp_embryonic: std::time::Duration,
+}
+
+impl Default for ResolvedFlowTimeouts {
+    fn default() -> Self {
+        use std::time::Duration;
+        ResolvedFlowTimeouts {
+            tcp_established: Duration::from_secs(24 * 3600),
+            tcp_embryonic: Duration::from_secs(30),
+            tcp_closing: Duration::from_secs(10),
+            udp: Duration::from_secs(120),
+            udp_embryonic: Duration::from_secs(30),
+        }
+    }
+}
+
+impl FlowTimeouts {
+    /// The fields by name, with their values as written.
+    pub fn fields(&self) -> [(&'static str, &str); 5] {
+        [
+            ("tcpEstablished", &self.tcp_established),
+            ("tcpEmbryonic", &self.tcp_embryonic),
+            ("tcpClosing", &self.tcp_closing),
+            ("udp", &self.udp),
+            ("udpEmbryonic", &self.udp_embryonic),
+        ]
+    }
+
+    /// The timeouts in force: each field's duration, or its default when empty (or, in a document
+    /// that was not validated, unparsable).
+    pub fn resolved(&self) -> ResolvedFlowTimeouts {
+        let d = ResolvedFlowTimeouts::default();
+        let or = |s: &str, default| parse_go_duration(s).unwrap_or(default);
+        ResolvedFlowTimeouts {
+            tcp_established: or(&self.tcp_established, d.tcp_established),
+            tcp_embryonic: or(&self.tcp_embryonic, d.tcp_embryonic),
+            tcp_closing: or(&self.tcp_closing, d.tcp_closing),
+            udp: or(&self.udp, d.udp),
+            udp_embryonic: or(&self.udp_embryonic, d.udp_embryonic),
+        }
+    }
+}
+
+/// A Go duration (`300ms`, `30s`, `1m30s`, `24h`; units ns, us, µs, ms, s, m, h; whole numbers).
+pub fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u128 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let ns_per: u128 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(n.checked_mul(ns_per)?)?;
+    }
+    Some(std::time::Duration::from_nanos(u64::try_from(total).ok()?))
 }
 
 /// Limits on the addresses Services claim (what kube-proxy's users get from the

@@ -16,7 +16,7 @@ pub mod state;
 pub mod synthetic;
 pub mod validate;
 
-pub use config::{FlowgateConfiguration, KubeProxyConfiguration};
+pub use config::{FlowTimeouts, FlowgateConfiguration, KubeProxyConfiguration, ResolvedFlowTimeouts};
 pub use error::{FieldError, ManifestError};
 pub use ip::{parse_cidr_sloppy, parse_ip_sloppy};
 pub use manifest::{load_paths, load_str, Loaded, Loader};

@@ -628,6 +628,19 @@ pub fn flowgate_configuration(c: &FlowgateConfiguration) -> Result {
     if !matches!(c.local_delivery.as_str(), "" | "Direct" | "Routed") {
         return err("localDelivery", format!("unsupported value {:?} (Direct or Routed)", c.local_delivery));
     }
+    for (name, value) in c.flow_timeouts.fields() {
+        if value.is_empty() {
+            continue;
+        }
+        let field = format!("flowTimeouts.{name}");
+        match crate::config::parse_go_duration(value) {
+            None => return err(field, format!("{value:?} is not a duration (e.g. 30s, 5m, 24h)")),
+            Some(d) if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(30 * 86400) => {
+                return err(field, format!("{value:?} is out of range (1s to 720h)"))
+            }
+            Some(_) => {}
+        }
+    }
     Ok(())
 }
 

@@ -34,6 +34,8 @@ pub struct KernelMaps {
     pub(crate) acl_verdicts: LpmTrie<MapData, maps::AclPortData, maps::AclVerdict>,
     counters: aya::maps::PerCpuArray<MapData, u64>,
     rule_hits: aya::maps::PerCpuHashMap<MapData, maps::RuleHitKey, u64>,
+    flow_counters: aya::maps::PerCpuArray<MapData, u64>,
+    flow_gauges: Array<MapData, maps::FlowGauges>,
 }
 
 pub(crate) fn err(op: impl Into<String>, message: impl std::fmt::Display) -> DataplaneError {
@@ -75,6 +77,8 @@ impl KernelMaps {
             acl_verdicts: conv!("fg_acl_verdicts"),
             counters: conv!("fg_counters"),
             rule_hits: conv!("fg_rule_hits"),
+            flow_counters: conv!("fg_flow_counters"),
+            flow_gauges: conv!("fg_flow_gauges"),
         })
     }
 }
@@ -224,6 +228,15 @@ impl Dataplane for EbpfDataplane {
         for (i, name) in maps::DROP_REASONS.iter().enumerate().skip(1) {
             out.push((format!("dropped_{name}"), read(i as u32)));
         }
+        // The flow tables under pressure: connections moved, expired, evicted, and the entries the
+        // last sweep (`fg_flow_gc`) counted.
+        for (i, name) in maps::FLOW_COUNTERS {
+            let v = guard.0.flow_counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+            out.push((name.to_string(), v));
+        }
+        let g = guard.0.flow_gauges.get(&0, 0).unwrap_or_default();
+        out.push(("flow_entries_established".to_string(), g.established));
+        out.push(("flow_entries_embryonic".to_string(), g.embryonic));
         out
     }
 

@@ -307,6 +307,86 @@ pub struct Flow {
     pub last_seen_ns: u64,
 }
 
+/// `FG_FLOW_*` flags of a [`Flow`].
+pub mod flow_flags {
+    /// The source is rewritten.
+    pub const REWRITE_SRC: u8 = 0x1;
+    /// The destination is rewritten.
+    pub const REWRITE_DST: u8 = 0x2;
+    /// The reply direction's entry.
+    pub const REPLY: u8 = 0x4;
+    /// TCP: a FIN or RST was seen.
+    pub const CLOSED: u8 = 0x8;
+    /// Never delivered directly.
+    pub const VIA_STACK: u8 = 0x10;
+    /// A reply has passed.
+    pub const SEEN_REPLY: u8 = 0x20;
+    /// In `fg_flows_est`: the connection is established.
+    pub const ESTABLISHED: u8 = 0x40;
+}
+
+/// `FG_NAT_WORDS`: 64-bit words of a port pool's bitmap.
+pub const NAT_WORDS: usize = 1024;
+
+/// `struct fg_nat_pool_key`: the ports translated connections use towards one peer under one
+/// translated source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatPoolKey {
+    /// The translated source address.
+    pub nat: Addr,
+    /// The peer (destination after translation).
+    pub peer: Addr,
+    /// The peer's port, network order.
+    pub peer_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Padding.
+    pub pad: u8,
+}
+
+/// `struct fg_nat_pool`: one bit per port in use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatPool {
+    /// The bitmap (port `p` is bit `p % 64` of word `p / 64`).
+    pub used: [u64; NAT_WORDS],
+    /// The word the next search starts at.
+    pub next: u32,
+    /// The clock hand.
+    pub hand: u32,
+}
+
+impl NatPool {
+    /// Whether port `port` (host order) is marked in use.
+    pub fn is_used(&self, port: u16) -> bool {
+        self.used[usize::from(port) / 64] & (1u64 << (port % 64)) != 0
+    }
+}
+
+/// `enum fg_flow_counter`: indexes of `fg_flow_counters`, with the names `flowgate status` gives them.
+pub const FLOW_COUNTERS: [(u32, &str); 5] = [
+    (0, "flows_promoted"),
+    (1, "flows_expired"),
+    (2, "flows_evicted"),
+    (3, "flows_established_table_full"),
+    (4, "flows_rebound"),
+];
+
+/// `struct fg_flow_gauges`: what the last sweep found.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowGauges {
+    /// Entries in `fg_flows_est`.
+    pub established: u64,
+    /// Entries in `fg_flows`.
+    pub embryonic: u64,
+    /// Sweeps run.
+    pub sweeps: u64,
+    /// When the last one ran (monotonic ns).
+    pub last_sweep_ns: u64,
+}
+
 /// `struct fg_config`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -525,7 +605,10 @@ pod!(
     Config,
     Last,
     Port,
-    EndpointKey
+    EndpointKey,
+    NatPoolKey,
+    NatPool,
+    FlowGauges
 );
 
 #[cfg(test)]
@@ -555,6 +638,9 @@ mod tests {
         assert_eq!(std::mem::size_of::<RuleHitKey>(), 28);
         assert_eq!(std::mem::size_of::<AclPortData>() + 4, 16);
         assert_eq!(std::mem::size_of::<AclVerdict>(), 8);
+        assert_eq!(std::mem::size_of::<NatPoolKey>(), 36);
+        assert_eq!(std::mem::size_of::<NatPool>(), 8 * NAT_WORDS + 8);
+        assert_eq!(std::mem::size_of::<FlowGauges>(), 32);
     }
 
     #[test]

@@ -151,6 +151,11 @@ struct Kernel {
     loaded: Vec<flowgate_ebpf::Loaded>,
     dataplane: EbpfDataplane,
     lasts: Vec<PerCpuArray<aya::maps::MapData, maps::Last>>,
+    /// `fg_flow_counters` (shared by both objects).
+    flow_counters: PerCpuArray<aya::maps::MapData, u64>,
+    /// Probes whose connection got another source port, by rebinding or masquerade to its own
+    /// address (it keeps it when re-checked later).
+    rebound_keys: std::collections::HashSet<FlowKey>,
 }
 
 /// The outcome of checking one probe.
@@ -171,7 +176,13 @@ impl Kernel {
             l.classifier(name).unwrap();
         }
         loaded[0].classifier("fg_uplink_egress").unwrap();
-        Kernel { loaded, dataplane, lasts }
+        let flow_counters = PerCpuArray::try_from(loaded[1].ebpf.take_map("fg_flow_counters").unwrap()).unwrap();
+        Kernel { loaded, dataplane, lasts, flow_counters, rebound_keys: Default::default() }
+    }
+
+    /// First packets given another source port so far (`flows_rebound`).
+    fn rebound(&self) -> u64 {
+        self.flow_counters.get(&4, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     fn program(&self, policy: &SwitchPolicy) {
@@ -195,7 +206,14 @@ impl Kernel {
         let want = trace(policy, &key);
         let what = format!("{what} ({key})");
         let input = frame_of(&key);
+        let rebound_before = self.rebound();
         let (r, last) = self.run(prog, &input);
+        // A first packet whose reply key a live connection holds (one of an earlier probe, still
+        // in the table) gets another source port, as conntrack's NAT gives a clashing tuple.
+        let rebound = self.rebound() > rebound_before || self.rebound_keys.contains(&key);
+        if rebound {
+            self.rebound_keys.insert(key);
+        }
         if !key.proto.has_ports() {
             // An echo request: only the ACLs decide, nothing is rewritten or cached.
             let got = match (r.retval, last.verdict) {
@@ -295,7 +313,13 @@ impl Kernel {
         // (A packet from the node's primary address that is masqueraded may get another source
         // port, when its own is taken by an earlier connection to the same backend.)
         let from_snat_masqueraded = key.src == snat && expect.masquerade && out.src == snat;
-        if !masqueraded && !from_snat_masqueraded && out.src_socket() != key.src_socket() {
+        // (A connection keeps the source port it got when it is re-checked under a later policy,
+        // masqueraded or not.)
+        let port_rebound = rebound && out.src == key.src;
+        if out.src == key.src && out.sport != key.sport {
+            self.rebound_keys.insert(key);
+        }
+        if !masqueraded && !from_snat_masqueraded && !port_rebound && out.src_socket() != key.src_socket() {
             return Checked::Failed(format!("{what}: kernel rewrote the source to {}", out.src_socket()));
         }
         if !checksums_ok(&r.output) {

@@ -347,9 +347,8 @@ fn outbound_nat_with_real_traffic() {
     // The programs did the translating: the flow table holds pod-a's masqueraded flows.
     let masqueraded = h
         .evidence
-        .flows
-        .iter()
-        .flatten()
+        .all_flows()
+        .into_iter()
         .filter(|(k, f)| k.src.to_ip().to_string() == POD_A && f.flags & 0x1 != 0)
         .count();
     if masqueraded == 0 {
@@ -403,9 +402,8 @@ fn established_outbound_nat_connection_survives_a_policy_sync() {
     }
     let flows: Vec<String> = h
         .evidence
-        .flows
-        .iter()
-        .flatten()
+        .all_flows()
+        .into_iter()
         .filter(|(k, f)| [k.sport, k.dport, f.new_sport, f.new_dport].map(u16::from_be).contains(&port))
         .map(|(k, f)| e2e::flow_line(&k, &f))
         .collect();

@@ -645,9 +645,8 @@ fn kill_9_of_the_agent_during_a_tcp_stream_then_restart_loses_no_connection() {
     // The stream's entries in the flow table: (client -> NodePort) and the pod's replies.
     let masq_port: u16 = greeting_peer.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let stream_flows: Vec<String> = evidence
-        .flows
-        .iter()
-        .flatten()
+        .all_flows()
+        .into_iter()
         .filter(|(k, f)| {
             let ports = [k.sport, k.dport, f.new_sport, f.new_dport].map(u16::from_be);
             ports.contains(&report.port) || ports.contains(&masq_port)

@@ -213,10 +213,15 @@ impl Switch {
             Verdict::Reject => Transposition::Reject(path.reason.unwrap_or(DropReason::PolicyDenied)),
             Verdict::Allow => {
                 let dst = path.dnat;
-                let src = if path.masquerade { self.allocate_snat(&key, dst) } else { None };
+                let src = if path.masquerade { self.allocate_snat(&key, dst) } else { self.rebind(&key, dst) };
                 Transposition::Forward { src, dst, egress: path.egress }
             }
         };
+        // A new connection that is dropped takes no entries (as in the kernel): each of its
+        // packets is decided again.
+        if !matches!(transposition, Transposition::Forward { .. }) {
+            return apply(&key, transposition, false);
+        }
         let generation = self.generation;
         self.flows.insert(
             key,
@@ -294,6 +299,25 @@ impl Switch {
     fn allocate_snat(&self, key: &FlowKey, dnat: Option<SocketAddr>) -> Option<SocketAddr> {
         let dst = dnat.unwrap_or_else(|| key.dst_socket());
         let addr = self.policy.snat_address(dst.ip())?;
+        self.allocate_port(key, dst, addr)
+    }
+
+    /// An untranslated connection whose reply key another connection holds gets another source
+    /// port, its address kept (as in the kernel, and as conntrack's NAT treats clashing tuples):
+    /// it never takes over that connection's replies.
+    fn rebind(&self, key: &FlowKey, dnat: Option<SocketAddr>) -> Option<SocketAddr> {
+        let dst = dnat.unwrap_or_else(|| key.dst_socket());
+        let reply = FlowKey { src: dst.ip(), dst: key.src, proto: key.proto, sport: dst.port(), dport: key.sport };
+        let other = self.flows.get(&reply)?;
+        // (A reply entry of this very connection, whose forward entry went: not a clash.)
+        if other.reply && other.origin == *key {
+            return None;
+        }
+        self.allocate_port(key, dst, key.src)
+    }
+
+    /// The source `addr` with the first port whose reply key from `dst` is free, the key's own first.
+    fn allocate_port(&self, key: &FlowKey, dst: SocketAddr, addr: IpAddr) -> Option<SocketAddr> {
         let taken = |port: u16| {
             self.flows.contains(&FlowKey { src: dst.ip(), dst: addr, proto: key.proto, sport: dst.port(), dport: port })
         };

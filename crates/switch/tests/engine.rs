@@ -118,13 +118,16 @@ fn client_ip_affinity_pins_a_client_to_one_backend() {
 }
 
 #[test]
-fn spoofed_sources_are_dropped_and_drops_are_cached() {
+fn spoofed_sources_are_dropped_and_refused_connections_take_no_entries() {
     let mut sw = flowgate_switch::Switch::new(Arc::new(policy(&["10.0.1.6:8080"], Selection::Random, false)));
     let spoofed = sw.process(PortId(2), key("10.0.1.99:40000", VIP), 0);
     assert_eq!((spoofed.verdict, spoofed.reason), (Verdict::Drop, Some(DropReason::Spoofed)));
     let rej = sw.process(PortId(2), key("10.0.1.5:40000", "172.30.0.20:80"), 0);
     assert_eq!((rej.verdict, rej.reason), (Verdict::Reject, Some(DropReason::NoEndpoints)));
-    assert!(sw.process(PortId(2), key("10.0.1.5:40000", "172.30.0.20:80"), 0).cached);
+    // Refused again, decided again: a flood of refused packets cannot fill the flow table.
+    let again = sw.process(PortId(2), key("10.0.1.5:40000", "172.30.0.20:80"), 0);
+    assert_eq!((again.verdict, again.cached), (Verdict::Reject, false));
+    assert!(sw.flows().is_empty());
 }
 
 #[test]

@@ -406,6 +406,8 @@ pub fn udp_ask_within(ns: &Netns, to: SocketAddr, wait: Duration) -> io::Result<
 pub struct Evidence {
     pub counters: PerCpuArray<MapData, u64>,
     pub flows: BpfHashMap<MapData, maps::FlowKey, maps::Flow>,
+    /// The established connections' table.
+    pub flows_est: BpfHashMap<MapData, maps::FlowKey, maps::Flow>,
 }
 
 impl Evidence {
@@ -415,7 +417,13 @@ impl Evidence {
         Evidence {
             counters: PerCpuArray::try_from(loaded.ebpf.take_map("fg_counters").unwrap()).unwrap(),
             flows: BpfHashMap::try_from(loaded.ebpf.take_map("fg_flows").unwrap()).unwrap(),
+            flows_est: BpfHashMap::try_from(loaded.ebpf.take_map("fg_flows_est").unwrap()).unwrap(),
         }
+    }
+
+    /// Every entry of both flow tables (established first).
+    pub fn all_flows(&self) -> Vec<(maps::FlowKey, maps::Flow)> {
+        self.flows_est.iter().chain(self.flows.iter()).flatten().collect()
     }
 
     /// Non-zero counters by name, spelled as `flowgate trace` spells reasons ("no-endpoints").
@@ -436,8 +444,7 @@ impl Evidence {
     pub fn report(&self) -> String {
         let mut out = format!("counters: {:?}\nflow table:\n", self.counters());
         let mut n = 0;
-        for entry in self.flows.iter() {
-            let Ok((k, f)) = entry else { continue };
+        for (k, f) in self.all_flows() {
             n += 1;
             if n > 60 {
                 continue;
