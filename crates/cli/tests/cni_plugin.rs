@@ -10,6 +10,7 @@
 mod cni;
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use cni::*;
 use flowgate_ebpf::netns::Netns;
@@ -842,4 +843,73 @@ fn host_ports_answer_on_loopback_to_the_node_only_and_at_the_gateway() {
         assert_eq!(cni("DEL", id, None, None, &conf).code, 0);
     }
     assert!(node.host_interfaces().is_empty(), "{:?}", node.host_interfaces());
+}
+
+#[test]
+fn a_restart_the_kernel_cannot_program_yet_costs_no_running_pod_its_network() {
+    if !root("a_restart_the_kernel_cannot_program_yet_costs_no_running_pod_its_network") {
+        return;
+    }
+    let mut node = Node::start("restart-degraded");
+    let conf = node.conf("fgtest", "10.244.1.0/24");
+    let (pod_a, a) = add_pod(&conf, "ctr-a", "shop", "client");
+    let (pod_b, b) = add_pod(&conf, "ctr-b", "shop", "web-1");
+    let _web = Server::tcp(&pod_a, "client", "0.0.0.0:8080");
+    let a_host = a["interfaces"][0]["name"].as_str().unwrap().to_owned();
+    let index_before = node.ns.ip(&["-o", "link", "show", &a_host]).unwrap();
+    assert_eq!(ask(&pod_b, &format!("{}:8080", ip_of(&a))).unwrap(), format!("client {}", ip_of(&b)));
+
+    // While the agent is down, pod-a's addresses leave the kernel's endpoint map, and the map
+    // fills up: the restarted agent cannot program pod-a until room is made.
+    node.stop_agent(true);
+    let data = aya::maps::MapData::from_pin(node.pins().join("maps/fg_endpoint_addrs")).unwrap();
+    let mut addrs: aya::maps::HashMap<_, flowgate_ebpf::maps::EndpointKey, u8> =
+        aya::maps::Map::HashMap(data).try_into().unwrap();
+    let a_addr = flowgate_ebpf::maps::Addr::from_ip(ip_of(&a).parse().unwrap());
+    let mine: Vec<_> = addrs.keys().map(Result::unwrap).filter(|k| k.addr == a_addr).collect();
+    assert!(!mine.is_empty());
+    for k in &mine {
+        addrs.remove(k).unwrap();
+    }
+    let mut junk = Vec::new();
+    for i in 0u32.. {
+        let k = flowgate_ebpf::maps::EndpointKey {
+            port_id: 0x7000_0000 + i,
+            addr: flowgate_ebpf::maps::Addr::from_ip(std::net::Ipv4Addr::from(0xf000_0000 | i).into()),
+        };
+        if addrs.insert(k, 1, 0).is_err() {
+            break;
+        }
+        junk.push(k);
+    }
+
+    node.start_agent();
+    let status = node.api("GET", "/v1/status", None).unwrap();
+    let degraded = status["sync"]["degraded"].to_string();
+    assert!(degraded.contains("shop/client"), "pod-a is reported: {status}\n{}", node.log());
+    // Kept: its record, its interface (the same one), its address.
+    let eps = node.api("GET", "/v1/endpoints", None).unwrap();
+    assert!(eps.as_array().unwrap().iter().any(|e| e["id"] == "fgtest/ctr-a/eth0"), "{eps}\n{}", node.log());
+    let index_after = node.ns.ip(&["-o", "link", "show", &a_host]).unwrap();
+    assert_eq!(index_before.split(':').next(), index_after.split(':').next(), "pod-a's veth was kept");
+    assert!(pod_a.ip(&["addr", "show", "eth0"]).unwrap().contains(&ip_of(&a)), "pod-a keeps its address");
+
+    // Room made (the agent removes what no endpoint owns as it adopts the map, so some of the
+    // junk may be gone already): the agent's retry programs pod-a, with nothing else done.
+    for k in &junk {
+        let _ = addrs.remove(k);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = node.api("GET", "/v1/status", None).unwrap();
+        if s["sync"]["degraded"].as_array().is_some_and(|d| d.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never programmed: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ask(&pod_b, &format!("{}:8080", ip_of(&a))).unwrap(), format!("client {}", ip_of(&b)));
+    for id in ["ctr-a", "ctr-b"] {
+        assert_eq!(cni("DEL", id, None, None, &conf).code, 0);
+    }
 }
