@@ -179,6 +179,42 @@ impl Compiler {
         self.inner.as_ref().map(|i| i.proxy.problems()).unwrap_or_default()
     }
 
+    /// The health check node ports to serve on this node (kube-proxy's service health server):
+    /// one per Service of type LoadBalancer with `externalTrafficPolicy: Local` and a
+    /// `healthCheckNodePort`, with the number of this node's ready endpoints of the Service per IP
+    /// family. Empty before the first compile.
+    pub fn health_checks(&self) -> Vec<proxy::HealthCheck> {
+        self.inner.as_ref().map(|i| i.proxy.health_checks().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Where health check node ports are served, per family, as kube-proxy does: on the node's
+    /// addresses that `nodePortAddresses` selects (loopback too when a CIDR holds it: kube-proxy
+    /// takes the addresses of the node's interfaces, loopback included; flowgate knows the Node's
+    /// addresses), or on every address of the family (the unspecified address) when it selects
+    /// all of them. Empty before the first compile.
+    pub fn health_check_addresses(&self) -> Vec<IpAddr> {
+        let Some(inner) = self.inner.as_ref() else { return Vec::new() };
+        let mut out = Vec::new();
+        for v4 in [true, false] {
+            let (any, loopback): (IpAddr, IpAddr) = if v4 {
+                (std::net::Ipv4Addr::UNSPECIFIED.into(), std::net::Ipv4Addr::LOCALHOST.into())
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED.into(), std::net::Ipv6Addr::LOCALHOST.into())
+            };
+            match inner.settings.node_ports(v4) {
+                settings::NodePortAddresses::All => out.push(any),
+                settings::NodePortAddresses::Cidrs(cidrs) => {
+                    for a in inner.node.addresses.iter().chain([&loopback]) {
+                        if a.is_ipv4() == v4 && cidrs.iter().any(|n| n.contains(a)) && !out.contains(a) {
+                            out.push(*a);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The node compiled for, once compiled.
     pub fn node(&self) -> Option<&NodeView> {
         self.inner.as_ref().map(|i| &i.node)

@@ -217,6 +217,34 @@ pub struct ServiceProxy {
     service_problems: FxHashMap<ObjectKey, Problem>,
     slices_of_service: FxHashMap<ObjectKey, BTreeSet<ObjectKey>>,
     service_of_slice: FxHashMap<ObjectKey, ObjectKey>,
+    /// The health check node ports of Services that have one, kept as their Services are synced.
+    health_checks: BTreeMap<ObjectKey, HealthCheck>,
+}
+
+/// A Service's `healthCheckNodePort` and what its answer depends on: the number of this node's
+/// ready endpoints, per IP family (kube-proxy's `LocalReadyEndpoints`: distinct addresses of the
+/// Service's endpoints that are ready and on this node, over all its ports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The Service.
+    pub service: ObjectKey,
+    /// Its health check node port.
+    pub port: u16,
+    /// Local ready endpoints of the Service's IPv4 ports; `None` when it has no IPv4 ClusterIP.
+    pub local_endpoints_v4: Option<usize>,
+    /// The same for IPv6.
+    pub local_endpoints_v6: Option<usize>,
+}
+
+impl HealthCheck {
+    /// The count of local ready endpoints of one family (`None` when the Service is not of it).
+    pub fn local_endpoints(&self, v4: bool) -> Option<usize> {
+        if v4 {
+            self.local_endpoints_v4
+        } else {
+            self.local_endpoints_v6
+        }
+    }
 }
 
 impl ServiceProxy {
@@ -270,6 +298,7 @@ impl ServiceProxy {
             service_problems: FxHashMap::default(),
             slices_of_service: FxHashMap::default(),
             service_of_slice: FxHashMap::default(),
+            health_checks: BTreeMap::new(),
         };
         let lb = policy.layer_mut(LayerKind::Lb);
         lb.add_group(RuleGroup {
@@ -376,6 +405,12 @@ impl ServiceProxy {
         out
     }
 
+    /// The health check node ports of the Services that have one (type LoadBalancer with
+    /// `externalTrafficPolicy: Local`), by Service.
+    pub fn health_checks(&self) -> impl Iterator<Item = &HealthCheck> {
+        self.health_checks.values()
+    }
+
     /// Recompiles one Service (removing it if it no longer exists).
     pub fn sync_service(
         &mut self,
@@ -389,6 +424,7 @@ impl ServiceProxy {
         let mut touched_dest: BTreeSet<DestinationKey> = BTreeSet::new();
         let mut touched_np: BTreeSet<(Proto, u16)> = BTreeSet::new();
         let mut touched_ips: BTreeSet<IpAddr> = BTreeSet::new();
+        self.health_checks.remove(key);
         if let Some(old) = self.fragments.remove(key) {
             for d in old.destinations {
                 if let Some(claims) = self.destinations.get_mut(&d) {
@@ -447,9 +483,17 @@ impl ServiceProxy {
             } else {
                 self.service_problems.remove(key);
             }
+            // Local ready endpoint addresses per family, for the health check node port.
+            let mut local_ready: [Option<BTreeSet<IpAddr>>; 2] = [None, None];
+            let health_check_port = ports.iter().find_map(|sp| sp.health_check_node_port);
             for sp in ports {
                 let slices = slice_keys.iter().filter_map(|k| state.endpoint_slices.get(k));
                 let eps = endpoints(slices, &sp, &node.name);
+                if health_check_port.is_some() {
+                    let family = &mut local_ready[usize::from(sp.cluster_ip.is_ipv6())];
+                    let ips = family.get_or_insert_with(BTreeSet::new);
+                    ips.extend(eps.iter().filter(|e| e.local && e.ready).map(|e| e.addr.ip()));
+                }
                 let claims = NewClaims { destinations: &mut rules_dest, node_ports: &mut rules_np, created };
                 self.compile_port(&sp, &eps, node, settings, policy, &mut frag, claims);
             }
@@ -471,6 +515,18 @@ impl ServiceProxy {
             delta.backend_sets.extend(frag.backend_sets.iter().copied());
             delta.sets.extend(frag.sets.iter().copied());
             self.fragments.insert(key.clone(), frag);
+            if let Some(port) = health_check_port {
+                let [v4, v6] = local_ready;
+                self.health_checks.insert(
+                    key.clone(),
+                    HealthCheck {
+                        service: key.clone(),
+                        port,
+                        local_endpoints_v4: v4.map(|s| s.len()),
+                        local_endpoints_v6: v6.map(|s| s.len()),
+                    },
+                );
+            }
         } else {
             self.service_problems.remove(key);
         }
