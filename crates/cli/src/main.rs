@@ -1,5 +1,5 @@
 //! `flowgate`, the command-line tool. `flowgate trace` explains what a node's switch does with the
-//! first packet of a connection (see specs/trace.md).
+//! first packet of a connection (see docs/trace.md).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 

@@ -1,4 +1,4 @@
-//! Parsing probes: `--from SRC[:SPORT]` and `--to DST:DPORT[/PROTO]`, as specs/trace.md defines them.
+//! Parsing probes: `--from SRC[:SPORT]` and `--to DST:DPORT[/PROTO]`, as docs/trace.md defines them.
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -183,7 +183,7 @@ fn batch_probe(line: &str) -> Result<(Value, FlowKey), (Value, String)> {
     Ok((id, key))
 }
 
-/// The contract's JSON for one result (specs/trace.md), with `id` in batch mode.
+/// The contract's JSON for one result (docs/trace.md), with `id` in batch mode.
 fn to_json(t: &Value, id: Option<Value>) -> Value {
     let mut v = json!({
         "verdict": t["verdict"],

@@ -178,8 +178,8 @@ fn libcni_adds_checks_and_deletes_working_pods() {
     assert!(failures.is_empty(), "{}\nagent log:\n{}", failures.join("\n"), node.log());
 }
 
-/// podman with the CNI backend, configured in a directory of the test's own (notes:
-/// shared/notes/real-cni-clients.md): cgroupfs, runc, vfs storage, our conflist.
+/// podman with the CNI backend, configured in a directory of the test's own:
+/// cgroupfs (no systemd), runc, vfs storage, our conflist.
 struct Podman {
     dir: TempDir,
 }

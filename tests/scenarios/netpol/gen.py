@@ -25,7 +25,7 @@ file goes from one of the nine pod IPs to another (or the same) one, on port 80 
 so a kernel test can replay each probe as a real connection. Each file has a full 9x9 table for TCP
 port 80 and further full tables where the policy tells ports or protocols apart.
 
-Conventions of every table (the trace contract, shared/specs/trace.md, and README.md here):
+Conventions of every table (the trace contract, docs/trace.md, and README.md here):
 - allowed: verdict allow, deliver pod, dnat [], masquerade false;
 - denied: verdict drop, no deliver;
 - a pod to its own address never leaves the pod and is always allowed (documented as "a pod cannot
