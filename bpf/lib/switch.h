@@ -413,8 +413,9 @@ static __attribute__((noinline)) int fg_switch_packet(struct __sk_buff *skb, __u
 	if (fg_transposition(p, cfg, &w->d, have_keep ? &w->keep : 0, &w->fwd, &w->nat) < 0)
 		return fg_verdict_ret(skb, p, FG_VERDICT_DROP, FG_REASON_NAT_EXHAUSTED, 0);
 	/* A new connection that is dropped takes no entries: a flood of refused packets cannot fill
-	 * the table (each is decided again, as cheaply as the first time). */
-	if (!have_keep && w->fwd.verdict != FG_VERDICT_ALLOW)
+	 * the table (each is decided again, as cheaply as the first time). Except a first fragment's:
+	 * its datagram's later fragments carry no ports and follow its entry (fg_fragment_entry). */
+	if (!have_keep && w->fwd.verdict != FG_VERDICT_ALLOW && p->frag != FG_FRAG_FIRST)
 		return fg_verdict_ret(skb, p, w->fwd.verdict, w->fwd.reason, 0);
 	/* A re-checked connection stays in the table it is in. */
 	if (have_keep)
