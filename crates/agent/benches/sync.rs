@@ -51,6 +51,7 @@ fn main() {
         dataplane,
         unapplied: PolicyDelta::default(),
         status: SyncStatus::default(),
+        published: Default::default(),
     };
 
     let start = Instant::now();

@@ -32,6 +32,12 @@ pub struct AppState {
     pub health_timeout: Duration,
     /// When the agent started.
     pub started: SystemTime,
+    /// Health as last published (read without the core's lock, which a sync holds).
+    pub health: tokio::sync::watch::Receiver<crate::health::HealthFacts>,
+    /// Limits of the TCP listeners.
+    pub limits: crate::listeners::ListenerLimits,
+    /// Descriptors all TCP listeners share.
+    pub budget: crate::listeners::ConnectionBudget,
 }
 
 /// Errors starting the API.
@@ -104,8 +110,8 @@ pub async fn serve_unix(path: &Path, app: Router) -> Result<tokio::task::JoinHan
 
 /// Serves kube-proxy-style `/healthz` and `/livez` on TCP; returns the bound address.
 pub async fn serve_healthz(addr: SocketAddr, state: AppState) -> std::io::Result<SocketAddr> {
-    let app = Router::new().route("/healthz", get(healthz)).route("/livez", get(livez)).with_state(state);
-    serve_tcp(addr, app).await
+    let app = Router::new().route("/healthz", get(healthz)).route("/livez", get(livez)).with_state(state.clone());
+    serve_tcp(addr, app, &state, "healthz").await
 }
 
 /// Serves `/metrics` on TCP; returns the bound address.
@@ -114,63 +120,42 @@ pub async fn serve_metrics(addr: SocketAddr, state: AppState) -> std::io::Result
         .route(
             "/metrics",
             get(|State(s): State<AppState>| async move {
-                let counters = s.core.lock().map(|c| c.dataplane.counters()).unwrap_or_default();
+                // The core's lock is held for a whole sync: taken off the runtime's workers.
+                let core = Arc::clone(&s.core);
+                let counters =
+                    off_runtime(move || core.lock().map(|c| c.dataplane.counters()).unwrap_or_default()).await?;
                 let mut text = s.metrics.render();
                 text.push_str(&crate::metrics::Metrics::render_dataplane(&counters));
-                text
+                Ok::<_, StatusCode>(text)
             }),
         )
-        .with_state(state);
-    serve_tcp(addr, app).await
+        .with_state(state.clone());
+    serve_tcp(addr, app, &state, "metrics").await
 }
 
-async fn serve_tcp(addr: SocketAddr, app: Router) -> std::io::Result<SocketAddr> {
+/// Serves `app` on TCP under the listener limits and the shared descriptor budget.
+async fn serve_tcp(addr: SocketAddr, app: Router, state: &AppState, what: &str) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    // Runs as long as the process: healthz and metrics are never closed.
+    drop(crate::listeners::serve(listener, app, state.limits, &state.budget, format!("{what} {bound}")));
     Ok(bound)
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    jiff::Timestamp::try_from(t).map(|t| t.to_string()).unwrap_or_default()
+/// Runs `f` on tokio's blocking pool. Handlers that take the core's lock (held for a whole sync) or
+/// the programmed policy's (written by the sync's apply) do it there, not on the runtime's
+/// workers, which keep serving healthz and the other requests meanwhile.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, StatusCode> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// Health: `/healthz` as kube-proxy reports it (unhealthy when a change has waited longer than the
 /// timeout for a sync — objects the data plane did not take are reported, not waited for — or
-/// when the node is being deleted); `/livez` is whether the process makes progress.
+/// when the node is being deleted); `/livez` is whether the process makes progress. Judged on the
+/// facts the core last published ([`crate::health`]), so a long sync does not hold the answer up.
 fn health(s: &AppState, check_node: bool) -> (StatusCode, Value) {
-    let core = s.core.lock().unwrap_or_else(|p| p.into_inner());
-    let now = SystemTime::now();
-    let waiting_since = if core.tracker.ready() { core.status.queued_since } else { Some(s.started) };
-    let late = |t: SystemTime| now.duration_since(t).unwrap_or_default() > s.health_timeout;
-    let stale = if check_node {
-        // Readiness: every change has been programmed (as far as the data plane takes it) in time.
-        waiting_since.is_some_and(late)
-    } else {
-        // Liveness: the process makes progress — with work waiting, the sync loop keeps trying
-        // (a failing sync retries within its backoff, well inside the timeout). Before the first
-        // lists arrive the sources are what retries; a restart would not bring them sooner.
-        core.tracker.ready()
-            && core.status.queued_since.is_some_and(late)
-            && core.status.last_attempt.is_none_or(late)
-    };
-    let deleting = core
-        .compiler
-        .node()
-        .and_then(|n| core.tracker.state().nodes.get(&n.name))
-        .is_some_and(|n| n.metadata.deletion_timestamp.is_some());
-    let node_eligible = !deleting;
-    let healthy = !stale && (!check_node || node_eligible);
-    let body = json!({
-        "lastUpdated": core.status.last_success.map(rfc3339).unwrap_or_default(),
-        "currentTime": rfc3339(now),
-        "nodeEligible": node_eligible,
-    });
-    (if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+    let facts = s.health.borrow().clone();
+    facts.judge(s.started, s.health_timeout, check_node, SystemTime::now())
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {
@@ -183,10 +168,14 @@ async fn livez(State(s): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn status(State(s): State<AppState>) -> Json<Value> {
+async fn status(State(s): State<AppState>) -> Result<Json<Value>, StatusCode> {
+    off_runtime(move || status_now(&s)).await.map(Json)
+}
+
+fn status_now(s: &AppState) -> Value {
     let core = s.core.lock().unwrap_or_else(|p| p.into_inner());
     let st = core.tracker.state();
-    Json(json!({
+    json!({
         "node": core.compiler.node().map(|n| n.name.clone()),
         "ready": core.tracker.ready(),
         "pending": core.tracker.pending() || !core.unapplied.is_empty(),
@@ -202,10 +191,14 @@ async fn status(State(s): State<AppState>) -> Json<Value> {
             "endpointSlices": st.endpoint_slices.len(), "networkPolicies": st.network_policies.len(),
             "serviceCIDRs": st.service_cidrs.len(),
         },
-    }))
+    })
 }
 
-async fn compiled_state(State(s): State<AppState>) -> Json<Value> {
+async fn compiled_state(State(s): State<AppState>) -> Result<Json<Value>, StatusCode> {
+    off_runtime(move || compiled_state_now(&s)).await
+}
+
+fn compiled_state_now(s: &AppState) -> Json<Value> {
     let p = s.programmed.read().unwrap_or_else(|e| e.into_inner());
     let ports: Vec<Value> = p
         .ports()
@@ -230,7 +223,11 @@ async fn compiled_state(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"ports": ports, "backendSets": backend_sets, "layers": layers}))
 }
 
-async fn trace(State(s): State<AppState>, Json(req): Json<TraceRequest>) -> Json<Value> {
+async fn trace(State(s): State<AppState>, Json(req): Json<TraceRequest>) -> Result<Json<Value>, StatusCode> {
+    off_runtime(move || trace_now(&s, req)).await
+}
+
+fn trace_now(s: &AppState, req: TraceRequest) -> Json<Value> {
     let p = s.programmed.read().unwrap_or_else(|e| e.into_inner());
     let results: Vec<Value> = req
         .probes
@@ -243,4 +240,57 @@ async fn trace(State(s): State<AppState>, Json(req): Json<TraceRequest>) -> Json
         })
         .collect();
     Json(json!({"results": results}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> AppState {
+        let model = flowgate_dataplane::ModelDataplane::new();
+        let programmed = model.programmed();
+        let core = Core {
+            tracker: crate::tracker::Tracker::new(crate::sources::Kind::ALL, flowgate_cluster::ClusterState::default()),
+            compiler: flowgate_compiler::Compiler::new(None),
+            dataplane: Arc::new(model),
+            unapplied: flowgate_switch::PolicyDelta::default(),
+            status: crate::sync::SyncStatus::default(),
+            published: crate::health::Published::default(),
+        };
+        let health = core.published.health.subscribe();
+        AppState {
+            core: Arc::new(Mutex::new(core)),
+            programmed,
+            metrics: Arc::new(Metrics::new().unwrap()),
+            health_timeout: Duration::from_secs(60),
+            started: SystemTime::now(),
+            health,
+            limits: crate::listeners::ListenerLimits::default(),
+            budget: crate::listeners::ConnectionBudget::new(64),
+        }
+    }
+
+    /// A sync holds the core's lock for as long as it compiles and applies: healthz and livez
+    /// answer meanwhile (from the published facts), and on a current-thread runtime the status
+    /// handler waits off the runtime, so a health request behind it is not held up either.
+    #[tokio::test(flavor = "current_thread")]
+    async fn health_answers_while_a_sync_holds_the_core() {
+        let s = state();
+        let core = Arc::clone(&s.core);
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _c = core.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+        });
+        locked_rx.recv().unwrap();
+        let started = std::time::Instant::now();
+        let status = tokio::spawn(status(State(s.clone())));
+        let r = tokio::time::timeout(Duration::from_millis(500), healthz(State(s.clone()))).await;
+        assert!(r.is_ok(), "healthz waited for the sync");
+        assert!(tokio::time::timeout(Duration::from_millis(500), livez(State(s.clone()))).await.is_ok());
+        assert!(started.elapsed() < Duration::from_millis(1000));
+        assert!(status.await.unwrap().is_ok(), "status answers once the sync is done");
+        holder.join().unwrap();
+    }
 }

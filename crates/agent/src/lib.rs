@@ -7,7 +7,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod health;
 pub mod hostnet;
+pub mod listeners;
 pub mod metrics;
 pub mod settings;
 pub mod sources;
@@ -132,13 +134,18 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
         dataplane,
         unapplied: PolicyDelta::default(),
         status: SyncStatus::default(),
+        published: health::Published::default(),
     }));
+    let health_rx = core.lock().unwrap_or_else(|p| p.into_inner()).published.health.subscribe();
     let state = AppState {
         core: Arc::clone(&core),
         programmed,
         metrics: Arc::clone(&metrics),
         health_timeout: settings.timing.full_resync.min(std::time::Duration::from_secs(30)) * 2,
         started: SystemTime::now(),
+        health: health_rx,
+        limits: settings.listener_limits,
+        budget: listeners::ConnectionBudget::for_this_process(),
     };
     let mut tasks = Vec::new();
     let mut app = api::router(state.clone());
@@ -189,6 +196,7 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
                     }
                     wake.notify_one();
                 }
+                c.publish_health();
             }
         }));
     }

@@ -71,6 +71,8 @@ pub struct AgentSettings {
     pub timing: SyncTiming,
     /// The data plane.
     pub dataplane: DataplaneSettings,
+    /// Limits of every TCP listener (healthz, metrics, health check node ports).
+    pub listener_limits: crate::listeners::ListenerLimits,
 }
 
 impl AgentSettings {
@@ -89,6 +91,7 @@ impl AgentSettings {
             metrics_bind: None,
             timing: SyncTiming::default(),
             dataplane: DataplaneSettings::Model,
+            listener_limits: crate::listeners::ListenerLimits::default(),
         }
     }
 

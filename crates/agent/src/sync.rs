@@ -125,6 +125,9 @@ pub struct Core {
     pub unapplied: PolicyDelta,
     /// Status for health and the API.
     pub status: SyncStatus,
+    /// Health and health check node ports, published for readers that must not take this core's
+    /// lock (it is held for a whole sync).
+    pub published: crate::health::Published,
 }
 
 impl std::fmt::Debug for Core {
@@ -162,9 +165,16 @@ pub struct SyncStatus {
 }
 
 impl Core {
-    /// Runs one sync: takes the tracker's changes, compiles them, applies the delta. Returns
-    /// whether the data plane now holds everything compiled.
+    /// Runs one sync: takes the tracker's changes, compiles them, applies the delta, and publishes
+    /// health and the health check node ports. Returns whether the data plane now holds
+    /// everything compiled.
     pub fn sync(&mut self, full: bool, metrics: &Metrics) -> bool {
+        let complete = self.sync_once(full, metrics);
+        self.publish();
+        complete
+    }
+
+    fn sync_once(&mut self, full: bool, metrics: &Metrics) -> bool {
         if !self.tracker.ready() {
             return true;
         }
