@@ -191,6 +191,10 @@ fn status_now(s: &AppState) -> Value {
             "endpointSlices": st.endpoint_slices.len(), "networkPolicies": st.network_policies.len(),
             "serviceCIDRs": st.service_cidrs.len(),
         },
+        "healthCheckNodePorts": core.compiler.health_checks().iter().map(|c| json!({
+            "service": c.service.to_string(), "port": c.port,
+            "localEndpoints": {"ipv4": c.local_endpoints_v4, "ipv6": c.local_endpoints_v6},
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod health;
+pub mod healthcheck;
 pub mod hostnet;
 pub mod listeners;
 pub mod metrics;
@@ -136,14 +137,17 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
         status: SyncStatus::default(),
         published: health::Published::default(),
     }));
-    let health_rx = core.lock().unwrap_or_else(|p| p.into_inner()).published.health.subscribe();
+    let (health_rx, checks_rx) = {
+        let c = core.lock().unwrap_or_else(|p| p.into_inner());
+        (c.published.health.subscribe(), c.published.health_checks.subscribe())
+    };
     let state = AppState {
         core: Arc::clone(&core),
         programmed,
         metrics: Arc::clone(&metrics),
         health_timeout: settings.timing.full_resync.min(std::time::Duration::from_secs(30)) * 2,
         started: SystemTime::now(),
-        health: health_rx,
+        health: health_rx.clone(),
         limits: settings.listener_limits,
         budget: listeners::ConnectionBudget::for_this_process(),
     };
@@ -173,6 +177,14 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
         })?),
         None => None,
     };
+    tasks.push(tokio::spawn(healthcheck::run(healthcheck::HealthCheckContext {
+        checks: checks_rx,
+        health: health_rx,
+        started: state.started,
+        health_timeout: state.health_timeout,
+        limits: state.limits,
+        budget: state.budget.clone(),
+    })));
 
     let wake = Arc::new(Notify::new());
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(1024);
