@@ -258,7 +258,8 @@ impl Dataplane for EbpfDataplane {
     fn apply(&self, desired: &SwitchPolicy, delta: &PolicyDelta) -> Result<ApplyStats, DataplaneError> {
         let mut guard = self.inner.lock().map_err(|_| err("lock", "poisoned"))?;
         let (m, p) = &mut *guard;
-        let mut w = Writer { m, p, desired, full: delta.full, out: ApplyStats { full: delta.full, ..Default::default() } };
+        let mut w =
+            Writer { m, p, desired, full: delta.full, out: ApplyStats { full: delta.full, ..Default::default() } };
         // What to look at: everything (full) or what the delta names.
         let (sets, backend_sets, rules): (Vec<SetId>, Vec<BackendSetId>, Vec<RuleRef>) = if delta.full {
             let mut s: BTreeSet<u32> = desired.sets().map(|(id, _)| id.0).collect();
@@ -450,8 +451,14 @@ impl Writer<'_> {
             }
             Err(e) => {
                 // Re-read what the kernel holds under this set; its next write is a whole one.
-                let mut held: Vec<(u32, maps::Backend)> =
-                    self.m.backends.iter().flatten().filter(|(k, _)| k.set == id.0).map(|(k, b)| (k.index, b)).collect();
+                let mut held: Vec<(u32, maps::Backend)> = self
+                    .m
+                    .backends
+                    .iter()
+                    .flatten()
+                    .filter(|(k, _)| k.set == id.0)
+                    .map(|(k, b)| (k.index, b))
+                    .collect();
                 held.sort_by_key(|(i, _)| *i);
                 self.p.backend_sets.insert(id, held.into_iter().map(|(_, b)| b).collect());
                 self.p.dirty_backend_sets.insert(id);
@@ -673,7 +680,10 @@ impl Writer<'_> {
                 }
                 Err(e) => {
                     self.out.failed.host = true;
-                    self.failed(format!("local address {} refused as a source from the network", a.to_ip()), Self::kernel(&e));
+                    self.failed(
+                        format!("local address {} refused as a source from the network", a.to_ip()),
+                        Self::kernel(&e),
+                    );
                 }
             }
         }
