@@ -67,7 +67,10 @@ impl Metrics {
         registry.register(Box::new(source_events.clone()))?;
         registry.register(Box::new(source_errors.clone()))?;
         let unprogrammed = prometheus::IntGaugeVec::new(
-            Opts::new("flowgate_unprogrammed_objects", "Objects not programmed as written (conflicting, refused, or not taken by the data plane)"),
+            Opts::new(
+                "flowgate_unprogrammed_objects",
+                "Objects not programmed as written (conflicting, refused, or not taken by the data plane)",
+            ),
             &["kind", "object", "problem"],
         )?;
         registry.register(Box::new(unprogrammed.clone()))?;

@@ -415,7 +415,8 @@ mod tests {
         );
         let e = load(&doc("outboundNAT: {exceptions: [10.0.0.0/33]}\n")).unwrap_err().to_string();
         assert!(e.contains("outboundNAT.exceptions[0]"), "{e}");
-        let c = load(&doc("flowTimeouts: {tcpEstablished: 1h30m, udpEmbryonic: 10s}\n")).unwrap().state.flowgate.unwrap();
+        let c =
+            load(&doc("flowTimeouts: {tcpEstablished: 1h30m, udpEmbryonic: 10s}\n")).unwrap().state.flowgate.unwrap();
         let t = c.flow_timeouts.resolved();
         assert_eq!(t.tcp_established, std::time::Duration::from_secs(5400));
         assert_eq!(t.udp_embryonic, std::time::Duration::from_secs(10));

@@ -224,9 +224,11 @@ impl Compiler {
     pub fn compile_full(&mut self, state: &ClusterState) -> Result<PolicyDelta, CompileError> {
         let node = select_node(state, self.requested_node.as_deref())?;
         let mut settings = ProxySettings::new(state.kube_proxy.as_ref(), &node);
-        settings.external_ip_cidrs = state.flowgate.as_ref().and_then(|f| f.external_ips.allowed_cidrs.as_ref()).map(
-            |cidrs| cidrs.iter().filter_map(|c| parse_cidr_sloppy(c)).map(|n| n.trunc()).collect(),
-        );
+        settings.external_ip_cidrs = state
+            .flowgate
+            .as_ref()
+            .and_then(|f| f.external_ips.allowed_cidrs.as_ref())
+            .map(|cidrs| cidrs.iter().filter_map(|c| parse_cidr_sloppy(c)).map(|n| n.trunc()).collect());
         let mut policy = SwitchPolicy::new();
         for a in &node.addresses {
             policy.host_addresses.insert_addr(*a);
