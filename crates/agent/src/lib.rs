@@ -274,6 +274,8 @@ async fn host_networking(
 /// must exist before their interfaces are bound), retrying while it fails.
 async fn reconcile_when_compiled(hns: Arc<flowgate_hostnet::HostNetworking>, core: Arc<Mutex<Core>>) {
     // The endpoints' bindings and programs are restored as soon as the first compile is done.
+    // Endpoints the switch could not take are kept as they are and reconciled again (with
+    // backoff) until it does: a running pod is never torn down for it.
     let mut delay = std::time::Duration::from_millis(2);
     loop {
         let compiled = core.lock().map(|c| c.compiler.policy().is_some()).unwrap_or(false);
@@ -290,7 +292,14 @@ async fn reconcile_when_compiled(hns: Arc<flowgate_hostnet::HostNetworking>, cor
                         orphan_addresses = r.orphan_addresses,
                         "host networking reconciled"
                     );
-                    return;
+                    let done = r.degraded.is_empty();
+                    if let Ok(mut c) = core.lock() {
+                        c.status.degraded_endpoints = r.degraded;
+                    }
+                    if done {
+                        return;
+                    }
+                    delay = delay.max(std::time::Duration::from_millis(500));
                 }
                 Err(err) => tracing::warn!(error = %err, "host networking reconcile failed; will retry"),
             }

@@ -162,6 +162,9 @@ pub struct SyncStatus {
     /// Claims the compiler left out: Services conflicting over one address and port (with the
     /// owner named), external addresses refused.
     pub conflicts: Vec<flowgate_compiler::proxy::Problem>,
+    /// Pods' endpoints kept at start although the switch could not take them (binding, program,
+    /// entries): reconciled again until it does.
+    pub degraded_endpoints: Vec<String>,
 }
 
 impl Core {

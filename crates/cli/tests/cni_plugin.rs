@@ -859,34 +859,33 @@ fn a_restart_the_kernel_cannot_program_yet_costs_no_running_pod_its_network() {
     let index_before = node.ns.ip(&["-o", "link", "show", &a_host]).unwrap();
     assert_eq!(ask(&pod_b, &format!("{}:8080", ip_of(&a))).unwrap(), format!("client {}", ip_of(&b)));
 
-    // While the agent is down, pod-a's addresses leave the kernel's endpoint map, and the map
-    // fills up: the restarted agent cannot program pod-a until room is made.
+    // While the agent is down, pod-a's interface binding leaves the kernel's map of bound
+    // interfaces, and the map fills up: the restarted agent cannot bind pod-a until room is made.
     node.stop_agent(true);
-    let data = aya::maps::MapData::from_pin(node.pins().join("maps/fg_endpoint_addrs")).unwrap();
-    let mut addrs: aya::maps::HashMap<_, flowgate_ebpf::maps::EndpointKey, u8> =
+    let data = aya::maps::MapData::from_pin(node.pins().join("maps/fg_ports")).unwrap();
+    let mut ports: aya::maps::HashMap<_, u32, flowgate_ebpf::maps::Port> =
         aya::maps::Map::HashMap(data).try_into().unwrap();
-    let a_addr = flowgate_ebpf::maps::Addr::from_ip(ip_of(&a).parse().unwrap());
-    let mine: Vec<_> = addrs.keys().map(Result::unwrap).filter(|k| k.addr == a_addr).collect();
-    assert!(!mine.is_empty());
-    for k in &mine {
-        addrs.remove(k).unwrap();
-    }
+    let a_ifindex: u32 = index_before.split(':').next().unwrap().trim().parse().unwrap();
+    ports.remove(&a_ifindex).unwrap();
     let mut junk = Vec::new();
     for i in 0u32.. {
-        let k = flowgate_ebpf::maps::EndpointKey {
-            port_id: 0x7000_0000 + i,
-            addr: flowgate_ebpf::maps::Addr::from_ip(std::net::Ipv4Addr::from(0xf000_0000 | i).into()),
-        };
-        if addrs.insert(k, 1, 0).is_err() {
+        let k = 0x7000_0000 + i;
+        if ports.insert(k, flowgate_ebpf::maps::Port::default(), 0).is_err() {
             break;
         }
         junk.push(k);
     }
 
     node.start_agent();
-    let status = node.api("GET", "/v1/status", None).unwrap();
-    let degraded = status["sync"]["degraded"].to_string();
-    assert!(degraded.contains("shop/client"), "pod-a is reported: {status}\n{}", node.log());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = node.api("GET", "/v1/status", None).unwrap();
+        if s["sync"]["degraded_endpoints"].to_string().contains("fgtest/ctr-a/eth0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pod-a is not reported: {s}\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Kept: its record, its interface (the same one), its address.
     let eps = node.api("GET", "/v1/endpoints", None).unwrap();
     assert!(eps.as_array().unwrap().iter().any(|e| e["id"] == "fgtest/ctr-a/eth0"), "{eps}\n{}", node.log());
@@ -894,15 +893,17 @@ fn a_restart_the_kernel_cannot_program_yet_costs_no_running_pod_its_network() {
     assert_eq!(index_before.split(':').next(), index_after.split(':').next(), "pod-a's veth was kept");
     assert!(pod_a.ip(&["addr", "show", "eth0"]).unwrap().contains(&ip_of(&a)), "pod-a keeps its address");
 
-    // Room made (the agent removes what no endpoint owns as it adopts the map, so some of the
-    // junk may be gone already): the agent's retry programs pod-a, with nothing else done.
+    assert_eq!(bound_port(&node, &a_host), None, "not bound yet");
+    // Room made: the agent's retry binds pod-a, with nothing else done.
     for k in &junk {
-        let _ = addrs.remove(k);
+        ports.remove(k).unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let s = node.api("GET", "/v1/status", None).unwrap();
-        if s["sync"]["degraded"].as_array().is_some_and(|d| d.is_empty()) {
+        if s["sync"]["degraded_endpoints"].as_array().is_some_and(|d| d.is_empty())
+            && bound_port(&node, &a_host).is_some()
+        {
             break;
         }
         assert!(Instant::now() < deadline, "never programmed: {s}");
