@@ -203,7 +203,10 @@ pub async fn start(settings: AgentSettings) -> Result<RunningAgent, AgentError> 
                 }
                 let mut c = core.lock().unwrap_or_else(|p| p.into_inner());
                 if c.tracker.handle(event) {
-                    if c.status.queued_since.is_none() {
+                    // Only a change the sync will take waits for it: an event that changed
+                    // nothing (a relist, a rewritten file) must not leave healthz waiting for a
+                    // sync that never comes (until the next full resync, an hour by default).
+                    if c.status.queued_since.is_none() && (c.tracker.pending() || !c.unapplied.is_empty()) {
                         c.status.queued_since = Some(SystemTime::now());
                     }
                     wake.notify_one();
