@@ -2,6 +2,9 @@
 //! first packet of a connection (see docs/trace.md).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+// The arguments' doc comments are `--help` text, where `SRC[:SPORT]` is the usual notation, not a
+// link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 mod probe;
 mod trace_cmd;
