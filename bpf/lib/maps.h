@@ -236,7 +236,7 @@ struct fg_flow_gauges {
 struct fg_config {
 	__u64 generation;        /* bumped by every policy change; older flows are re-checked */
 	__u32 nodeport_set;      /* NodePort destinations */
-	__u32 node_local_set;    /* the node's own addresses (host port) */
+	__u32 pad0;
 	struct fg_addr snat_v4;  /* masquerade source, IPv4 (mapped) */
 	struct fg_addr snat_v6;  /* masquerade source, IPv6 */
 	__u8 has_snat_v4;

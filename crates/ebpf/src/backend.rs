@@ -711,12 +711,7 @@ impl Writer<'_> {
         let cfg = maps::Config {
             generation,
             nodeport_set: compile::nodeport_set(self.desired),
-            node_local_set: self
-                .desired
-                .sets()
-                .find(|(_, s)| s.name == "node-local")
-                .map(|(id, _)| id.0)
-                .unwrap_or(maps::NO_SET),
+            pad0: 0,
             snat_v4: self.desired.snat_v4.map(maps::Addr::from_ip).unwrap_or_default(),
             snat_v6: self.desired.snat_v6.map(maps::Addr::from_ip).unwrap_or_default(),
             has_snat_v4: u8::from(self.desired.snat_v4.is_some()),

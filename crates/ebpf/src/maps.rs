@@ -395,8 +395,8 @@ pub struct Config {
     pub generation: u64,
     /// Set of NodePort destinations.
     pub nodeport_set: u32,
-    /// Set of the node's own addresses.
-    pub node_local_set: u32,
+    /// Padding.
+    pub pad0: u32,
     /// IPv4 masquerade source (mapped).
     pub snat_v4: Addr,
     /// IPv6 masquerade source.
