@@ -225,8 +225,8 @@ impl Dataplane for EbpfDataplane {
             ("first_packets".to_string(), read(maps::COUNTER_FIRST_PACKET)),
             ("delivered_direct".to_string(), read(maps::COUNTER_DELIVERED)),
         ];
-        for (i, name) in maps::DROP_REASONS.iter().enumerate().skip(1) {
-            out.push((format!("dropped_{name}"), read(i as u32)));
+        for r in flowgate_switch::DropReason::ALL {
+            out.push((format!("dropped_{}", r.name().replace('-', "_")), read(r as u32)));
         }
         // The flow tables under pressure: connections moved, expired, evicted, and the entries the
         // last sweep (`fg_flow_gc`) counted.

@@ -552,21 +552,6 @@ pub mod verdict {
     pub const REJECT: u8 = 2;
 }
 
-/// Names of the drop reasons, by `enum fg_drop_reason` value (index 0 is "none").
-pub const DROP_REASONS: [&str; 11] = [
-    "none",
-    "no_endpoints",
-    "no_local_endpoints",
-    "source_range_denied",
-    "undefined_service_port",
-    "unallocated_service_ip",
-    "spoofed",
-    "policy_denied",
-    "malformed",
-    "nat_exhausted",
-    "fragment",
-];
-
 /// Counter index of flow-table hits (`FG_COUNTER_FLOW_HIT`).
 pub const COUNTER_FLOW_HIT: u32 = 16;
 /// Counter index of first packets (`FG_COUNTER_FIRST_PACKET`).

@@ -82,3 +82,23 @@ fn every_map_matches_its_rust_mirror_as_compiled() {
         assert!(seen.iter().any(|s| s == name), "tests/abi.rs names {name}, which no object has any more");
     }
 }
+
+/// `enum fg_drop_reason` in bpf/lib/maps.h names the model's drop reasons with the same numbers.
+#[test]
+fn drop_reasons_are_one_list() {
+    let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bpf/lib/maps.h")).unwrap();
+    let start = header.find("enum fg_drop_reason {").expect("the enum");
+    let body = &header[start..start + header[start..].find("};").unwrap()];
+    let c: BTreeMap<u32, String> = body
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.trim().trim_end_matches(|c: char| c != ',' && !c.is_ascii_digit()).split_once('=')?;
+            let name = name.trim().strip_prefix("FG_REASON_")?;
+            let value: u32 = value.trim().trim_end_matches(',').parse().ok()?;
+            (name != "NONE" && name != "MAX").then(|| (value, name.to_ascii_lowercase().replace('_', "-")))
+        })
+        .collect();
+    let rust: BTreeMap<u32, String> =
+        flowgate_switch::DropReason::ALL.iter().map(|r| (*r as u32, r.name().to_owned())).collect();
+    assert_eq!(c, rust);
+}

@@ -147,6 +147,45 @@ pub enum DropReason {
     Spoofed = 6,
     /// A policy rule denied the packet.
     PolicyDenied = 7,
+    /// The packet's headers could not be read (truncated, or lengths that do not add up).
+    Malformed = 8,
+    /// No masquerade port was free for a new connection.
+    NatExhausted = 9,
+    /// A later fragment whose first fragment the switch has not seen.
+    Fragment = 10,
+}
+
+impl DropReason {
+    /// Every reason, in the order of their numbers (1, 2, ...); the kernel's counters and
+    /// `enum fg_drop_reason` in `bpf/lib/maps.h` use the same numbers (a test reads the header).
+    pub const ALL: [DropReason; 10] = [
+        DropReason::NoEndpoints,
+        DropReason::NoLocalEndpoints,
+        DropReason::SourceRangeDenied,
+        DropReason::UndefinedServicePort,
+        DropReason::UnallocatedServiceIp,
+        DropReason::Spoofed,
+        DropReason::PolicyDenied,
+        DropReason::Malformed,
+        DropReason::NatExhausted,
+        DropReason::Fragment,
+    ];
+
+    /// The reason's name, as trace's JSON and the counters (with `_` for `-`) spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::NoEndpoints => "no-endpoints",
+            DropReason::NoLocalEndpoints => "no-local-endpoints",
+            DropReason::SourceRangeDenied => "source-range-denied",
+            DropReason::UndefinedServicePort => "undefined-service-port",
+            DropReason::UnallocatedServiceIp => "unallocated-service-ip",
+            DropReason::Spoofed => "spoofed",
+            DropReason::PolicyDenied => "policy-denied",
+            DropReason::Malformed => "malformed",
+            DropReason::NatExhausted => "nat-exhausted",
+            DropReason::Fragment => "fragment",
+        }
+    }
 }
 
 /// Load balancing to a backend set.

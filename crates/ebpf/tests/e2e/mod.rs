@@ -428,9 +428,8 @@ impl Evidence {
 
     /// Non-zero counters by name, spelled as `flowgate trace` spells reasons ("no-endpoints").
     pub fn counters(&self) -> BTreeMap<String, u64> {
-        let mut names: Vec<(u32, String)> =
-            maps::DROP_REASONS.iter().enumerate().map(|(i, n)| (i as u32, n.replace('_', "-"))).collect();
-        names[0].1 = "allowed".to_owned();
+        let mut names: Vec<(u32, String)> = vec![(0, "allowed".to_owned())];
+        names.extend(flowgate_switch::DropReason::ALL.iter().map(|r| (*r as u32, r.name().to_owned())));
         names.push((maps::COUNTER_FLOW_HIT, "flow-hit".to_owned()));
         names.push((maps::COUNTER_FIRST_PACKET, "first-packet".to_owned()));
         names.push((maps::COUNTER_DELIVERED, "delivered-direct".to_owned()));
