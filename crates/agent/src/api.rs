@@ -222,7 +222,7 @@ fn compiled_state_now(s: &AppState) -> Json<Value> {
     let layers: Vec<Value> = p
         .layers
         .iter()
-        .map(|l| json!({"layer": l.kind.name(), "groups": l.groups.iter().map(|g| g.name).collect::<Vec<_>>(), "rules": l.rule_count()}))
+        .map(|l| json!({"layer": l.kind.name(), "groups": l.groups.iter().map(|g| g.id.name()).collect::<Vec<_>>(), "rules": l.rule_count()}))
         .collect();
     Json(json!({"ports": ports, "backendSets": backend_sets, "layers": layers}))
 }

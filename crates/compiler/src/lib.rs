@@ -34,8 +34,8 @@ use ipnet::IpNet;
 use flowgate_cluster::k8s_openapi::api::core::v1::Pod;
 use flowgate_cluster::{parse_cidr_sloppy, parse_ip_sloppy, ClusterState, ObjectKey};
 use flowgate_switch::{
-    Action, AddrMatch, Conditions, IngressKind, LayerKind, PolicyDelta, Port, PortId, PortKind, PrefixSet, Rule,
-    RuleGroup, RuleIndex, RuleKey, RuleRef, SetId, SwitchPolicy,
+    Action, AddrMatch, Conditions, GroupId, IngressKind, LayerKind, PolicyDelta, Port, PortId, PortKind, PrefixSet,
+    Rule, RuleGroup, RuleIndex, RuleKey, RuleRef, SetId, SwitchPolicy,
 };
 use rustc_hash::FxHashMap;
 
@@ -407,7 +407,7 @@ impl Inner {
                 );
                 self.outbound = Some(ids);
                 self.policy.layer_mut(LayerKind::OutboundNat).add_group(RuleGroup {
-                    name: "outbound-nat",
+                    id: GroupId::OutboundNat,
                     priority: 0,
                     index: RuleIndex::Ordered(Vec::new()),
                 });
@@ -440,7 +440,7 @@ impl Inner {
             )],
             (false, false) => Vec::new(),
         };
-        let r = RuleRef { layer: LayerKind::OutboundNat, group: "outbound-nat", key: RuleKey::Group };
+        let r = RuleRef { layer: LayerKind::OutboundNat, group: GroupId::OutboundNat, key: RuleKey::Group };
         self.policy.put_rules(&r, Some(rules));
         delta.rules.insert(r);
         delta.sets.insert(exc);

@@ -46,14 +46,14 @@ use flowgate_cluster::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelec
 use flowgate_cluster::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use flowgate_cluster::{parse_cidr_sloppy, ClusterState, LocalAcl, LocalEndpoint, ObjectKey};
 use flowgate_switch::{
-    Action, AddrMatch, Conditions, DropReason, Layer, LayerKind, PolicyDelta, PortId, PortRange, PrefixSet, Proto,
-    Rule, RuleGroup, RuleIndex, SetId, SwitchPolicy,
+    Action, AddrMatch, Conditions, DropReason, GroupId, Layer, LayerKind, PolicyDelta, PortId, PortRange, PrefixSet,
+    Proto, Rule, RuleGroup, RuleIndex, SetId, SwitchPolicy,
 };
 
 use crate::node::NodeView;
 
 /// The name of the rule group holding an endpoint's NetworkPolicy rules in its ACL layers.
-pub const GROUP: &str = "network-policy";
+pub const GROUP: GroupId = GroupId::NetworkPolicy;
 
 /// A set id no policy has: the empty set.
 const NO_SET: SetId = SetId(u32::MAX);
@@ -782,7 +782,7 @@ impl PolicyCompiler {
         }
         if d.selected_by.is_empty() {
             // Only the endpoint's own ACL policies: what they do not match passes.
-            layer.add_group(RuleGroup { name: GROUP, priority: 0, index: RuleIndex::Ordered(rules) });
+            layer.add_group(RuleGroup { id: GROUP, priority: 0, index: RuleIndex::Ordered(rules) });
             return layer;
         }
         rules.push(Rule::new(
@@ -793,7 +793,7 @@ impl PolicyCompiler {
             Conditions::any(),
             Action::Drop(DropReason::PolicyDenied),
         ));
-        layer.add_group(RuleGroup { name: GROUP, priority: 0, index: RuleIndex::Ordered(rules) });
+        layer.add_group(RuleGroup { id: GROUP, priority: 0, index: RuleIndex::Ordered(rules) });
         layer
     }
 }

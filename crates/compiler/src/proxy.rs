@@ -39,8 +39,8 @@ use std::net::IpAddr;
 use flowgate_cluster::{ClusterState, ObjectKey};
 use flowgate_switch::layer::DestinationKey;
 use flowgate_switch::{
-    Action, AddrMatch, BackendSet, BackendSetId, Conditions, Dnat, DropReason, LayerKind, PolicyDelta, PrefixSet,
-    Proto, Rule, RuleGroup, RuleIndex, RuleKey, RuleRef, Selection, SetId, SwitchPolicy,
+    Action, AddrMatch, BackendSet, BackendSetId, Conditions, Dnat, DropReason, GroupId, LayerKind, PolicyDelta,
+    PrefixSet, Proto, Rule, RuleGroup, RuleIndex, RuleKey, RuleRef, Selection, SetId, SwitchPolicy,
 };
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
@@ -50,9 +50,9 @@ use crate::node::NodeView;
 use crate::services::{service_ports, ServicePort};
 use crate::settings::{LocalMatch, NodePortAddresses, ProxySettings};
 
-const SERVICE_IPS: &str = "service-ips";
-const SERVICE_NODEPORTS: &str = "service-nodeports";
-const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+const SERVICE_IPS: GroupId = GroupId::ServiceIps;
+const SERVICE_NODEPORTS: GroupId = GroupId::ServiceNodePorts;
+const CLUSTER_IPS_CHECK: GroupId = GroupId::ClusterIpsCheck;
 
 /// The most externalIP and load-balancer destinations (addresses × ports) one Service may have.
 pub const MAX_EXTERNAL_DESTINATIONS: usize = 10_000;
@@ -301,13 +301,9 @@ impl ServiceProxy {
             health_checks: BTreeMap::new(),
         };
         let lb = policy.layer_mut(LayerKind::Lb);
+        lb.add_group(RuleGroup { id: SERVICE_IPS, priority: 100, index: RuleIndex::Destination(FxHashMap::default()) });
         lb.add_group(RuleGroup {
-            name: SERVICE_IPS,
-            priority: 100,
-            index: RuleIndex::Destination(FxHashMap::default()),
-        });
-        lb.add_group(RuleGroup {
-            name: SERVICE_NODEPORTS,
+            id: SERVICE_NODEPORTS,
             priority: 200,
             index: RuleIndex::PortOnAddresses { addresses: nodeport_set, rules: FxHashMap::default() },
         });
@@ -324,7 +320,7 @@ impl ServiceProxy {
             ),
         ];
         policy.layer_mut(LayerKind::ServiceFilter).add_group(RuleGroup {
-            name: CLUSTER_IPS_CHECK,
+            id: CLUSTER_IPS_CHECK,
             priority: 100,
             index: RuleIndex::Ordered(filter_rules),
         });

@@ -51,9 +51,9 @@ impl Dataplane for ModelDataplane {
         // incremental update) come over whole.
         for layer in &desired.layers {
             let have =
-                p.layer(layer.kind).map(|l| l.groups.iter().map(|g| g.name).collect::<Vec<_>>()).unwrap_or_default();
+                p.layer(layer.kind).map(|l| l.groups.iter().map(|g| g.id).collect::<Vec<_>>()).unwrap_or_default();
             for g in &layer.groups {
-                if !have.contains(&g.name) {
+                if !have.contains(&g.id) {
                     p.layer_mut(layer.kind).add_group(g.clone());
                 }
             }

@@ -111,7 +111,7 @@ pub fn compile(policy: &SwitchPolicy, layer: &Layer) -> Result<Option<AclTable>,
     let mut rules: Vec<R> = Vec::new();
     for g in &layer.groups {
         let RuleIndex::Ordered(list) = &g.index else {
-            return Err(AclError { rule: g.name.to_string(), what: "a keyed rule group" });
+            return Err(AclError { rule: g.id.name().to_string(), what: "a keyed rule group" });
         };
         for r in list {
             let c = &r.conditions;
@@ -288,7 +288,7 @@ impl AclTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowgate_switch::{Conditions, DropReason, FlowKey, IngressKind, PortRange, PrefixSet, RuleGroup};
+    use flowgate_switch::{Conditions, DropReason, FlowKey, GroupId, IngressKind, PortRange, PrefixSet, RuleGroup};
 
     #[test]
     fn port_prefixes_cover_exactly_the_range() {
@@ -374,7 +374,7 @@ mod tests {
                 rules.push(Rule::new("default deny", Conditions::any(), Action::Drop(DropReason::PolicyDenied)));
             }
             let mut layer = Layer::new(kind);
-            layer.add_group(RuleGroup { name: "t", priority: 0, index: RuleIndex::Ordered(rules) });
+            layer.add_group(RuleGroup { id: GroupId::Other("t"), priority: 0, index: RuleIndex::Ordered(rules) });
             let table = compile(&policy, &layer).unwrap().unwrap();
             let local: IpAddr = "10.9.9.9".parse().unwrap();
             for _ in 0..200 {

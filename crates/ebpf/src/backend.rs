@@ -730,23 +730,23 @@ impl Writer<'_> {
 
 /// The name trace gives the rule a counter is about (`lb: ...`, `acl-in: ...`), if `policy` has it.
 fn rule_name(policy: &SwitchPolicy, acls: &Acls, key: &maps::RuleHitKey) -> Option<String> {
-    use flowgate_switch::{LayerKind, Proto, RuleKey};
+    use flowgate_switch::{GroupId, LayerKind, Proto, RuleKey};
     let list = match key.kind {
         maps::rule_list::LB_DEST => RuleRef {
             layer: LayerKind::Lb,
-            group: "service-ips",
+            group: GroupId::ServiceIps,
             key: RuleKey::Destination((key.addr.to_ip(), Proto(key.proto), u16::from_be(key.port))),
         },
         maps::rule_list::LB_NODEPORT => RuleRef {
             layer: LayerKind::Lb,
-            group: "service-nodeports",
+            group: GroupId::ServiceNodePorts,
             key: RuleKey::Port(Proto(key.proto), u16::from_be(key.port)),
         },
         maps::rule_list::GROUP if key.id == maps::group::SERVICE_FILTER => {
-            RuleRef { layer: LayerKind::ServiceFilter, group: "cluster-ips-check", key: RuleKey::Group }
+            RuleRef { layer: LayerKind::ServiceFilter, group: GroupId::ClusterIpsCheck, key: RuleKey::Group }
         }
         maps::rule_list::GROUP if key.id == maps::group::OUTBOUND_NAT => {
-            RuleRef { layer: LayerKind::OutboundNat, group: "outbound-nat", key: RuleKey::Group }
+            RuleRef { layer: LayerKind::OutboundNat, group: GroupId::OutboundNat, key: RuleKey::Group }
         }
         maps::rule_list::ACL => return acls.rule_name(policy, key.id, key.index),
         _ => return None,

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use flowgate_switch::{
-    Action, AddrMatch, IngressKind, LayerKind, Rule, RuleIndex, RuleKey, RuleRef, Selection, SetId, SwitchPolicy,
+    Action, AddrMatch, GroupId, IngressKind, LayerKind, Rule, RuleIndex, RuleKey, RuleRef, Selection, SetId,
+    SwitchPolicy,
 };
 use ipnet::IpNet;
 
@@ -131,16 +132,18 @@ impl maps::LbKey {
 /// Maps a policy rule reference to its kernel key; `None` for groups the kernel does not hold.
 pub fn kernel_key(r: &RuleRef) -> Option<KernelRuleKey> {
     match (r.layer, r.group, &r.key) {
-        (LayerKind::Lb, "service-ips", RuleKey::Destination((ip, proto, port))) => Some(KernelRuleKey::Dest(
+        (LayerKind::Lb, GroupId::ServiceIps, RuleKey::Destination((ip, proto, port))) => Some(KernelRuleKey::Dest(
             maps::LbKey { dst: maps::Addr::from_ip(*ip), dport: port.to_be(), proto: proto.0, pad: 0 }.ord(),
         )),
-        (LayerKind::Lb, "service-nodeports", RuleKey::Port(proto, port)) => {
+        (LayerKind::Lb, GroupId::ServiceNodePorts, RuleKey::Port(proto, port)) => {
             Some(KernelRuleKey::NodePort(port.to_be(), proto.0))
         }
-        (LayerKind::ServiceFilter, "cluster-ips-check", RuleKey::Group) => {
+        (LayerKind::ServiceFilter, GroupId::ClusterIpsCheck, RuleKey::Group) => {
             Some(KernelRuleKey::Group(group::SERVICE_FILTER))
         }
-        (LayerKind::OutboundNat, "outbound-nat", RuleKey::Group) => Some(KernelRuleKey::Group(group::OUTBOUND_NAT)),
+        (LayerKind::OutboundNat, GroupId::OutboundNat, RuleKey::Group) => {
+            Some(KernelRuleKey::Group(group::OUTBOUND_NAT))
+        }
         _ => None,
     }
 }
@@ -153,15 +156,15 @@ pub fn all_rule_refs(policy: &SwitchPolicy) -> Vec<RuleRef> {
             match &g.index {
                 RuleIndex::Destination(m) => out.extend(m.keys().map(|k| RuleRef {
                     layer: layer.kind,
-                    group: g.name,
+                    group: g.id,
                     key: RuleKey::Destination(*k),
                 })),
                 RuleIndex::PortOnAddresses { rules, .. } => out.extend(rules.keys().map(|(p, n)| RuleRef {
                     layer: layer.kind,
-                    group: g.name,
+                    group: g.id,
                     key: RuleKey::Port(*p, *n),
                 })),
-                RuleIndex::Ordered(_) => out.push(RuleRef { layer: layer.kind, group: g.name, key: RuleKey::Group }),
+                RuleIndex::Ordered(_) => out.push(RuleRef { layer: layer.kind, group: g.id, key: RuleKey::Group }),
             }
         }
     }

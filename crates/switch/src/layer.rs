@@ -61,12 +61,52 @@ pub enum RuleIndex {
     Ordered(Vec<Rule>),
 }
 
-/// A named group of rules within a layer. Within a group, rules are in priority order (first
-/// match wins); groups are tried by ascending `priority`.
+/// Which rule group this is: the identity the compiler gives a group and the data planes find it
+/// by (the kernel backend keys its maps and slots on it), never a name matched as a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GroupId {
+    /// Exact destinations: ClusterIPs, externalIPs, load-balancer IPs, host ports, HNS load
+    /// balancers (kube-proxy's `service-ips` map).
+    ServiceIps,
+    /// NodePorts on the NodePort addresses (kube-proxy's `service-nodeports`).
+    ServiceNodePorts,
+    /// The service filter: a ClusterIP without such a port, an unallocated Service address
+    /// (kube-proxy's `cluster-ips-check`).
+    ClusterIpsCheck,
+    /// Outbound NAT on the endpoints.
+    OutboundNat,
+    /// An endpoint's ACL rules: NetworkPolicy and the host networking service's ACL policies.
+    NetworkPolicy,
+    /// A group no data plane keys on (examples, tests), by its name.
+    Other(&'static str),
+}
+
+impl GroupId {
+    /// The group's name, as trace and the API show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupId::ServiceIps => "service-ips",
+            GroupId::ServiceNodePorts => "service-nodeports",
+            GroupId::ClusterIpsCheck => "cluster-ips-check",
+            GroupId::OutboundNat => "outbound-nat",
+            GroupId::NetworkPolicy => "network-policy",
+            GroupId::Other(name) => name,
+        }
+    }
+}
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A group of rules within a layer. Within a group, rules are in priority order (first match
+/// wins); groups are tried by ascending `priority`.
 #[derive(Clone, Debug)]
 pub struct RuleGroup {
-    /// The group's name, for trace.
-    pub name: &'static str,
+    /// Which group.
+    pub id: GroupId,
     /// Lower values are tried first.
     pub priority: u32,
     /// The rules and how they are found.

@@ -32,7 +32,7 @@ mod walk;
 pub use addr::PrefixSet;
 pub use engine::{Outcome, Switch};
 pub use flow::{FlowEntry, FlowTable, Transposition};
-pub use layer::{DestinationKey, Layer, LayerKind, RuleGroup, RuleIndex};
+pub use layer::{DestinationKey, GroupId, Layer, LayerKind, RuleGroup, RuleIndex};
 pub use packet::{FlowKey, Proto};
 pub use policy::{
     AddressSet, BackendSet, BackendSetId, PolicyDelta, RuleKey, RuleRef, Selection, SetId, Slots, SwitchPolicy,

@@ -59,8 +59,8 @@ pub struct BackendSet {
 pub struct RuleRef {
     /// The layer.
     pub layer: LayerKind,
-    /// The group's name.
-    pub group: &'static str,
+    /// The group.
+    pub group: crate::GroupId,
     /// The key within the group.
     pub key: RuleKey,
 }
@@ -343,7 +343,7 @@ impl SwitchPolicy {
 
     /// The rules stored under a reference, if any.
     pub fn rules_at(&self, r: &RuleRef) -> Option<&[Rule]> {
-        let group = self.layer(r.layer)?.groups.iter().find(|g| g.name == r.group)?;
+        let group = self.layer(r.layer)?.groups.iter().find(|g| g.id == r.group)?;
         match (&group.index, &r.key) {
             (RuleIndex::Destination(m), RuleKey::Destination(k)) => m.get(k).map(Vec::as_slice),
             (RuleIndex::PortOnAddresses { rules, .. }, RuleKey::Port(p, n)) => rules.get(&(*p, *n)).map(Vec::as_slice),
@@ -356,7 +356,7 @@ impl SwitchPolicy {
     /// matching index kind; otherwise nothing happens and `false` is returned.
     pub fn put_rules(&mut self, r: &RuleRef, rules: Option<Vec<Rule>>) -> bool {
         let Some(layer) = self.layers.iter_mut().find(|l| l.kind == r.layer) else { return false };
-        let Some(group) = layer.groups.iter_mut().find(|g| g.name == r.group) else { return false };
+        let Some(group) = layer.groups.iter_mut().find(|g| g.id == r.group) else { return false };
         match (&mut group.index, &r.key) {
             (RuleIndex::Destination(m), RuleKey::Destination(k)) => {
                 match rules {

@@ -152,7 +152,7 @@ fn outbound_nat_layer_masquerades_only_outside_exceptions() {
     let mut p = policy(&["10.0.1.6:8080"], Selection::Random, false);
     let exc = p.add_set("exceptions", PrefixSet::from_nets(["10.0.0.0/8".parse().unwrap()]));
     p.layer_mut(LayerKind::OutboundNat).add_group(RuleGroup {
-        name: "outbound-nat",
+        id: flowgate_switch::GroupId::OutboundNat,
         priority: 0,
         index: RuleIndex::Ordered(vec![Rule::new(
             "snat",

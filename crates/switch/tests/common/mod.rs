@@ -45,7 +45,7 @@ pub fn policy(backends: &[&str], selection: Selection, masquerade: bool) -> Swit
         vec![Rule::new("empty svc", Conditions::any(), Action::Reject(DropReason::NoEndpoints))],
     );
     p.layer_mut(LayerKind::Lb).add_group(RuleGroup {
-        name: "service-ips",
+        id: flowgate_switch::GroupId::ServiceIps,
         priority: 0,
         index: RuleIndex::Destination(map),
     });
