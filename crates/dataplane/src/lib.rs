@@ -5,7 +5,9 @@
 //!
 //! - [`ModelDataplane`]: the in-process switch model — the policy as the model engine walks it
 //!   (what `flowgate trace --live` reads). Always available.
-//! - The eBPF backend (the kernel) arrives with the kernel data plane.
+//! - `flowgate_ebpf::backend::EbpfDataplane`: the kernel (the maps of the programs under `bpf/`),
+//!   written object by object, with what the kernel did not take handed back for a retry.
+//! - [`Tee`]: the kernel first, then the model, kept in step.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]

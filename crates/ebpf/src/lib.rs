@@ -1,5 +1,11 @@
 //! The switch compiled to eBPF: the C programs under `bpf/` built into this crate, loaded,
-//! attached with TCX, pinned so restarts lose nothing, and run on crafted packets.
+//! attached (TCX on the uplink, TC filters on pods' interfaces), pinned so restarts lose nothing,
+//! and run on crafted packets.
+//!
+//! - [`backend`]: the kernel data plane — the switch policy written into the maps, object by
+//!   object; [`compile`] and [`acl`]: the policy's layers in the maps' layouts ([`maps`], mirrors
+//!   of `bpf/lib/maps.h`, checked against the compiled objects by `tests/abi.rs`).
+//! - [`pinned`]: pinned state from another version, checked before it is adopted.
 //!
 //! - [`objects`]: the compiled objects (`ENDPOINT`, `UPLINK`, `TEST_ECHO`, ...), built by
 //!   `build.rs` with Debian's clang. `FLOWGATE_BPF_SKIP=endpoint,uplink` leaves programs that do
