@@ -248,6 +248,15 @@ fn main() {
         .collect();
     let delivery = if direct { "Direct" } else { "Routed" };
     eprintln!("realtraffic ({delivery}): program counters: {}", summary.join(" "));
+    // The flow tables under pressure (flows promoted, expired, evicted, ...; the entry gauges are
+    // the agent's sweep's, which this loader does not run).
+    let flows: Vec<String> = dataplane
+        .counters()
+        .into_iter()
+        .filter(|(name, v)| *v != 0 && name.starts_with("flows_"))
+        .map(|(name, v)| format!("{name}={v}"))
+        .collect();
+    eprintln!("realtraffic ({delivery}): flow tables: {}", if flows.is_empty() { "-".into() } else { flows.join(" ") });
     for line in program_run_times() {
         eprintln!("realtraffic ({delivery}): {line}");
     }

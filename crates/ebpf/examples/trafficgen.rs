@@ -22,10 +22,23 @@
 //! - `udpflood [--duration S] [--size B] [--batch N] [--cpu N] ADDR:PORT`: one UDP flow (one
 //!   connected socket, so every packet after the first belongs to an established flow), sent with
 //!   `sendmmsg` in batches; prints the packets per second it sent.
-//! - `newflows [--duration S] [--batch N] [--cpu N] --source-base IP [--sources N] ADDR:PORT`: a new
+//! - `newflows [--duration S] [--rate PPS] [--batch N] [--cpu N] --source-base IP [--sources N] ADDR:PORT`: a new
 //!   flow per datagram (raw socket, each UDP packet with a 5-tuple no earlier one had), sent with
 //!   `sendmmsg`; prints the packets (= new flows) per second it sent. What a data plane does per
 //!   new connection, without a TCP stack limiting the rate.
+//!
+//! - `synflood [--duration S] [--rate PPS] [--batch N] [--cpu N] --source-base IP [--sources N]
+//!   ADDR:PORT`: half-open connections: TCP SYNs built on a raw socket from forged sources (the
+//!   source port runs through 1024-65535 for each of the N sources in turn), never followed by an
+//!   ACK; prints the SYNs per second it sent. `--rate` (also for `newflows`) paces the sender
+//!   (0, the default: as fast as it can).
+//! - `probe [--duration S] [--rate R] [--timeout-ms MS] [--request B] [--reply B] ADDR:PORT...`:
+//!   a legitimate client under test: starts R new TCP connections a second for S seconds, on a
+//!   fixed schedule whatever happens to earlier ones (open loop), each given `timeout-ms` (default
+//!   4000: the SYN and its retransmissions at 1 s and 3 s) to connect, send `request` bytes and
+//!   read the reply to EOF. Prints one line of `key=value`: attempts, ok, failed, timed_out,
+//!   connect_p50_us, connect_p99_us, connect_max_us (connect latency of the successful ones),
+//!   done_p50_us (whole exchange).
 //!
 //! Linux only; uses libc directly for epoll, sendmmsg/recvmmsg and CPU affinity.
 
@@ -786,8 +799,10 @@ fn newflows(args: &Args) {
         m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
     }
     let (mut n, mut sent, mut errors) = (0u64, 0u64, 0u64);
+    let pace = Pace::new(args);
     let start = Instant::now();
     while start.elapsed() < duration {
+        pace.wait(start, n);
         for p in packets.iter_mut() {
             let port = 1024 + (n % 64512) as u16;
             let src = u32::from(base) + ((n / 64512) % u64::from(sources)) as u32;
@@ -813,6 +828,306 @@ fn newflows(args: &Args) {
     println!("{rate:.0}");
 }
 
+/// `--rate PPS`: a sender that has sent `n` packets since `start` waits until they are due.
+struct Pace(f64);
+
+impl Pace {
+    fn new(args: &Args) -> Pace {
+        Pace(args.get("rate", 0.0f64))
+    }
+
+    fn wait(&self, start: Instant, n: u64) {
+        if self.0 > 0.0 {
+            let due = Duration::from_secs_f64(n as f64 / self.0);
+            if let Some(ahead) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+    }
+}
+
+/// The ones' complement sum of `data` (16-bit big-endian words) added to `sum`.
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    for w in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Half-open connections: a SYN from a forged source per packet (raw socket), never followed by
+/// an ACK: the source port runs through 1024-65535 for each of the N source addresses in turn.
+/// Whatever answers them (SYN-ACKs to the forged sources) is the network's business: the bench
+/// routes those sources into a blackhole.
+fn synflood(args: &Args) {
+    let duration = args.seconds("duration", 5.0);
+    let batch: usize = args.get::<usize>("batch", 64).clamp(1, BATCH_MAX);
+    let target: SocketAddrV4 = args
+        .positional
+        .first()
+        .unwrap_or_else(|| die("synflood needs ADDR:PORT"))
+        .parse()
+        .unwrap_or_else(|_| die("not an IPv4 ADDR:PORT"));
+    let base: Ipv4Addr = args
+        .options
+        .get("source-base")
+        .unwrap_or_else(|| die("synflood needs --source-base IP"))
+        .parse()
+        .unwrap_or_else(|_| die("--source-base: not an IPv4 address"));
+    let sources: u32 = args.get("sources", 1u32).max(1);
+    maybe_pin(args);
+    // SAFETY: plain syscall.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) }, "socket")
+            .unwrap_or_else(|e| die(&e.to_string()));
+    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20, "SO_SNDBUFFORCE");
+    // IPv4 header, then a TCP header with the MSS option (a SYN as a client sends it).
+    const LEN: usize = 20 + 24;
+    let mut packets = vec![[0u8; LEN]; batch];
+    for p in packets.iter_mut() {
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(LEN as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 6;
+        p[16..20].copy_from_slice(&target.ip().octets());
+        p[22..24].copy_from_slice(&target.port().to_be_bytes());
+        p[32] = 6 << 4; // data offset: 24 bytes
+        p[33] = 0x02; // SYN
+        p[34..36].copy_from_slice(&64240u16.to_be_bytes()); // window
+        p[40..44].copy_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
+    }
+    let mut sa = sockaddr(target);
+    let mut iovs: Vec<libc::iovec> = packets
+        .iter_mut()
+        .map(|p| libc::iovec { iov_base: p.as_mut_ptr() as *mut libc::c_void, iov_len: LEN })
+        .collect();
+    // SAFETY: mmsghdr is plain data; zeroed is a valid initial value.
+    let mut msgs: Vec<libc::mmsghdr> = (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+        m.msg_hdr.msg_name = &mut sa as *mut libc::sockaddr_in as *mut libc::c_void;
+        m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    }
+    let (mut n, mut sent, mut errors) = (0u64, 0u64, 0u64);
+    let pace = Pace::new(args);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        pace.wait(start, n);
+        for p in packets.iter_mut() {
+            let port = 1024 + (n % 64512) as u16;
+            let src = u32::from(base) + ((n / 64512) % u64::from(sources)) as u32;
+            p[12..16].copy_from_slice(&src.to_be_bytes());
+            p[20..22].copy_from_slice(&port.to_be_bytes());
+            p[24..28].copy_from_slice(&((n as u32).wrapping_mul(2_654_435_761)).to_be_bytes()); // ISN
+            p[36..38].copy_from_slice(&[0, 0]);
+            // Pseudo-header (addresses, protocol, TCP length), then the segment.
+            let sum = csum_add(u32::from(6u16) + (LEN as u32 - 20), &p[12..20]);
+            let sum = csum_add(sum, &p[20..LEN]);
+            p[36..38].copy_from_slice(&csum_fold(sum).to_be_bytes());
+            n += 1;
+        }
+        // SAFETY: `msgs` holds `batch` headers pointing at the live packets and `sa`.
+        let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), batch as u32, 0) };
+        if r > 0 {
+            sent += r as u64;
+        } else {
+            errors += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rate = sent as f64 / secs;
+    eprintln!(
+        "synflood: {sent} SYNs from forged sources (each its own 4-tuple) in {secs:.2} s ({rate:.0}/s) from \
+         {sources} sources, {errors} failed sendmmsg calls"
+    );
+    close(fd);
+    println!("{rate:.0}");
+}
+
+/// One connection of `probe`.
+struct ProbeConn {
+    fd: i32,
+    started: Instant,
+    connected: Option<Instant>,
+    got: usize,
+}
+
+/// A legitimate client, open loop: `rate` new connections a second on a fixed schedule for
+/// `duration`, each with `timeout` to connect, send the request and read the reply to EOF.
+fn probe(args: &Args) {
+    let duration = args.seconds("duration", 5.0);
+    let rate: f64 = args.get("rate", 100.0);
+    let timeout = Duration::from_millis(args.get("timeout-ms", 4000));
+    let request = vec![b'q'; args.get("request", 16usize)];
+    let reply: usize = args.get("reply", 16);
+    let targets: Vec<SocketAddrV4> = args
+        .positional
+        .iter()
+        .map(|t| t.parse().unwrap_or_else(|_| die(&format!("not an IPv4 ADDR:PORT: {t}"))))
+        .collect();
+    if targets.is_empty() || rate <= 0.0 {
+        die("probe needs --rate > 0 and at least one ADDR:PORT");
+    }
+    maybe_pin(args);
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let ep = Epoll::new().unwrap();
+    let mut conns: HashMap<u64, ProbeConn> = HashMap::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut buf = [0u8; 4096];
+    let (mut started, mut ok, mut failed, mut timed_out) = (0u64, 0u64, 0u64, 0u64);
+    let mut first_error: Option<String> = None;
+    let mut connect_us: Vec<u64> = Vec::new();
+    let mut done_us: Vec<u64> = Vec::new();
+    let start = Instant::now();
+    let finish = |conns: &mut HashMap<u64, ProbeConn>, id: u64| {
+        if let Some(c) = conns.remove(&id) {
+            close(c.fd);
+        }
+    };
+    while started < total || !conns.is_empty() {
+        let now = Instant::now();
+        // Start every connection that is due.
+        while started < total && now >= start + Duration::from_secs_f64(started as f64 / rate) {
+            let id = started;
+            started += 1;
+            let target = targets[(id % targets.len() as u64) as usize];
+            // SAFETY: plain syscall.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("socket: {}", io::Error::last_os_error()));
+                continue;
+            }
+            let sa = sockaddr(target);
+            // SAFETY: `sa` is a valid sockaddr_in.
+            let rc = unsafe {
+                libc::connect(
+                    fd,
+                    &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+                    std::mem::size_of_val(&sa) as u32,
+                )
+            };
+            if rc < 0 && errno() != libc::EINPROGRESS {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("connect: {}", io::Error::last_os_error()));
+                close(fd);
+                continue;
+            }
+            conns.insert(id, ProbeConn { fd, started: Instant::now(), connected: None, got: 0 });
+            if ep.ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLOUT as u32, id).is_err() {
+                failed += 1;
+                finish(&mut conns, id);
+            }
+        }
+        let wait_ms = if started < total {
+            let next = start + Duration::from_secs_f64(started as f64 / rate);
+            next.saturating_duration_since(Instant::now()).as_millis().min(20) as i32
+        } else {
+            20
+        };
+        let n = ep.wait(&mut events, wait_ms);
+        let now = Instant::now();
+        for ev in &events[..n] {
+            let id = ev.u64;
+            let Some(c) = conns.get_mut(&id) else { continue };
+            if c.connected.is_none() {
+                let mut err: i32 = 0;
+                let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+                // SAFETY: valid pointers to an int and its length.
+                unsafe {
+                    libc::getsockopt(
+                        c.fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_ERROR,
+                        &mut err as *mut i32 as *mut libc::c_void,
+                        &mut len,
+                    )
+                };
+                // SAFETY: writing from a buffer of the length passed.
+                let w = if err == 0 {
+                    unsafe { libc::write(c.fd, request.as_ptr() as *const libc::c_void, request.len()) }
+                } else {
+                    -1
+                };
+                if err != 0 || w != request.len() as isize {
+                    failed += 1;
+                    let e = if err != 0 { io::Error::from_raw_os_error(err) } else { io::Error::last_os_error() };
+                    first_error.get_or_insert_with(|| format!("connect/write: {e}"));
+                    finish(&mut conns, id);
+                    continue;
+                }
+                c.connected = Some(now);
+                connect_us.push(now.duration_since(c.started).as_micros() as u64);
+                if ep.ctl(libc::EPOLL_CTL_MOD, c.fd, libc::EPOLLIN as u32, id).is_err() {
+                    failed += 1;
+                    finish(&mut conns, id);
+                }
+                continue;
+            }
+            loop {
+                // SAFETY: reading into a buffer of the length passed.
+                let r = unsafe { libc::read(c.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+                if r > 0 {
+                    c.got += r as usize;
+                    continue;
+                }
+                if r < 0 && errno() == libc::EAGAIN {
+                    break;
+                }
+                if r == 0 && c.got >= reply {
+                    ok += 1;
+                    done_us.push(now.duration_since(c.started).as_micros() as u64);
+                } else {
+                    failed += 1;
+                    let what = if r == 0 {
+                        format!("short reply: {} bytes", c.got)
+                    } else {
+                        format!("read: {}", io::Error::last_os_error())
+                    };
+                    first_error.get_or_insert(what);
+                }
+                finish(&mut conns, id);
+                break;
+            }
+        }
+        let late: Vec<u64> =
+            conns.iter().filter(|(_, c)| now.duration_since(c.started) > timeout).map(|(id, _)| *id).collect();
+        for id in late {
+            timed_out += 1;
+            finish(&mut conns, id);
+        }
+    }
+    let pct = |v: &mut Vec<u64>, p: f64| -> u64 {
+        v.sort_unstable();
+        if v.is_empty() {
+            0
+        } else {
+            v[((v.len() - 1) as f64 * p) as usize]
+        }
+    };
+    let (c50, c99, cmax, d50) =
+        (pct(&mut connect_us, 0.5), pct(&mut connect_us, 0.99), pct(&mut connect_us, 1.0), pct(&mut done_us, 0.5));
+    eprintln!(
+        "probe: {started} connections in {:.1} s: {ok} ok, {failed} failed, {timed_out} timed out ({} ms); connect \
+         p50 {c50} us, p99 {c99} us, max {cmax} us{}",
+        duration.as_secs_f64(),
+        timeout.as_millis(),
+        first_error.map(|e| format!("; first error: {e}")).unwrap_or_default()
+    );
+    println!(
+        "attempts={started} ok={ok} failed={failed} timed_out={timed_out} connect_p50_us={c50} connect_p99_us={c99} \
+         connect_max_us={cmax} done_p50_us={d50}"
+    );
+}
+
 fn main() {
     let mut raw = std::env::args().skip(1);
     let mode = raw.next().unwrap_or_default();
@@ -823,6 +1138,10 @@ fn main() {
         "sink" => sink(&args),
         "udpflood" => udpflood(&args),
         "newflows" => newflows(&args),
-        _ => die("usage: trafficgen serve|connrate|sink|udpflood|newflows [--option value]... [ADDR:PORT]..."),
+        "synflood" => synflood(&args),
+        "probe" => probe(&args),
+        _ => die(
+            "usage: trafficgen serve|connrate|sink|udpflood|newflows|synflood|probe [--option value]... [ADDR:PORT]...",
+        ),
     }
 }
