@@ -382,6 +382,12 @@ static __attribute__((noinline)) int fg_nat_bind(const struct fg_flow_key *k, st
 			fg_conn_delete(&s->victim, o, &s->other, &s->pk2);
 			fg_flow_count(FG_FLOW_EVICTED);
 			port = c.victim;
+		} else if (!o) {
+			/* Gone since the hand passed it (another CPU's first packet took it as its victim,
+			 * or it expired): the port is free unless that connection holds it already. */
+			s->rev.dport = bpf_htons(c.victim);
+			if (fg_reply_key_free(k, s, now))
+				port = c.victim;
 		}
 	}
 	if (!port)
